@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Re-export a decompress run directory (sft / sharegpt / pt) without generating.",
     ),
     "serve": (
-        "retain.generation.config:ServeConfig",
+        "retain.generation.serve:ServeConfig",
         "retain.generation.serve:run_serve",
         "Serve a model over an OpenAI-compatible /v1/chat/completions endpoint.",
     ),
