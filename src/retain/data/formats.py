@@ -1,0 +1,254 @@
+"""Load user training data in the common chat-SFT formats into one shape.
+
+Every loader returns ``[{"messages": [{"role", "content"}, ...], "sample_type": int}, ...]``
+(roles ``system`` | ``user`` | ``assistant``), the shape the collator and the trainer consume.
+
+Formats (one JSON object per line in ``.jsonl``; a JSON list of objects in ``.json``):
+
+- ``messages`` — TRL "conversational": ``{"messages": [{"role": "user", "content": "..."}, ...]}``.
+- ``sharegpt`` — LLaMA-Factory / LLaVA: ``{"conversations": [{"from": "human", "value": "..."},
+  {"from": "gpt", "value": "..."}], "system": "..."}`` (``from``: human/user, gpt/assistant/model/bot,
+  system; an optional top-level ``system`` string).
+- ``alpaca`` — ``{"instruction": "...", "input": "...", "output": "...", "system": "...",
+  "history": [["q", "a"], ...]}`` (``input``, ``system`` and ``history`` optional); the user turn is
+  ``instruction`` followed by a blank line and ``input`` when there is one.
+- ``prompt_completion`` — ``{"prompt": "...", "completion": "..."}``; either side may also be a list of
+  messages (TRL's conversational prompt/completion).
+
+Design:
+
+- ``format="auto"`` looks at the keys of the first record; every later record must then fit that format,
+  and a record that does not is reported as ``file:line`` (``file:item N`` for a ``.json`` list).
+- Validation is strict and early: unknown roles, non-string content, an empty assistant turn or a
+  conversation without one is a :class:`RetainError` naming the record, so a bad row fails before a
+  model is loaded rather than as a NaN loss mid-run.
+- ``builtin:<name>`` (e.g. ``builtin:medmcqa``) reads the train split of an offline domain set via
+  :func:`retain.data.olmo_eval.domain_sft_examples`; held-out items are never part of it.
+- ``sample_type`` given to :func:`load_examples` applies to every record; otherwise a record's own
+  ``sample_type`` field (1 / 0 / -1 or "world" / "task") is kept, else ``UNKNOWN``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+from retain.data.types import UNKNOWN, WORLD, TASK, parse_sample_type
+from retain.errors import RetainError
+from retain.utils.io import iter_jsonl
+
+Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+BUILTIN_PREFIX = "builtin:"
+
+_ROLES = ("system", "user", "assistant")
+# ShareGPT speaker names seen in the wild (LLaMA-Factory, LLaVA, FastChat exports).
+_SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant", "chatgpt": "assistant",
+    "system": "system",
+}
+
+
+def detect_format(record: dict) -> str | None:
+    """The format whose characteristic keys ``record`` has, or None."""
+    if "messages" in record:
+        return "messages"
+    if "conversations" in record:
+        return "sharegpt"
+    if "instruction" in record and "output" in record:
+        return "alpaca"
+    if "prompt" in record and "completion" in record:
+        return "prompt_completion"
+    return None
+
+
+def load_examples(
+    path: str, format: Format = "auto", sample_type: int | str | None = None, limit: int | None = None
+) -> list[dict]:
+    """Read ``path`` (``.jsonl``/``.json`` file or ``builtin:<name>``) into validated chat examples.
+
+    ``sample_type``: ``"world"``/``"task"``/1/0/-1 applied to every example; None keeps a record's own
+    ``sample_type`` field (or UNKNOWN). ``limit``: keep the first ``limit`` records (file order).
+    """
+    forced = _coerce_type(sample_type, where=str(path)) if sample_type is not None else None
+    if str(path).startswith(BUILTIN_PREFIX):
+        return _load_builtin(str(path)[len(BUILTIN_PREFIX):], forced, limit)
+    if format != "auto" and format not in FORMATS:
+        raise RetainError(f"{path}: unknown format {format!r}; use auto, {', '.join(FORMATS)}")
+    fmt = None if format == "auto" else format
+    out: list[dict] = []
+    for where, record in _iter_records(Path(path)):
+        if limit is not None and len(out) >= limit:
+            break
+        if fmt is None:
+            fmt = detect_format(record)
+            if fmt is None:
+                raise RetainError(
+                    f"{where}: cannot tell the format from keys {sorted(record)}; expected 'messages', "
+                    "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca) or 'prompt'+'completion'"
+                )
+        missing = [k for k in _REQUIRED[fmt] if k not in record]
+        if missing:
+            raise RetainError(f"{where}: record lacks {missing} for format '{fmt}' (all records must share one format)")
+        messages = _CONVERTERS[fmt](record, where)
+        validate_messages(messages, where)
+        st = forced if forced is not None else _coerce_type(record.get("sample_type"), where)
+        out.append({"messages": messages, "sample_type": st})
+    if not out:
+        raise RetainError(f"{path}: no examples; the file is empty")
+    return out
+
+
+def _iter_records(path: Path) -> Iterator[tuple[str, dict]]:
+    if not path.exists():
+        raise RetainError(f"{path}: file not found")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise RetainError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from None
+        if not isinstance(data, list):
+            raise RetainError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
+        for i, rec in enumerate(data):
+            if not isinstance(rec, dict):
+                raise RetainError(f"{path}: item {i}: expected a JSON object, got {type(rec).__name__}")
+            yield f"{path}: item {i}", rec
+        return
+    # JSONL: iter_jsonl names file:line on malformed JSON; we recount lines to name bad records too.
+    lines = _nonblank_line_numbers(path)
+    for lineno, rec in zip(lines, iter_jsonl(path)):
+        yield f"{path}:{lineno}", rec
+
+
+def _nonblank_line_numbers(path: Path) -> list[int]:
+    with open(path, encoding="utf-8") as f:
+        return [i for i, line in enumerate(f, start=1) if line.strip()]
+
+
+def _coerce_type(value: Any, where: str) -> int:
+    if value is None:
+        return UNKNOWN
+    if isinstance(value, bool):
+        raise RetainError(f"{where}: sample_type {value!r}: expected 'world', 'task', 1, 0 or -1")
+    if isinstance(value, int):
+        if value not in (WORLD, TASK, UNKNOWN):
+            raise RetainError(f"{where}: sample_type {value}: expected 1 (world), 0 (task) or -1 (unknown)")
+        return value
+    try:
+        return parse_sample_type(value)
+    except RetainError as e:
+        raise RetainError(f"{where}: {e}") from None
+
+
+def _text(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise RetainError(f"{where}: '{key}' must be a string, got {type(value).__name__}")
+    return value
+
+
+def _from_messages(rec: dict, where: str) -> list[dict]:
+    msgs = rec["messages"]
+    if not isinstance(msgs, list):
+        raise RetainError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+    out = []
+    for j, m in enumerate(msgs):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise RetainError(f"{where}: messages[{j}] must be an object with 'role' and 'content'")
+        out.append({"role": m["role"], "content": _text(m["content"], where, f"messages[{j}].content")})
+    return out
+
+
+def _from_sharegpt(rec: dict, where: str) -> list[dict]:
+    turns = rec["conversations"]
+    if not isinstance(turns, list):
+        raise RetainError(f"{where}: 'conversations' must be a list of {{from, value}} objects")
+    out = []
+    if rec.get("system"):
+        out.append({"role": "system", "content": _text(rec["system"], where, "system")})
+    for j, t in enumerate(turns):
+        if not isinstance(t, dict) or "from" not in t or "value" not in t:
+            raise RetainError(f"{where}: conversations[{j}] must be an object with 'from' and 'value'")
+        role = _SHAREGPT_ROLES.get(str(t["from"]).lower())
+        if role is None:
+            raise RetainError(
+                f"{where}: conversations[{j}].from={t['from']!r}: use one of {', '.join(sorted(_SHAREGPT_ROLES))}"
+            )
+        out.append({"role": role, "content": _text(t["value"], where, f"conversations[{j}].value")})
+    return out
+
+
+def _from_alpaca(rec: dict, where: str) -> list[dict]:
+    out = []
+    if rec.get("system"):
+        out.append({"role": "system", "content": _text(rec["system"], where, "system")})
+    history = rec.get("history") or []
+    if not isinstance(history, list):
+        raise RetainError(f"{where}: 'history' must be a list of [question, answer] pairs")
+    for j, pair in enumerate(history):
+        if not (isinstance(pair, (list, tuple)) and len(pair) == 2):
+            raise RetainError(f"{where}: history[{j}] must be a [question, answer] pair")
+        out.append({"role": "user", "content": _text(pair[0], where, f"history[{j}][0]")})
+        out.append({"role": "assistant", "content": _text(pair[1], where, f"history[{j}][1]")})
+    user = _text(rec["instruction"], where, "instruction")
+    extra = _text(rec.get("input") or "", where, "input")
+    if extra.strip():
+        user = f"{user}\n\n{extra}" if user.strip() else extra
+    out.append({"role": "user", "content": user})
+    out.append({"role": "assistant", "content": _text(rec["output"], where, "output")})
+    return out
+
+
+def _from_prompt_completion(rec: dict, where: str) -> list[dict]:
+    def side(key: str, role: str) -> list[dict]:
+        v = rec[key]
+        if isinstance(v, list):
+            return _from_messages({"messages": v}, f"{where}: '{key}'")
+        return [{"role": role, "content": _text(v, where, key)}]
+
+    return side("prompt", "user") + side("completion", "assistant")
+
+
+_CONVERTERS = {
+    "messages": _from_messages,
+    "sharegpt": _from_sharegpt,
+    "alpaca": _from_alpaca,
+    "prompt_completion": _from_prompt_completion,
+}
+_REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
+             "prompt_completion": ("prompt", "completion")}
+
+
+def validate_messages(messages: list[dict], where: str) -> None:
+    """Raise a RetainError unless roles are known, system only comes first, and some assistant turn is non-empty."""
+    if not messages:
+        raise RetainError(f"{where}: empty conversation")
+    for j, m in enumerate(messages):
+        if m["role"] not in _ROLES:
+            raise RetainError(f"{where}: message {j} has role {m['role']!r}; use system, user or assistant")
+        if m["role"] == "system" and j != 0:
+            raise RetainError(f"{where}: message {j} is a system message; only the first message may be one")
+    assistant = [m for m in messages if m["role"] == "assistant"]
+    if not assistant:
+        raise RetainError(f"{where}: no assistant turn; training needs at least one assistant reply")
+    if not any(m["content"].strip() for m in assistant):
+        raise RetainError(f"{where}: the assistant reply is empty; remove the record or fill it in")
+
+
+def _load_builtin(name: str, forced: int | None, limit: int | None) -> list[dict]:
+    try:
+        from retain.data.olmo_eval import domain_sft_examples
+    except ImportError as e:  # evaluation helper's module missing in this checkout
+        raise RetainError(f"builtin:{name}: built-in datasets are unavailable ({e})") from None
+    rows = domain_sft_examples(name, split="train", n=limit)
+    out = []
+    for i, r in enumerate(rows):
+        where = f"builtin:{name}: item {i}"
+        msgs = _from_messages(r, where)
+        validate_messages(msgs, where)
+        st = forced if forced is not None else _coerce_type(r.get("sample_type"), where)
+        out.append({"messages": msgs, "sample_type": st})
+    if not out:
+        raise RetainError(f"builtin:{name}: no examples")
+    return out
