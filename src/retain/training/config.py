@@ -1,0 +1,178 @@
+"""Training options: one typed dataclass tree that a YAML recipe maps onto (torch-free).
+
+- ``Recipe`` is the whole experiment: ``model``, ``method`` (+ ``lora`` / ``loramoe``), ``datasets``,
+  ``mixture``, ``optim``, ``train``. A YAML recipe has exactly these keys; :mod:`retain.training.recipe`
+  parses it strictly (unknown keys and wrong types are errors with a suggestion).
+- ``TrainCommand`` is the ``retain train`` CLI: the recipe path plus a few overrides.
+- Cross-field checks live in ``Recipe.validate`` so the Python API (the demo) gets the same errors as
+  the CLI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from retain.adapters.config import LoRAConfig, LoRAMoEConfig
+from retain.errors import RetainError
+
+
+@dataclass
+class ModelConfig:
+    """The base model."""
+
+    name: str = "smollm2"
+    """Local HF folder, hub id, or 'smollm2' (the embedded SmolLM2-135M-Instruct)."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype. float32 on CPU; bfloat16 on recent GPUs."""
+    device: str = "auto"
+    """'auto' (cuda if available), 'cpu' or 'cuda'. Under torchrun each rank uses cuda:LOCAL_RANK."""
+    trust_remote_code: bool = False
+    """Allow model code from the hub (off unless you trust the model)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory, ~30% slower)."""
+
+
+@dataclass
+class DatasetSpec:
+    """One training data source."""
+
+    path: str
+    """A .jsonl / .json file, or 'builtin:<name>' (e.g. builtin:medmcqa, train split of the offline set)."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = "auto"
+    """Record format; 'auto' detects it from the first record's keys."""
+    weight: Optional[float] = None
+    """Share of the final mixture (normalised over datasets). Leave out everywhere to use each example once."""
+    type: Optional[Literal["world", "task"]] = None
+    """Sample type for LoRAMoE's LBC: 'world' (general knowledge, e.g. the TG corpus) or 'task'."""
+    limit: Optional[int] = None
+    """Read at most this many records (file order) before mixing."""
+
+
+@dataclass
+class MixtureConfig:
+    """How datasets combine (see retain.data.mixture for the rule and a worked example)."""
+
+    size: Optional[int] = None
+    """Examples in the mixture; None = the largest size that repeats no example."""
+    allow_repeat: bool = False
+    """Allow a source to be repeated when its share needs more examples than it has."""
+
+
+@dataclass
+class OptimConfig:
+    """AdamW and the learning-rate schedule."""
+
+    lr: float = 2e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay (not applied to biases and norm weights)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    """Decay after warmup: cosine or linear to 0, or constant."""
+    warmup_steps: int = 0
+    """Linear warmup steps; 0 = use warmup_ratio."""
+    warmup_ratio: float = 0.0
+    """Warmup as a fraction of the total optimizer steps (used when warmup_steps is 0)."""
+    max_grad_norm: Optional[float] = 1.0
+    """Clip the global gradient norm to this; None disables clipping."""
+
+
+@dataclass
+class TrainConfig:
+    """Loop length, batching, checkpoints and outputs."""
+
+    output_dir: str = "runs/train"
+    """Run folder: model/, train_log.jsonl, loss.png, checkpoints/, train_result.json."""
+    max_steps: Optional[int] = None
+    """Optimizer steps; None = derived from epochs."""
+    epochs: float = 1.0
+    """Passes over the mixture (used when max_steps is None)."""
+    batch_size: int = 8
+    """Sequences per forward pass per process."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step. Global batch = batch_size * grad_accum * processes."""
+    max_length: int = 512
+    """Truncate each chat-formatted example to this many tokens."""
+    seed: int = 0
+    """Seeds the mixture, the shuffling of every epoch, adapter init and dropout."""
+    save_every: int = 0
+    """Checkpoint every N optimizer steps (0 = only at the end); --resume continues from the last one."""
+    keep_checkpoints: int = 1
+    """How many recent checkpoints to keep while training."""
+    keep_final_checkpoint: bool = False
+    """Keep checkpoints/ after training finishes (by default only the final model stays)."""
+    log_every: int = 1
+    """Write a train_log.jsonl row every N steps."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+
+@dataclass
+class Recipe:
+    """A complete fine-tuning recipe (the YAML file's top level)."""
+
+    datasets: list[DatasetSpec]
+    """Training data sources, mixed by weight."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Base model."""
+    method: Literal["full", "lora", "loramoe"] = "lora"
+    """full: all weights; lora: PEFT LoRA; loramoe: LoRA experts + router (+ LBC), backbone frozen."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """LoRA options (method: lora)."""
+    loramoe: LoRAMoEConfig = field(default_factory=LoRAMoEConfig)
+    """LoRAMoE options (method: loramoe)."""
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)
+    """Dataset mixing."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and schedule."""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    """Loop, checkpoints, outputs."""
+
+    @property
+    def uses_lbc(self) -> bool:
+        return self.method == "loramoe" and self.loramoe.blc_weight > 0
+
+    def validate(self) -> "Recipe":
+        """Cross-field checks; raises RetainError naming the key."""
+        if not self.datasets:
+            raise RetainError("datasets: empty; list at least one dataset")
+        if self.uses_lbc:
+            for i, d in enumerate(self.datasets):
+                if d.type is None:
+                    raise RetainError(
+                        f"datasets[{i}] ({d.path}): missing 'type' (world or task); the LBC of method loramoe "
+                        "needs every dataset's type (or set loramoe.blc_weight: 0)"
+                    )
+        t = self.train
+        for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
+            if getattr(t, key) < 1:
+                raise RetainError(f"train.{key}={getattr(t, key)}: must be >= 1")
+        if t.max_steps is not None and t.max_steps < 1:
+            raise RetainError(f"train.max_steps={t.max_steps}: must be >= 1 (or leave it out to use epochs)")
+        if t.max_steps is None and not t.epochs > 0:
+            raise RetainError(f"train.epochs={t.epochs}: must be > 0")
+        if t.save_every < 0:
+            raise RetainError(f"train.save_every={t.save_every}: must be >= 0")
+        if not self.optim.lr > 0:
+            raise RetainError(f"optim.lr={self.optim.lr}: must be > 0")
+        if not 0 <= self.optim.warmup_ratio < 1:
+            raise RetainError(f"optim.warmup_ratio={self.optim.warmup_ratio}: must be in [0, 1)")
+        return self
+
+
+@dataclass
+class TrainCommand:
+    """retain train RECIPE.yaml: fine-tune from a YAML recipe, with checkpoints and --resume."""
+
+    recipe: str
+    """Path of the YAML recipe (see recipes/)."""
+    resume: bool = False
+    """Continue from the last checkpoint in the recipe's output_dir."""
+    output_dir: Optional[str] = None
+    """Override train.output_dir."""
+    max_steps: Optional[int] = None
+    """Override train.max_steps."""
+    set: list[str] = field(default_factory=list)
+    """More overrides as dotted key=value (YAML values), e.g. --set optim.lr=1e-4 --set train.batch_size=4."""
