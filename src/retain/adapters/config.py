@@ -37,8 +37,8 @@ class LoRAMoEConfig:
     """beta: weight of the localized balancing constraint in the training loss (0 disables it)."""
     blc_alpha: float = 0.1
     """delta: importance bonus (1+delta) for an expert whose group matches the sample type, 1-delta otherwise."""
-    blc_eps: float = 1e-6
-    """epsilon in Var(Z) / (Mean(Z)^2 + epsilon)."""
+    blc_eps: float = 1e-10
+    """epsilon in Var(Z) / (Mean(Z)^2 + epsilon) (1e-10 as in the authors' code)."""
     blc_reduction: str = "mean"
     """How per-layer LBC terms combine: 'mean' (default; beta does not grow with depth) or 'sum' (the
     authors' code: sum over layers and projections)."""

@@ -1,0 +1,66 @@
+"""The localized balancing constraint (LBC) of LoRAMoE, as a pure function of one layer's router mass.
+
+For one adapted layer and a batch of B samples with types t_b (1 = world knowledge, 0 = downstream task,
+-1 = unknown):
+
+    Q[e, b] = sum_t mask[b, t] * g_e(x_{b,t})        router mass of expert e on sample b's real tokens
+    I[e, b] = 1 + delta  if group(e) == type(b)  else  1 - delta
+    Z       = I * Q                                   (elementwise, over the samples with a known type)
+    L       = Var(Z) / (Mean(Z)^2 + eps)              squared coefficient of variation
+
+Choices, each checked against the authors' code (Ablustrund/LoRAMoE, ``peft/tuners/lora.py``,
+``Linear.cv_squared`` and ``forward``):
+
+- ``Var`` is the **unbiased** variance over all E*B entries of Z (``torch.Tensor.var()``'s default
+  ``correction=1``), and a single entry gives 0: both as in ``cv_squared``.
+- The world group is the **first** ``num_world`` experts (the authors use the first E/2 for type 1).
+- Differences from the authors' code, on purpose: padding tokens are **excluded** from Q (they sum the
+  router weights over every position, padding included), and unknown-type samples (-1) are **left out**
+  of Z (their code would give them 1-delta on every expert). The group sizes are configurable instead of
+  fixed halves.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from retain.errors import RetainError
+
+
+def router_mass(gates: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Q (E, B): router weights summed over each sample's real tokens.
+
+    gates: (B, T, E) probabilities (fp32); mask: (B, T) 1 for real tokens, 0 for padding, or None (all real).
+    """
+    if mask is None:
+        return gates.sum(dim=1).transpose(0, 1)
+    return torch.einsum("bte,bt->eb", gates, mask.to(gates.dtype))
+
+
+def importance(types: torch.Tensor, num_experts: int, num_world: int, delta: float) -> torch.Tensor:
+    """I (E, B) for samples of known type (0 or 1): 1+delta where the expert's group matches the type."""
+    expert_is_world = torch.arange(num_experts, device=types.device) < num_world  # (E,)
+    sample_is_world = types == 1  # (B,)
+    match = expert_is_world[:, None] == sample_is_world[None, :]
+    return torch.where(match, 1.0 + delta, 1.0 - delta).to(torch.float32)
+
+
+def check_types(types: torch.Tensor) -> None:
+    bad = ~((types == 0) | (types == 1) | (types == -1))
+    if bool(bad.any()):
+        raise RetainError(
+            f"sample_type values must be 1 (world), 0 (task) or -1 (unknown); got {sorted(set(types[bad].tolist()))}"
+        )
+
+
+def lbc_term(q: torch.Tensor, types: torch.Tensor, num_world: int, delta: float, eps: float) -> torch.Tensor:
+    """Unweighted LBC of one layer: Var(Z) / (Mean(Z)^2 + eps), a scalar (0 when < 2 entries remain).
+
+    q: (E, B) router mass (fp32); types: (B,) long in {1, 0, -1}; -1 columns are dropped.
+    """
+    keep = types >= 0
+    q, types = q[:, keep], types[keep]
+    z = importance(types, q.shape[0], num_world, delta) * q
+    if z.numel() < 2:
+        return q.new_zeros(())
+    return z.var() / (z.mean() ** 2 + eps)

@@ -1,0 +1,181 @@
+"""Injecting LoRAMoE into any Hugging Face causal LM, and getting sample types in and the LBC out.
+
+- Injection is module replacement: each target ``nn.Linear``/``Conv1D`` (see :mod:`retain.adapters.targets`)
+  becomes a :class:`LoRAMoELinear` holding it as ``base_layer``. No transformers code is copied or patched;
+  the model's forward signature is unchanged, so ``generate``, ``Trainer`` and PEFT-style tooling work.
+- One :class:`LoRAMoEState` per model, shared by its layers (a plain object, not a submodule, so it never
+  reaches ``state_dict``). :func:`sample_types` turns recording on and registers a forward pre-hook
+  (``with_kwargs=True``) on the model it is given; the hook takes ``attention_mask`` from the forward's
+  kwargs and clears the previous forward's records. Each layer then stores Q (E, B), its router mass per
+  sample over real tokens; nothing bigger is kept.
+- :func:`lbc_loss` combines the per-layer terms by their **mean** (``blc_reduction="mean"``, default): the
+  authors' code sums over layers and projections, which makes the effective beta grow with depth (x90 on
+  SmolLM2's 30 layers x 3 projections) so the same beta would mean different things on different models.
+  ``blc_reduction="sum"`` reproduces the authors' scale.
+- Inference needs no sample types: outside :func:`sample_types` nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from retain.adapters.config import LoRAMoEConfig
+from retain.adapters.loramoe.layer import LoRAMoELinear
+from retain.adapters.loramoe.lbc import check_types, lbc_term, router_mass
+from retain.adapters.targets import find_targets, resolve_target_modules
+from retain.errors import RetainError
+
+
+class LoRAMoEState:
+    """Per-model recording state shared by all LoRAMoE layers of one model."""
+
+    def __init__(self, config: LoRAMoEConfig):
+        self.config = config
+        self.recording = False
+        self.types: torch.Tensor | None = None  # (B,) long
+        self.mask: torch.Tensor | None = None  # (B, T) from the latest forward's kwargs
+        self.records: list[tuple[str, torch.Tensor]] = []  # (layer name, Q (E, B) fp32)
+
+    def record(self, layer: LoRAMoELinear, gates: torch.Tensor) -> None:
+        if gates.dim() != 3:
+            raise RetainError(
+                f"{layer.name}: LoRAMoE expects (batch, seq, hidden) inputs when sample types are given, "
+                f"got shape {tuple(gates.shape[:-1])}"
+            )
+        mask = self.mask
+        if mask is not None and tuple(mask.shape) != tuple(gates.shape[:2]):
+            raise RetainError(
+                f"{layer.name}: attention_mask shape {tuple(mask.shape)} does not match the layer input "
+                f"{tuple(gates.shape[:2])}; pass a 2-D (batch, seq) attention_mask"
+            )
+        if self.types is not None and self.types.shape[0] != gates.shape[0]:
+            raise RetainError(
+                f"sample_types: got {self.types.shape[0]} types for a batch of {gates.shape[0]}; "
+                "give one type per sequence"
+            )
+        self.records.append((layer.name, router_mass(gates, mask)))
+
+
+def loramoe_layers(model: nn.Module) -> list[LoRAMoELinear]:
+    return [m for m in model.modules() if isinstance(m, LoRAMoELinear)]
+
+
+def _state(model: nn.Module) -> LoRAMoEState | None:
+    for m in model.modules():
+        if isinstance(m, LoRAMoELinear):
+            return m.state
+    return None
+
+
+def loramoe_config(model: nn.Module) -> LoRAMoEConfig | None:
+    """The config a model was injected with (target_modules resolved), or None for a plain model."""
+    state = _state(model)
+    return None if state is None else state.config
+
+
+def inject_loramoe(model: nn.Module, config: LoRAMoEConfig) -> nn.Module:
+    """Freeze ``model`` and wrap its target layers with LoRAMoE experts, in place; returns ``model``."""
+    if loramoe_layers(model):
+        raise RetainError("inject_loramoe: the model already has LoRAMoE layers; load a fresh base model")
+    suffixes = resolve_target_modules(model, config.target_modules)
+    import dataclasses
+
+    config = dataclasses.replace(config, target_modules=suffixes)  # record what was resolved
+    state = LoRAMoEState(config)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for name in find_targets(model, suffixes):
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        base = getattr(parent, child)
+        layer = LoRAMoELinear(base, config.num_experts, config.rank, config.alpha, config.dropout,
+                              name=name, state=state)
+        layer.train(base.training)
+        setattr(parent, child, layer)
+    return model
+
+
+@contextlib.contextmanager
+def sample_types(model: nn.Module, types: torch.Tensor | Sequence[int] | None) -> Iterator[None]:
+    """Record the LBC inputs of the forwards run inside this block.
+
+    types: (B,) with 1 = world knowledge, 0 = task, -1 = unknown (excluded from the LBC); None records
+    nothing. A no-op on models without LoRAMoE layers. Use one block per forward (each forward replaces
+    the previous records); :func:`lbc_loss` reads them after the block.
+    """
+    state = _state(model)
+    if state is None or types is None:
+        if state is not None:
+            state.types, state.records = None, []
+        yield
+        return
+    types = torch.as_tensor(types, dtype=torch.long).reshape(-1)
+    check_types(types)
+
+    def capture(_module, args, kwargs):
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.dim() != 2:
+            raise RetainError(f"sample_types: attention_mask must be (batch, seq), got shape {tuple(mask.shape)}")
+        state.mask = mask
+        state.records = []
+
+    handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+    state.types, state.records, state.mask, state.recording = types, [], None, True
+    try:
+        yield
+    finally:
+        handle.remove()
+        state.recording, state.mask = False, None
+
+
+def lbc_loss(model: nn.Module) -> torch.Tensor | None:
+    """beta * LBC of the latest forward inside :func:`sample_types` (a scalar with grad), combined over
+    layers by mean (default) or sum, see ``LoRAMoEConfig.blc_reduction``.
+
+    None when the model has no LoRAMoE layers, no sample types were given, or beta is 0.
+    """
+    state = _state(model)
+    if state is None or state.types is None or not state.records or state.config.blc_weight == 0:
+        return None
+    cfg = state.config
+    device = state.records[0][1].device
+    types = state.types.to(device)
+    terms = torch.stack([
+        lbc_term(q.to(device), types, cfg.num_world_experts, cfg.blc_alpha, cfg.blc_eps)
+        for _, q in state.records
+    ])
+    total = terms.mean() if cfg.blc_reduction == "mean" else terms.sum()
+    return cfg.blc_weight * total
+
+
+def last_router_mass(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """(layer name, Q (E, B)) of the latest recorded forward: router mass per expert and sample."""
+    state = _state(model)
+    return [] if state is None else list(state.records)
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Adapter and router weights only: ``{layer_name}.lora_A|lora_B|router`` -> tensor."""
+    return {f"{layer.name}.{k}": p.detach() for layer in loramoe_layers(model)
+            for k, p in layer.adapter_parameters().items()}
+
+
+def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], source: str = "adapter") -> None:
+    """Copy saved adapter weights into an injected model; every key must match exactly."""
+    own = {f"{layer.name}.{k}": p for layer in loramoe_layers(model) for k, p in layer.adapter_parameters().items()}
+    missing, unexpected = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+    if missing or unexpected:
+        raise RetainError(
+            f"{source}: adapter weights do not fit this base model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); load it onto the base model it was trained on"
+        )
+    with torch.no_grad():
+        for k, p in own.items():
+            t = tensors[k]
+            if tuple(t.shape) != tuple(p.shape):
+                raise RetainError(f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
+            p.copy_(t.to(p.dtype))
