@@ -1,0 +1,213 @@
+"""``retain train`` and its Python API :func:`train`.
+
+Order of work, chosen so that bad input never leaves a half-written run folder:
+
+1. recipe parsed and validated (:mod:`retain.training.recipe`);
+2. every dataset read and validated, then mixed (:mod:`retain.data.formats`, :mod:`retain.data.mixture`);
+3. the output folder checked (an existing run needs ``--resume``);
+4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
+5. only then the folder is created: ``recipe.yaml``, ``train_log.jsonl`` (appended as steps finish),
+   ``checkpoints/`` (every ``save_every`` steps), and at the end ``model/`` (``save_finetuned``),
+   ``loss.png`` and ``train_result.json``.
+
+Under ``torchrun`` every rank runs the same code; only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from retain.errors import RetainError
+from retain.training.config import Recipe, TrainCommand
+
+log = logging.getLogger(__name__)
+
+_RUN_FILES = ("train_log.jsonl", "checkpoints", "model", "train_result.json")
+
+
+@dataclass
+class TrainResult:
+    output_dir: str
+    """The run folder."""
+    model_dir: str
+    """The fine-tuned model/adapter folder (load it with retain.adapters.methods.load_finetuned)."""
+    method: str
+    steps: int
+    final_loss: float
+    """Mean LM loss (nats per assistant token) over the last 10 logged steps."""
+    wall_time_s: float
+    """Training-loop seconds (all sessions of a resumed run; model loading excluded)."""
+    tokens_per_s: float
+    """Input tokens (pad excluded, all processes) per second of this session's loop."""
+    trainable_params: int
+    total_params: int
+    examples: int
+    """Examples in the encoded mixture."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """Examples taken from each dataset."""
+    model: Any = field(default=None, repr=False, compare=False)
+    """The trained module in memory (rank 0; None when the run had already finished)."""
+
+    def to_json(self) -> dict:
+        """Every field but the in-memory model."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "model"}
+
+
+def load_mixture(recipe: Recipe):
+    """Read every dataset (validated) and mix them by weight → :class:`retain.data.mixture.Mixture`."""
+    from retain.data.formats import load_examples
+    from retain.data.mixture import Source, mix
+
+    sources = []
+    for i, d in enumerate(recipe.datasets):
+        examples = load_examples(d.path, format=d.format, sample_type=d.type, limit=d.limit)
+        sources.append(Source(name=f"datasets[{i}] {d.path}", examples=examples, weight=d.weight))
+    return mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
+
+
+def load_base(recipe: Recipe, device):
+    """Base model (``recipe.model``) and its tokenizer, on ``device``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from retain.assets import resolve_model
+
+    path = resolve_model(recipe.model.name)
+    dtype = getattr(torch, recipe.model.dtype)
+    kw = {"trust_remote_code": recipe.model.trust_remote_code}
+    tok = AutoTokenizer.from_pretrained(path, **kw)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(device)
+    return model, tok
+
+
+def _check_output_dir(out: Path, resume: bool) -> None:
+    existing = [name for name in _RUN_FILES if (out / name).exists()]
+    if existing and not resume:
+        raise RetainError(
+            f"{out}: already holds a run ({', '.join(existing)}); pass --resume to continue it, or set "
+            "--output_dir to a new folder"
+        )
+
+
+def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: Any = None,
+          copy_model: bool = True) -> TrainResult:
+    """Fine-tune by ``recipe``; returns a :class:`TrainResult` (``.model`` holds the trained module).
+
+    model/tokenizer: an already-loaded base model (skips loading ``recipe.model.name``; the name is
+    still recorded as the base of the saved adapter). It is deep-copied first unless ``copy_model=False``
+    (then it is trained in place, and LoRA/LoRAMoE inject layers into it).
+    """
+    import torch
+
+    from retain.adapters.methods import prepare_model, save_finetuned, trainable_parameters
+    from retain.data.collate import Collator, encode_examples, pad_token_id
+    from retain.training import distributed
+    from retain.training.checkpoint import checkpoint_dir, list_checkpoints
+    from retain.training.plots import plot_loss
+    from retain.training.recipe import dump_recipe
+    from retain.training.trainer import append_jsonl, read_log, run_loop
+    from retain.utils.io import read_json, write_json_atomic, write_text_atomic
+    from retain.utils.seed import seed_everything
+
+    recipe.validate()
+    out = Path(recipe.train.output_dir)
+    if resume and (out / "train_result.json").exists():
+        log.info("%s: run already finished; returning its result", out)
+        return TrainResult(**read_json(out / "train_result.json"))
+    mixture = load_mixture(recipe)
+    _check_output_dir(out, resume)
+
+    info = distributed.setup(recipe.model.device)
+    try:
+        seed_everything(recipe.train.seed)
+        if model is None:
+            base, tok = load_base(recipe, info.device)
+        else:
+            if tokenizer is None:
+                raise RetainError("train(model=...): pass the tokenizer too")
+            base, tok = (copy.deepcopy(model) if copy_model else model), tokenizer
+            base.to(info.device)
+        features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
+        if dropped:
+            log.warning("%d examples have no assistant token within max_length=%d; skipped",
+                        dropped, recipe.train.max_length)
+        if not features:
+            raise RetainError(f"train.max_length={recipe.train.max_length}: no example keeps an assistant token; raise it")
+        if recipe.model.gradient_checkpointing:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
+        trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
+        trainee.to(info.device)
+        # Dropout streams differ per rank (they see different data anyway) and are restored on resume.
+        torch.manual_seed(recipe.train.seed + 1_000_003 * (info.rank + 1))
+        n_train, n_total = trainable_parameters(trainee)
+
+        ckpts = list_checkpoints(out) if resume else []
+        start = int(ckpts[-1].name.split("_")[1]) if ckpts else 0
+        log_path = out / "train_log.jsonl"
+        if info.is_main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(out / "recipe.yaml", dump_recipe(recipe))
+            # Drop rows logged after the checkpoint we resume from: those steps run again.
+            from retain.utils.io import write_jsonl_atomic
+
+            write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
+        distributed.barrier(info)
+
+        meta = {"world_size": info.world_size, "batch_size": recipe.train.batch_size,
+                "grad_accum": recipe.train.grad_accum, "examples": len(features), "seed": recipe.train.seed}
+        state = run_loop(recipe, trainee, features, Collator(pad_token_id(tok)), info, out, resume,
+                         lambda row: append_jsonl(log_path, row), meta)
+
+        rows = read_log(log_path) if info.is_main else []
+        last = state.last_rows or rows[-10:]
+        result = TrainResult(
+            output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=state.step,
+            final_loss=sum(r["lm_loss"] for r in last) / max(1, len(last)),
+            wall_time_s=round(state.elapsed, 3),
+            tokens_per_s=round(state.session_tokens / state.session_seconds, 2) if state.session_seconds else 0.0,
+            trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
+            model=trainee,
+        )
+        if info.is_main:
+            save_finetuned(trainee, out / "model", base_model=recipe.model.name, tokenizer=tok)
+            if rows:
+                plot_loss(rows, out / "loss.png", title=f"{recipe.method} on {len(features)} examples")
+            write_json_atomic(out / "train_result.json", result.to_json())
+            if not recipe.train.keep_final_checkpoint:
+                shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
+        distributed.barrier(info)
+        trainee.eval()
+        return result
+    finally:
+        distributed.cleanup(info)
+
+
+def run_train(cmd: TrainCommand) -> int:
+    """CLI entry: ``retain train RECIPE.yaml [--resume] [--output_dir D] [--max_steps N] [--set k=v ...]``."""
+    from retain.training.recipe import load_recipe
+
+    overrides = list(cmd.set or [])
+    if cmd.output_dir is not None:
+        overrides.append(f"train.output_dir={cmd.output_dir}")
+    if cmd.max_steps is not None:
+        overrides.append(f"train.max_steps={cmd.max_steps}")
+    recipe = load_recipe(cmd.recipe, overrides)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    t0 = time.perf_counter()
+    res = train(recipe, resume=cmd.resume)
+    import os
+
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(
+            f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
+            f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
+            f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"
+        )
+    return 0
