@@ -1,0 +1,94 @@
+"""User data formats: auto-detection, conversion to one chat shape, and file:line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retain.data.formats import detect_format, load_examples
+from retain.data.types import TASK, UNKNOWN, WORLD
+from retain.errors import RetainError
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."}]
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+RECORDS = {
+    "messages": {"messages": CHAT},
+    "sharegpt": {"system": "Be brief.", "conversations": [{"from": "human", "value": "Capital of France?"},
+                                                          {"from": "gpt", "value": "Paris."}]},
+    "alpaca": {"system": "Be brief.", "instruction": "Capital of France?", "input": "", "output": "Paris."},
+    "prompt_completion": {"prompt": [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "Capital of France?"}], "completion": "Paris."},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(RECORDS))
+def test_every_format_auto_detects_to_the_same_chat(tmp_path, fmt):
+    path = _jsonl(tmp_path / f"{fmt}.jsonl", [RECORDS[fmt]] * 3)
+    assert detect_format(RECORDS[fmt]) == fmt
+    for given in ("auto", fmt):
+        ex = load_examples(str(path), format=given, sample_type="task")
+        assert len(ex) == 3
+        assert ex[0] == {"messages": CHAT, "sample_type": TASK}
+
+
+def test_sharegpt_json_list_and_alpaca_input_history(tmp_path):
+    p = tmp_path / "data.json"
+    p.write_text(json.dumps([RECORDS["sharegpt"]]), encoding="utf-8")
+    assert load_examples(str(p))[0]["messages"] == CHAT
+    rec = {"instruction": "Translate", "input": "chat", "output": "cat", "history": [["hi", "hello"]]}
+    msgs = load_examples(str(_jsonl(tmp_path / "a.jsonl", [rec])))[0]["messages"]
+    assert [m["role"] for m in msgs] == ["user", "assistant", "user", "assistant"]
+    assert msgs[2]["content"] == "Translate\n\nchat"
+
+
+def test_sample_type_argument_overrides_record_field(tmp_path):
+    path = _jsonl(tmp_path / "d.jsonl", [{"messages": CHAT, "sample_type": "world"}, {"messages": CHAT}])
+    assert [e["sample_type"] for e in load_examples(str(path))] == [WORLD, UNKNOWN]
+    assert [e["sample_type"] for e in load_examples(str(path), sample_type="task")] == [TASK, TASK]
+
+
+def test_limit_keeps_first_records(tmp_path):
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(5)]
+    ex = load_examples(str(_jsonl(tmp_path / "d.jsonl", rows)), limit=2)
+    assert [e["messages"][1]["content"] for e in ex] == ["a0", "a1"]
+
+
+@pytest.mark.parametrize(
+    "lines, line_no, needle",
+    [
+        (['{"prompt": "a", "completion": "b"}', '{"prompt": "a", "completion": '], 2, "invalid JSON"),
+        (['{"messages": []}'], 1, "empty conversation"),
+        (['{"prompt": "a", "completion": "b"}', "", '{"prompt": "a"}'], 3, "lacks ['completion']"),
+        (['{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "  "}]}'], 1, "empty"),
+        (['{"messages": [{"role": "user", "content": "q"}]}'], 1, "no assistant turn"),
+        (['{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}'], 1, "robot"),
+        (['{"conversations": [{"from": "alien", "value": "q"}]}'], 1, "alien"),
+        (['{"text": "plain"}'], 1, "cannot tell the format"),
+        (['{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}'], 1, "string"),
+        (['{"prompt": "a", "completion": "b", "sample_type": "wrld"}'], 1, "wrld"),
+    ],
+)
+def test_malformed_records_name_file_and_line(tmp_path, lines, line_no, needle):
+    path = tmp_path / "bad.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(RetainError) as e:
+        load_examples(str(path))
+    assert f"{path}:{line_no}" in str(e.value) and needle in str(e.value)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(RetainError, match="file not found"):
+        load_examples(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(RetainError, match="empty"):
+        load_examples(str(tmp_path / "empty.jsonl"))
+    with pytest.raises(RetainError, match="unknown format"):
+        load_examples(str(_jsonl(tmp_path / "d.jsonl", [RECORDS["alpaca"]])), format="csv")  # type: ignore[arg-type]
