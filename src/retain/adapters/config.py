@@ -36,7 +36,13 @@ class LoRAMoEConfig:
     blc_weight: float = 0.1
     """beta: weight of the localized balancing constraint in the training loss (0 disables it)."""
     blc_alpha: float = 0.1
-    """delta: importance bonus (1+delta) for an expert whose group matches the sample type, 1-delta otherwise."""
+    """delta (in [0, 1)): the importance matrix I holds 1-delta and 1+delta (which goes where: blc_paper_sign)."""
+    blc_paper_sign: bool = False
+    """False (default): I = 1-delta where the expert's group matches the sample type, 1+delta elsewhere, so
+    minimizing Var(Z)/Mean(Z)^2 (which drives Q towards 1/I) sends world samples to the world experts.
+    True: the paper's/authors' literal I (1+delta on the matching group), under which the matching group
+    receives *less* mass (Ablustrund/LoRAMoE issue 22); with equal groups the two differ only by which
+    experts are called 'world'."""
     blc_eps: float = 1e-10
     """epsilon in Var(Z) / (Mean(Z)^2 + epsilon) (1e-10 as in the authors' code)."""
     blc_reduction: str = "mean"
@@ -50,6 +56,10 @@ class LoRAMoEConfig:
             raise RetainError(f"loramoe.rank={self.rank}: must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise RetainError(f"loramoe.dropout={self.dropout}: must be in [0, 1)")
+        if not 0.0 <= self.blc_alpha < 1.0:
+            raise RetainError(f"loramoe.blc_alpha={self.blc_alpha}: must be in [0, 1)")
+        if self.blc_weight < 0:
+            raise RetainError(f"loramoe.blc_weight={self.blc_weight}: must be >= 0")
         if self.blc_reduction not in ("mean", "sum"):
             raise RetainError(f"loramoe.blc_reduction={self.blc_reduction!r}: use 'mean' or 'sum'")
         w = self.num_world_experts

@@ -94,8 +94,15 @@ def save_finetuned(model: nn.Module, out_dir: str | Path, base_model: str, token
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         if method == "lora":
-            model.peft_config["default"].base_model_name_or_path = base_model
+            # PEFT inspects the base folder while saving: give it the resolved local path (no hub
+            # lookup for a short name like "smollm2"), then record the name the caller gave.
+            from retain.assets import resolve_model
+
+            model.peft_config["default"].base_model_name_or_path = _resolve_quiet(base_model, resolve_model)
             model.save_pretrained(str(tmp))
+            meta = read_json(tmp / ADAPTER_CONFIG)
+            meta["base_model_name_or_path"] = base_model
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         elif method == "loramoe":
             cfg = loramoe_config(model)
             meta = {"method": "loramoe", "base_model": base_model, "config": dataclasses.asdict(cfg)}
@@ -106,6 +113,13 @@ def save_finetuned(model: nn.Module, out_dir: str | Path, base_model: str, token
             model.save_pretrained(str(tmp), safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+
+
+def _resolve_quiet(name: str, resolve) -> str:
+    try:
+        return resolve(name)
+    except RetainError:
+        return name
 
 
 def _try_tokenizer(name: str):

@@ -145,7 +145,7 @@ def lbc_loss(model: nn.Module) -> torch.Tensor | None:
     device = state.records[0][1].device
     types = state.types.to(device)
     terms = torch.stack([
-        lbc_term(q.to(device), types, cfg.num_world_experts, cfg.blc_alpha, cfg.blc_eps)
+        lbc_term(q.to(device), types, cfg.num_world_experts, cfg.blc_alpha, cfg.blc_eps, cfg.blc_paper_sign)
         for _, q in state.records
     ])
     total = terms.mean() if cfg.blc_reduction == "mean" else terms.sum()
