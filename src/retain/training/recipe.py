@@ -89,7 +89,7 @@ def from_dict(cls: type, data: Any, path: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            close = _suggest(str(key), list(fields))
             hint = f"; did you mean '{_join(path, close[0])}'?" if close else f"; valid keys: {', '.join(fields)}"
             raise RetainError(f"unknown key '{_join(path, key)}'{hint}")
     kwargs = {}
@@ -103,6 +103,15 @@ def from_dict(cls: type, data: Any, path: str) -> Any:
     except RetainError as e:  # a config's own __post_init__ check: prefix where it happened
         msg = str(e)
         raise RetainError(msg if msg.startswith(path) else f"{_where(path)}: {msg}") from None
+
+
+def _suggest(key: str, valid: list[str]) -> list[str]:
+    """Closest valid key by spelling, else by initials (``learning_rate`` -> ``lr``)."""
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        return close
+    initials = "".join(part[:1] for part in key.lower().split("_") if part)
+    return [v for v in valid if v == initials][:1]
 
 
 def _join(path: str, key: Any) -> str:

@@ -1,0 +1,76 @@
+"""Recipes: strict YAML parsing, suggestions, cross-field checks, and the shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retain.errors import RetainError
+from retain.training.recipe import dump_recipe, load_recipe, recipe_from_dict
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_unknown_key_names_path_and_suggests(make_recipe):
+    data = make_recipe()
+    data["optim"]["learning_rate"] = 1e-4
+    with pytest.raises(RetainError, match=r"unknown key 'optim.learning_rate'; did you mean 'optim.lr'"):
+        recipe_from_dict(data)
+    data = make_recipe()
+    data["datasets"][1]["wieght"] = 1
+    with pytest.raises(RetainError, match=r"datasets\[1\].wieght'; did you mean 'datasets\[1\].weight'"):
+        recipe_from_dict(data)
+    with pytest.raises(RetainError, match=r"unknown key 'methd'; did you mean 'method'"):
+        recipe_from_dict({**make_recipe(), "methd": "lora"})
+
+
+@pytest.mark.parametrize(
+    "section, value, needle",
+    [("train", {"batch_size": "8"}, "train.batch_size: expected int, got str"),
+     ("method", "lorra", "did you mean 'lora'"),
+     ("train", {"grad_accum": 0}, "train.grad_accum=0: must be >= 1"),
+     ("loramoe", {"num_experts": 0}, "loramoe.num_experts=0"),
+     ("optim", {"betas": [0.9]}, "optim.betas: expected")],
+)
+def test_wrong_types_and_values_are_named(make_recipe, section, value, needle):
+    with pytest.raises(RetainError, match=needle):
+        recipe_from_dict(make_recipe(**{section: value}))
+
+
+def test_missing_type_under_lbc(make_recipe):
+    data = make_recipe(method="loramoe")
+    del data["datasets"][0]["type"]
+    with pytest.raises(RetainError, match=r"datasets\[0\] .*missing 'type'.*blc_weight: 0"):
+        recipe_from_dict(data)
+    data["loramoe"]["blc_weight"] = 0.0  # no LBC: types are optional
+    assert recipe_from_dict(data).uses_lbc is False
+    recipe_from_dict({**data, "method": "lora"})
+
+
+def test_yaml_file_floats_overrides_and_round_trip(make_recipe, tmp_path):
+    path = make_recipe(write=True)
+    path.write_text(path.read_text() + "# lr written like people write it\n", encoding="utf-8")
+    text = path.read_text().replace("lr: 0.003", "lr: 2e-4")
+    path.write_text(text, encoding="utf-8")
+    r = load_recipe(path, ["train.batch_size=2", "loramoe.num_experts=4"])
+    assert r.optim.lr == 2e-4 and r.train.batch_size == 2 and r.loramoe.num_experts == 4
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_recipe(r), encoding="utf-8")
+    assert load_recipe(again) == r
+    with pytest.raises(RetainError, match="expected key.path=value"):
+        load_recipe(path, ["nonsense"])
+    with pytest.raises(RetainError, match=f"{path}: unknown key 'train.bach_size'"):
+        load_recipe(path, ["train.bach_size=2"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {name: x\n", encoding="utf-8")
+    with pytest.raises(RetainError, match="invalid YAML"):
+        load_recipe(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_parse_and_state_their_command(path):
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# retain train recipes/") and path.name in first
+    recipe = load_recipe(path)
+    assert recipe.datasets and recipe.train.output_dir.startswith("runs/")
