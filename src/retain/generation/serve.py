@@ -1,0 +1,261 @@
+"""``retain serve``: an OpenAI-compatible chat-completions server over the in-process ``hf`` backend.
+
+- Endpoints: ``POST /v1/chat/completions`` (non-streaming), ``GET /v1/models``, ``GET /health``.
+- Micro-batching is the point: concurrent requests are queued, and a single loop collects up to
+  ``batch_size`` of them (waiting at most ``max_wait_ms`` for the batch to fill) into one backend call,
+  so N clients cost about one batched ``generate`` instead of N serial ones. Requests with different
+  temperature / top_p / max_tokens are generated in separate groups of the same round.
+- Seeds are per batch (``model.generate`` samples all rows from one RNG): a batch uses the seed of its
+  first request, so a seeded request is reproducible only when batched with the same requests. For
+  bit-reproducible corpora use the in-process ``hf`` backend.
+- The model runs on one worker thread; the event loop stays free to accept and queue requests.
+- Top-level imports are stdlib only, so ``retain --help`` does not pay for torch / fastapi.
+- Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key.
+"""
+
+# No `from __future__ import annotations`: FastAPI must see the real request type inside create_app.
+import asyncio
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from retain.errors import RetainError
+
+if TYPE_CHECKING:
+    from retain.generation.backends.base import Backend, Completion, SamplingParams
+
+
+@dataclass
+class ServeConfig:
+    model: str = "smollm2"
+    """'smollm2' (bundled), a local HF model folder or a hub id."""
+    host: str = "127.0.0.1"
+    """Interface to bind; the default is reachable from this machine only."""
+    port: int = 8000
+    """TCP port."""
+    batch_size: int = 32
+    """Most requests (choices) generated together in one micro-batch."""
+    max_wait_ms: float = 10.0
+    """How long the batching loop waits for a batch to fill once a request is queued (ms)."""
+    max_new_tokens: int = 256
+    """Default completion budget when a request sets neither max_tokens nor max_completion_tokens."""
+    max_tokens_limit: int = 4096
+    """Largest completion budget a request may ask for (larger -> HTTP 400)."""
+    max_queue: int = 4096
+    """Queued choices beyond this get HTTP 429 (clients back off and retry)."""
+    served_model_name: str | None = None
+    """Model id reported by /v1/models and in responses (default: --model)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Weights dtype."""
+    device: str = "auto"
+    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'."""
+    trust_remote_code: bool = False
+    """Allow the model folder's own Python code to run (only for models you trust)."""
+    api_key_env: str | None = None
+    """If set, the name of an environment variable holding the key clients must send as 'Authorization: Bearer'."""
+
+
+@dataclass
+class _Item:
+    messages: list[dict[str, str]]
+    params: "SamplingParams"
+    future: asyncio.Future
+
+
+class MicroBatcher:
+    """Queue + batching loop: ``submit`` awaits completions, ``run`` turns the queue into backend calls."""
+
+    def __init__(self, backend: "Backend", batch_size: int = 32, max_wait_ms: float = 10.0, max_queue: int = 4096):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.backend, self.batch_size, self.max_wait_s = backend, batch_size, max_wait_ms / 1000
+        self.queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=max_queue)
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="retain-serve-model")
+        self.calls: list[int] = []
+        """Size of every backend.chat call made (for /health and tests)."""
+
+    async def submit(self, conversations: list[list[dict[str, str]]], params: "SamplingParams") -> list["Completion"]:
+        loop = asyncio.get_running_loop()
+        if self.queue.qsize() + len(conversations) > self.queue.maxsize:
+            raise OverflowError("queue full")
+        items = [_Item(c, params, loop.create_future()) for c in conversations]
+        for it in items:
+            self.queue.put_nowait(it)
+        return list(await asyncio.gather(*(it.future for it in items)))
+
+    async def _collect(self) -> list[_Item]:
+        """Block for one item, then take up to batch_size, waiting at most max_wait for more."""
+        loop = asyncio.get_running_loop()
+        batch = [await self.queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.batch_size:
+            try:
+                batch.append(self.queue.get_nowait())
+                continue
+            except asyncio.QueueEmpty:
+                pass
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), left))
+            except asyncio.TimeoutError:
+                break
+        return [it for it in batch if not it.future.done()]  # drop requests whose client went away
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            groups: dict[tuple, list[_Item]] = {}
+            for it in await self._collect():
+                p = it.params  # the seed is not part of the key: see the module docstring
+                groups.setdefault((p.temperature, p.top_p, p.max_new_tokens), []).append(it)
+            for items in groups.values():
+                params = items[0].params
+                try:
+                    self.calls.append(len(items))
+                    outs = await loop.run_in_executor(self.executor, self.backend.chat, [i.messages for i in items], params)
+                except Exception as e:  # noqa: BLE001 - reported to the waiting requests, the loop goes on
+                    for it in items:
+                        if not it.future.done():
+                            it.future.set_exception(e)
+                    continue
+                for it, out in zip(items, outs):
+                    if not it.future.done():
+                        it.future.set_result(out)
+
+
+def create_app(
+    backend: "Backend",
+    model_name: str | None = None,
+    batch_size: int = 32,
+    max_wait_ms: float = 10.0,
+    max_new_tokens: int = 256,
+    max_tokens_limit: int = 4096,
+    max_queue: int = 4096,
+    api_key: str | None = None,
+):
+    """Build the FastAPI app over ``backend`` (any :class:`Backend`; tests pass a fake one)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from openai.types.chat import ChatCompletion
+
+    from retain.generation.backends.base import SamplingParams
+    from retain.generation.serve_schema import ChatRequest
+
+    name = model_name or backend.name
+    batcher = MicroBatcher(backend, batch_size, max_wait_ms, max_queue)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.create_task(batcher.run())
+        yield
+        task.cancel()
+        batcher.executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="retain serve", lifespan=lifespan)
+    app.state.batcher = batcher
+
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
+        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+        return JSONResponse(body, status_code=status, headers={"Retry-After": "1"} if status == 429 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        e = exc.errors()[0]
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body")
+        if e.get("type") == "json_invalid":
+            return error(400, "body: not valid JSON")
+        return error(400, f"{where or 'body'}: {e.get('msg', 'invalid')}", param=where or None)
+
+    @app.middleware("http")
+    async def auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
+            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        calls = batcher.calls
+        return {"status": "ok", "model": name, "queued": batcher.queue.qsize(), "batches": len(calls),
+                "mean_batch": (sum(calls) / len(calls)) if calls else 0.0}
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "retain"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatRequest):
+        budget = req.budget(max_new_tokens)
+        if budget > max_tokens_limit:
+            return error(400, f"max_tokens: {budget} exceeds this server's limit {max_tokens_limit}", param="max_tokens")
+        params = SamplingParams(max_new_tokens=budget, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
+        messages = [m.as_dict() for m in req.messages]
+        try:
+            outs = await batcher.submit([messages] * req.n, params)
+        except OverflowError:
+            return error(429, "server busy: request queue is full; retry later", "rate_limit_error")
+        except RetainError as e:  # e.g. the chat template rejects the conversation
+            return error(400, str(e))
+        response = ChatCompletion(
+            id=f"chatcmpl-{uuid.uuid4().hex}",
+            object="chat.completion",
+            created=int(time.time()),
+            model=name,
+            choices=[
+                {"index": i, "message": {"role": "assistant", "content": o.text}, "finish_reason": o.finish_reason}
+                for i, o in enumerate(outs)
+            ],
+            usage={
+                "prompt_tokens": outs[0].prompt_tokens,
+                "completion_tokens": sum(o.completion_tokens for o in outs),
+                "total_tokens": outs[0].prompt_tokens + sum(o.completion_tokens for o in outs),
+            },
+        )
+        return response.model_dump(exclude_none=True)
+
+    return app
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail with one line before loading the model, rather than after, when the port is taken."""
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise RetainError(f"--host {host} --port {port}: cannot bind ({e.strerror}); pick another --port") from None
+
+
+def run_serve(cfg: ServeConfig) -> int:
+    """Load the model, then serve until interrupted."""
+    import uvicorn
+
+    from retain.generation.backends.config import BackendConfig, make_backend
+
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or not (0 < cfg.port < 65536):
+        raise RetainError(f"serve: batch_size and max_new_tokens must be >= 1 and port in 1..65535; got {cfg}")
+    _check_port_free(cfg.host, cfg.port)
+    api_key = None
+    if cfg.api_key_env:
+        api_key = os.environ.get(cfg.api_key_env)
+        if not api_key:
+            raise RetainError(f"--api_key_env {cfg.api_key_env}: environment variable is unset or empty; export it first")
+    backend = make_backend(BackendConfig(
+        kind="hf", model=cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
+        trust_remote_code=cfg.trust_remote_code, progress=False,
+    ))
+    name = cfg.served_model_name or cfg.model
+    app = create_app(backend, name, cfg.batch_size, cfg.max_wait_ms, cfg.max_new_tokens, cfg.max_tokens_limit,
+                     cfg.max_queue, api_key)
+    if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+        print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use the model")
+    print(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.batch_size})", flush=True)
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
+    return 0

@@ -1,0 +1,188 @@
+"""`retain serve`: the app over a fake backend (validation, micro-batching, n, queue limit), and a real
+`retain serve` subprocess on loopback driven by the official `openai` client and by the `openai` backend."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+from fastapi.testclient import TestClient
+
+from retain.generation.backends import BackendConfig, Completion, SamplingParams, make_backend
+from retain.generation.serve import create_app
+
+
+class EchoBackend:
+    """Deterministic stand-in: echoes the last user turn and the sampling params; records call sizes."""
+
+    name = "echo"
+
+    def __init__(self, delay_s: float = 0.0):
+        self.calls: list[int] = []
+        self.delay_s = delay_s
+
+    def chat(self, conversations, params):
+        self.calls.append(len(conversations))
+        time.sleep(self.delay_s)
+        return [
+            Completion(text=f"{c[-1]['content']}|t={params.temperature}|max={params.max_new_tokens}",
+                       prompt_tokens=len(c), completion_tokens=3, finish_reason="length")
+            for c in conversations
+        ]
+
+
+def user(text: str) -> list[dict[str, str]]:
+    return [{"role": "user", "content": text}]
+
+
+def test_chat_completion_shape_n_and_budget():
+    with TestClient(create_app(EchoBackend(), model_name="m", max_new_tokens=7)) as client:
+        r = client.post("/v1/chat/completions", json={
+            "model": "anything", "n": 3, "temperature": 0.5,
+            "messages": [{"role": "developer", "content": [{"type": "text", "text": "sys"}]},
+                         {"role": "user", "content": "hello"}],
+        })
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["object"] == "chat.completion" and body["model"] == "m" and body["id"].startswith("chatcmpl-")
+        assert [c["index"] for c in body["choices"]] == [0, 1, 2]
+        assert {c["message"]["content"] for c in body["choices"]} == {"hello|t=0.5|max=7"}
+        assert body["choices"][0]["finish_reason"] == "length"
+        assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 9, "total_tokens": 11}
+        r = client.post("/v1/chat/completions", json={"messages": user("x"), "max_tokens": 5, "max_completion_tokens": 9})
+        assert r.json()["choices"][0]["message"]["content"] == "x|t=1.0|max=9"
+        assert client.get("/v1/models").json()["data"][0]["id"] == "m"
+        assert client.get("/health").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, where", [
+    ({"messages": []}, "messages"),
+    ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
+    ({"messages": user("x"), "stream": True}, "stream"),
+    ({"messages": user("x"), "stop": ["\n"]}, "stop"),
+    ({"messages": user("x"), "temperature": 3}, "temperature"),
+    ({"messages": user("x"), "n": 0}, "n"),
+    ({"messages": user("x"), "max_tokens": 100000}, "max_tokens"),
+    ({"messages": [*user("x"), {"role": "assistant", "content": "y"}]}, "assistant"),
+])
+def test_bad_requests_get_400_with_a_clear_message(body, where):
+    with TestClient(create_app(EchoBackend(), max_tokens_limit=4096)) as client:
+        r = client.post("/v1/chat/completions", json=body)
+        assert r.status_code == 400
+        assert where in r.json()["error"]["message"]
+        r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_concurrent_requests_are_micro_batched_and_grouped_by_params():
+    backend = EchoBackend(delay_s=0.05)
+    app = create_app(backend, batch_size=16, max_wait_ms=200)
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                reqs = [client.post("/v1/chat/completions", json={"messages": user(f"q{i}"), "temperature": 0.5 if i < 10 else 0.0})
+                        for i in range(12)]
+                return await asyncio.gather(*reqs)
+
+    responses = asyncio.run(go())
+    texts = [r.json()["choices"][0]["message"]["content"] for r in responses]
+    assert texts == [f"q{i}|t={0.5 if i < 10 else 0.0}|max=256" for i in range(12)]
+    assert sorted(backend.calls) == [2, 10]  # one round, two parameter groups
+
+
+def test_full_queue_answers_429():
+    app = create_app(EchoBackend(), max_queue=2)
+    with TestClient(app) as client:
+        r = client.post("/v1/chat/completions", json={"messages": user("x"), "n": 3})
+        assert r.status_code == 429 and r.headers["retry-after"] == "1"
+
+
+def test_api_key_is_required_when_configured():
+    with TestClient(create_app(EchoBackend(), api_key="s3cret")) as client:
+        assert client.post("/v1/chat/completions", json={"messages": user("x")}).status_code == 401
+        ok = client.post("/v1/chat/completions", json={"messages": user("x")}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert client.get("/health").status_code == 200  # liveness stays open
+
+
+# -- a real `retain serve` process on loopback --------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served_tiny(tiny_llama_path):
+    port = free_port()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "retain", "serve", "--model", tiny_llama_path, "--port", str(port),
+         "--batch_size", "8", "--max_wait_ms", "150", "--served_model_name", "tiny"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 90
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"retain serve exited early:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("retain serve did not come up within 90 s")
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_official_openai_client_against_retain_serve(served_tiny):
+    client = openai.OpenAI(base_url=f"{served_tiny}/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    r = client.chat.completions.create(model="tiny", messages=user("Hello there"), max_tokens=5, temperature=0.8, n=2, seed=1)
+    assert len(r.choices) == 2 and all(c.finish_reason == "length" for c in r.choices)
+    assert r.usage.completion_tokens == 10 and r.usage.prompt_tokens > 5
+    with pytest.raises(openai.BadRequestError, match="stream"):
+        client.chat.completions.create(model="tiny", messages=user("x"), stream=True)
+
+
+@pytest.mark.slow
+def test_openai_backend_through_retain_serve_matches_in_process_hf(served_tiny, tiny_llama_path):
+    convs = [user(f"Question number {i}: " + "why? " * i) for i in range(12)]
+    params = SamplingParams(max_new_tokens=5, temperature=0.0)
+    remote = make_backend(BackendConfig(kind="openai", model="tiny", base_url=f"{served_tiny}/v1",
+                                        max_concurrency=12, progress=False))
+    before = httpx.get(f"{served_tiny}/health").json()["batches"]
+    got = remote.chat(convs, params)
+    after = httpx.get(f"{served_tiny}/health").json()["batches"]
+    local = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, batch_size=12, progress=False))
+    want = local.chat(convs, params)
+    assert [c.text for c in got] == [c.text for c in want]  # same answers, in input order
+    assert [c.prompt_tokens for c in got] == [c.prompt_tokens for c in want]
+    assert after - before < len(convs)  # concurrent requests shared generate() calls
+
+
+@pytest.mark.slow
+def test_serve_smollm2_answers_a_real_question(smollm2_path):
+    backend = make_backend(BackendConfig(kind="hf", model=smollm2_path, progress=False))
+    with TestClient(create_app(backend, model_name="smollm2")) as client:
+        r = client.post("/v1/chat/completions", json={
+            "messages": user("What is the capital of France?"), "temperature": 0, "max_tokens": 24})
+        choice = r.json()["choices"][0]
+        assert "Paris" in choice["message"]["content"] and choice["finish_reason"] == "stop"
