@@ -1,0 +1,145 @@
+"""Options of ``retain decompress`` and ``retain export`` (torch-free: ``--help`` stays fast).
+
+Tree shape. A run has levels ``[(N_1, L_1), ..., (N_D, L_D)]``: level i gives every kept node of level
+i-1 ``N_i`` children (level 1: ``N_1`` root questions) and answers each with at most ``L_i`` new tokens.
+The number of nodes at level k is ``prod_{i<=k} N_i``; the total is the sum over k; the number of
+dialogues (root-to-leaf paths, the rows of ``sft.jsonl``) is the count of the last level.
+
+=========  ====================================  ======================  ===========  =========
+preset     levels ``[(N_i, L_i)]``               nodes per level         total nodes  dialogues
+=========  ====================================  ======================  ===========  =========
+wide       ``[(120, 256), (4, 192)]``            120, 480                600          480
+balance    ``[(8, 256), (8, 192), (8, 192)]``    8, 64, 512              584          512
+=========  ====================================  ======================  ===========  =========
+
+Both presets make ~600 nodes, so they cost about the same; ``wide`` covers more subjects in two turns,
+``balance`` goes three turns deep on fewer subjects. Dedup and filter drops make the real counts
+smaller (each drop is recorded); ``--oversample`` asks for extra candidates so dedup can still fill N_i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from retain.errors import RetainError
+from retain.generation.backends.config import BackendConfig
+from retain.generation.prompts import DEFAULT_TOPICS, Prompts
+
+PRESETS: dict[str, list[tuple[int, int]]] = {
+    "wide": [(120, 256), (4, 192)],
+    "balance": [(8, 256), (8, 192), (8, 192)],
+}
+"""Named tree shapes: name -> [(N_i children per node, L_i max new tokens per answer)]."""
+
+
+def nodes_per_level(levels: list[tuple[int, int]]) -> list[int]:
+    """Configured node count of each level: ``prod_{i<=k} N_i``."""
+    out, n = [], 1
+    for children, _ in levels:
+        n *= children
+        out.append(n)
+    return out
+
+
+@dataclass
+class DecompressConfig:
+    """TG self-decompression: grow a question/answer tree from a model's own knowledge."""
+
+    run_dir: str
+    """Run directory (created). Re-running the same command on it resumes; a finished run is re-exported."""
+    model: str = "smollm2"
+    """Model: 'smollm2' (bundled SmolLM2-135M-Instruct), a local HF folder, a hub id, or the served model name (openai)."""
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    """How to run the model: kind hf|openai, server URL, batch size, concurrency, dtype, device (model is taken from --model)."""
+    preset: Literal["wide", "balance"] = "wide"
+    """Tree shape when --levels is not given: wide = [(120,256),(4,192)] (600 nodes), balance = [(8,256),(8,192),(8,192)] (584 nodes)."""
+    levels: list[tuple[int, int]] | None = None
+    """Custom shape [[N_1, L_1], ...]: N_i children per node (>=1), L_i max new tokens per answer (>=1). Overrides --preset."""
+    topics: list[str] = field(default_factory=lambda: list(DEFAULT_TOPICS))
+    """Seed topics for level 1: the root questions are asked about these (round-robin)."""
+    prompts: Prompts = field(default_factory=Prompts)
+    """Prompt templates (root, followup, system); see retain.generation.prompts."""
+    oversample: float = 0.5
+    """Ask for ceil(N_i * (1 + oversample)) candidate questions so dedup and filters can still fill N_i."""
+    max_list_size: int = 8
+    """At most this many questions per request; larger asks (level 1) are split over several requests."""
+    question_tokens: int = 48
+    """Token budget per requested question when asking for a list (max_new_tokens = this x list size)."""
+    dedup_threshold: float = 0.9
+    """Drop a question whose cosine similarity to a kept question (whole tree) is >= this; 1.0 = exact duplicates only."""
+    embedder: str = "minilm"
+    """Sentence embedder for semantic dedup: 'minilm' (bundled all-MiniLM-L6-v2) or a local HF encoder folder."""
+    temperature: float = 0.7
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = 0.95
+    """Nucleus sampling mass."""
+    seed: int = 0
+    """Base seed; every backend call derives its own seed from it."""
+    max_repeat_ratio: float = 0.5
+    """Repetition filter: drop an answer whose fraction of repeated word 4-grams exceeds this (0 < x <= 1)."""
+    chunk_size: int = 512
+    """Conversations per backend call. Each chunk is journaled when it returns, so a kill loses at most one chunk."""
+    progress: bool = True
+    """Show tqdm progress bars and the summary table."""
+
+    def __post_init__(self) -> None:
+        if self.levels is None and self.preset not in PRESETS:
+            raise RetainError(f"--preset {self.preset}: unknown preset; choose one of: {', '.join(PRESETS)}")
+        for i, lv in enumerate(self.resolved_levels(), start=1):
+            if len(lv) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in lv):
+                raise RetainError(f"--levels: level {i} is {list(lv)}; give [N_i, L_i] pairs of integers, e.g. [[3,96],[2,96]]")
+            n, max_tokens = lv
+            if n < 1 or max_tokens < 1:
+                raise RetainError(f"--levels: level {i} has N={n}, L={max_tokens}; both must be >= 1")
+        if self.levels is not None and not self.levels:
+            raise RetainError("--levels: empty; give at least one [N, L] pair")
+        if not 0.0 < self.dedup_threshold <= 1.0:
+            raise RetainError(f"--dedup_threshold {self.dedup_threshold}: must be in (0, 1]")
+        if not self.topics:
+            raise RetainError("--topics: empty; give at least one topic")
+        checks = [("oversample", self.oversample >= 0), ("max_list_size", self.max_list_size >= 1),
+                  ("question_tokens", self.question_tokens >= 1), ("chunk_size", self.chunk_size >= 1),
+                  ("temperature", self.temperature >= 0), ("top_p", 0 < self.top_p <= 1),
+                  ("max_repeat_ratio", 0 < self.max_repeat_ratio <= 1)]
+        for name, ok in checks:
+            if not ok:
+                raise RetainError(f"--{name} {getattr(self, name)}: out of range; see retain decompress --help")
+
+    def resolved_levels(self) -> list[tuple[int, int]]:
+        lv = self.levels if self.levels is not None else PRESETS[self.preset]
+        return [tuple(x) for x in lv]  # type: ignore[misc]
+
+    def candidates(self, n: int) -> int:
+        """How many candidate questions to ask for when N_i = n are wanted."""
+        return max(n, math.ceil(n * (1.0 + self.oversample)))
+
+    def fingerprint(self) -> dict:
+        """Everything that decides *what* is generated (not how fast): compared when resuming a run dir."""
+        d = dataclasses.asdict(self)
+        for k in ("run_dir", "backend", "progress", "chunk_size", "preset", "levels"):
+            d.pop(k)
+        d["levels"] = [list(x) for x in self.resolved_levels()]
+        return d
+
+    def fingerprint_hash(self) -> str:
+        blob = json.dumps(self.fingerprint(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class ExportConfig:
+    """Re-export a decompress run directory without generating."""
+
+    run_dir: str
+    """Run directory written by `retain decompress`."""
+    format: list[Literal["sft", "sharegpt", "pt"]] = field(default_factory=lambda: ["sft", "sharegpt", "pt"])
+    """Which exports: sft (sft.jsonl, TRL messages), sharegpt (sharegpt.json), pt (pt.jsonl, TG-PT text)."""
+    out: str | None = None
+    """Output folder (default: the run directory)."""
+    allow_incomplete: bool = False
+    """Export a run that has not finished (only its answered nodes)."""

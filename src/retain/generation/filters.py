@@ -1,0 +1,39 @@
+"""Answer filters: drop what would teach the student nothing or teach it to babble.
+
+- ``empty_answer``: nothing but whitespace (a model that emitted EOS at once, or only special tokens).
+- ``repetition``: a degenerate loop ("the cell is the cell is the cell ..."). Measured as the fraction
+  of word 4-grams that repeat an earlier 4-gram of the same answer; fluent prose stays far below 0.2,
+  while a loop approaches 1. Answers shorter than ``MIN_NGRAMS`` 4-grams are never judged (too little
+  evidence). A loop without spaces ("!!!!!!!!...") is caught by the same rule on characters.
+- List-parsing failures (a follow-up request whose reply holds no parseable question) are counted where
+  the lists are parsed (:func:`retain.generation.prompts.parse_questions`), under ``parse_failed``.
+
+Each dropped node keeps its reasons in ``nodes.jsonl`` and is counted by reason in ``manifest.json``;
+dropped nodes are never expanded and never exported.
+"""
+
+from __future__ import annotations
+
+EMPTY, REPETITION, PARSE_FAILED = "empty_answer", "repetition", "parse_failed"
+NGRAM = 4
+MIN_NGRAMS = 12
+
+
+def repeat_ratio(text: str, n: int = NGRAM) -> float:
+    """Fraction of n-grams (words, or characters for space-free text) that occurred earlier in ``text``."""
+    units: list[str] = text.split()
+    if len(units) < n + MIN_NGRAMS and len(text) >= 4 * (n + MIN_NGRAMS) and len(units) <= 2:
+        units = list(text.replace(" ", ""))  # one long "word": judge characters
+    grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
+    if len(grams) < MIN_NGRAMS:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def answer_drop_reasons(text: str, max_repeat_ratio: float = 0.5) -> list[str]:
+    """Why an answer should be dropped; ``[]`` keeps it."""
+    if not text.strip():
+        return [EMPTY]
+    if repeat_ratio(text) > max_repeat_ratio:
+        return [REPETITION]
+    return []
