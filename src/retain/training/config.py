@@ -175,4 +175,4 @@ class TrainCommand:
     max_steps: Optional[int] = None
     """Override train.max_steps."""
     set: list[str] = field(default_factory=list)
-    """More overrides as dotted key=value (YAML values), e.g. --set optim.lr=1e-4 --set train.batch_size=4."""
+    """More overrides as dotted key=value (YAML values): --set+ optim.lr=1e-4 --set+ train.batch_size=4."""

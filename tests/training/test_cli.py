@@ -1,0 +1,70 @@
+"""`retain train` on bad input: one `error:` line, exit status 2, and no output folder."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from retain.cli import main
+
+
+def _run(capsys, *argv):
+    rc = main(["train", *map(str, argv)])
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def _write(make_recipe, mutate):
+    data = make_recipe(method="loramoe")
+    mutate(data)
+    path = make_recipe(write=True)
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+def _bad_jsonl(data):
+    bad = data["datasets"][0]["path"] + ".bad.jsonl"
+    with open(bad, "w", encoding="utf-8") as f:
+        f.write(json.dumps({"prompt": "q", "completion": "a"}) + "\n{oops\n")
+    data["datasets"][0]["path"] = bad
+
+
+CASES = {
+    "unknown key": (lambda d: d["train"].update(max_step=3), "unknown key 'train.max_step'; did you mean 'train.max_steps'"),
+    "missing type under LBC": (lambda d: d["datasets"][1].pop("type"), "datasets[1]"),
+    "negative weight": (lambda d: d["datasets"][0].update(weight=-1), "must be a finite number >= 0"),
+    "zero weights": (lambda d: [x.update(weight=0) for x in d["datasets"]], "all weights are 0"),
+    "malformed jsonl": (_bad_jsonl, ".bad.jsonl:2: invalid JSON"),
+    "missing dataset": (lambda d: d["datasets"][0].update(path="/nonexistent/x.jsonl"), "/nonexistent/x.jsonl: file not found"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_recipe, tmp_path, capsys, case):
+    mutate, needle = CASES[case]
+    path = _write(make_recipe, mutate)
+    rc, err = _run(capsys, path)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_recipe_and_existing_run(make_recipe, tmp_path, capsys):
+    rc, err = _run(capsys, tmp_path / "nope.yaml")
+    assert rc == 2 and "recipe not found" in err[0]
+    path = make_recipe(write=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "train_log.jsonl").write_text('{"step": 1}\n', encoding="utf-8")
+    rc, err = _run(capsys, path, "--max_steps", 1)
+    assert rc == 2 and "already holds a run" in err[0] and "--resume" in err[0]
+    assert (tmp_path / "run" / "train_log.jsonl").read_text() == '{"step": 1}\n'  # untouched
+
+
+def test_cli_overrides_reach_the_run(make_recipe, tmp_path, capsys):
+    path = make_recipe(method="full", write=True)
+    rc = main(["train", str(path), "--output_dir", str(tmp_path / "o"), "--max_steps", "2", "--set+", "train.log_every=2"])
+    assert rc == 0
+    rows = (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(r)["step"] for r in rows] == [2]
+    assert "trained full: 2 steps" in capsys.readouterr().out
