@@ -56,9 +56,9 @@ class DecompressConfig:
     """Model: 'smollm2' (bundled SmolLM2-135M-Instruct), a local HF folder, a hub id, or the served model name (openai)."""
     backend: BackendConfig = field(default_factory=BackendConfig)
     """How to run the model: kind hf|openai, server URL, batch size, concurrency, dtype, device (model is taken from --model)."""
-    preset: Literal["wide", "balance"] = "wide"
+    preset: str = "wide"
     """Tree shape when --levels is not given: wide = [(120,256),(4,192)] (600 nodes), balance = [(8,256),(8,192),(8,192)] (584 nodes)."""
-    levels: list[tuple[int, int]] | None = None
+    levels: list[list[int]] | None = None
     """Custom shape [[N_1, L_1], ...]: N_i children per node (>=1), L_i max new tokens per answer (>=1). Overrides --preset."""
     topics: list[str] = field(default_factory=lambda: list(DEFAULT_TOPICS))
     """Seed topics for level 1: the root questions are asked about these (round-robin)."""
@@ -88,6 +88,11 @@ class DecompressConfig:
     """Show tqdm progress bars and the summary table."""
 
     def __post_init__(self) -> None:
+        # Python / YAML callers may give the nested configs as plain dicts.
+        if isinstance(self.prompts, dict):
+            self.prompts = Prompts(**self.prompts)
+        if isinstance(self.backend, dict):
+            self.backend = BackendConfig(**self.backend)
         if self.levels is None and self.preset not in PRESETS:
             raise RetainError(f"--preset {self.preset}: unknown preset; choose one of: {', '.join(PRESETS)}")
         for i, lv in enumerate(self.resolved_levels(), start=1):

@@ -83,8 +83,10 @@ class SemanticIndex:
     """Greedy cosine dedup against a growing set of kept unit vectors (rows of :attr:`kept`)."""
 
     def __init__(self, threshold: float, dim: int, block: int = 2048, rank: int = 48,
-                 margin: float = 0.02, exact_below: int = 4_000_000):
+                 margin: float = 0.02, exact_below: int = 4_000_000, ref_block: int = 4096):
         self.threshold, self.block, self.rank, self.margin = threshold, block, rank, margin
+        self.ref_block = ref_block
+        """Kept rows compared per tile: the largest temporary is block x ref_block (32 MB at the defaults)."""
         self.exact_below = exact_below
         """Skip the pruning when candidates x kept pairs are fewer than this (plain fp32 is then cheaper)."""
         self._kept = torch.zeros((0, dim), dtype=torch.float32)  # (capacity, d); rows [:size] are kept
@@ -179,8 +181,8 @@ class SemanticIndex:
         """For each block row: the first kept row with cosine >= threshold (-1 if none) and that cosine."""
         idx = np.full(xb.shape[0], -1, dtype=np.int64)
         sim = np.zeros(xb.shape[0], dtype=np.float32)
-        for s in range(0, self.size, self.block):
-            ref = self._kept[s : min(s + self.block, self.size)]
+        for s in range(0, self.size, self.ref_block):
+            ref = self._kept[s : min(s + self.ref_block, self.size)]
             ra = None if ab is None else self._aug[s : s + ref.shape[0]]
             for i, j, c in self._pairs(xb, ref, ab, ra, prune, lower=False):
                 if idx[i] < 0:

@@ -17,13 +17,14 @@ from __future__ import annotations
 EMPTY, REPETITION, PARSE_FAILED = "empty_answer", "repetition", "parse_failed"
 NGRAM = 4
 MIN_NGRAMS = 12
+MIN_CHARS = 128
 
 
 def repeat_ratio(text: str, n: int = NGRAM) -> float:
     """Fraction of n-grams (words, or characters for space-free text) that occurred earlier in ``text``."""
     units: list[str] = text.split()
-    if len(units) < n + MIN_NGRAMS and len(text) >= 4 * (n + MIN_NGRAMS) and len(units) <= 2:
-        units = list(text.replace(" ", ""))  # one long "word": judge characters
+    if len(units) <= 2 and len(text) >= MIN_CHARS:
+        units = list(text.replace(" ", ""))  # one or two long "words": judge characters
     grams = [tuple(units[i : i + n]) for i in range(len(units) - n + 1)]
     if len(grams) < MIN_NGRAMS:
         return 0.0
