@@ -28,6 +28,7 @@ questions on the same subject (the hard negatives a follow-up tree produces) max
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -64,7 +65,9 @@ class Embedder:
         return out
 
 
+@functools.lru_cache(maxsize=2)
 def load_embedder(name: str) -> Embedder:
+    """Cached: the demo and tests call :func:`~retain.generation.run.decompress` many times per process."""
     from retain.assets import resolve_embedder
 
     return Embedder(resolve_embedder(name))

@@ -1,0 +1,65 @@
+"""`retain decompress` on the command line: bad input -> one line, exit 2, nothing written; a good run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retain.cli import main
+
+HERE = Path(__file__).resolve().parent
+SMALL = ["--levels", "[[2,16],[2,16]]", "--topics", '["a","b"]', "--dedup_threshold", "1.0"]
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("RETAIN_BACKEND_FACTORY", "conftest:make_fake_backend")
+
+
+def _snapshot(d: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(d.iterdir())} if d.exists() else {}
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preset", "huge"], "--preset huge: unknown preset; choose one of: wide, balance"),
+    (["--levels", "[[2,16],[0,16]]"], "--levels: level 2 has N=0, L=16; both must be >= 1"),
+    (["--levels", "[[2,0]]"], "--levels: level 1 has N=2, L=0; both must be >= 1"),
+    (["--levels", "[[2,16,4]]"], "--levels: level 1 is [2, 16, 4]"),
+    (["--model", "/no/such/model/folder"], "--model /no/such/model/folder: no such folder"),
+    (["--levels", "[[1,8]]", "--dedup_threshold", "1.0", "--backend.kind", "openai",
+      "--backend.base_url", "http://127.0.0.1:9/v1", "--backend.max_retries", "0", "--backend.timeout_s", "3"],
+     "http://127.0.0.1:9/v1"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, message):
+    run_dir = tmp_path / "run"
+    assert main(["decompress", str(run_dir), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not run_dir.exists()
+
+
+def test_run_dir_from_another_config_is_refused_untouched(tmp_path, capsys, fake_env):
+    run_dir = tmp_path / "run"
+    assert main(["decompress", str(run_dir), *SMALL, "--progress", "false"]) == 0
+    before = _snapshot(run_dir)
+    assert main(["decompress", str(run_dir), *SMALL, "--temperature", "0.2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "made with a different config (temperature differ)" in err
+    assert _snapshot(run_dir) == before
+
+
+def test_good_run_prints_summary_and_is_idempotent(tmp_path, capsys, fake_env):
+    run_dir = tmp_path / "run"
+    assert main(["decompress", str(run_dir), *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "TG self-decompression" in out and "sft.jsonl" in out
+    nodes = (run_dir / "nodes.jsonl").read_bytes()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["exports"]["sft"]["rows"] > 0
+    assert main(["decompress", str(run_dir), *SMALL]) == 0  # finished: nothing regenerated
+    assert (run_dir / "nodes.jsonl").read_bytes() == nodes
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
