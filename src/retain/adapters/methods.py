@@ -5,8 +5,12 @@
 - LoRA is PEFT's, unchanged: ``LoraConfig`` + ``get_peft_model``, PEFT's save format, and
   ``PeftModel.from_pretrained`` to load. Full fine-tuning saves a plain ``save_pretrained`` safetensors folder.
 - LoRAMoE saves ``adapter_config.json`` (``{"method": "loramoe", "base_model": ..., "config": {...}}``) and
-  ``adapter_model.safetensors`` (adapter and router weights only). It is not a PEFT method: see the
-  README ("Why LoRAMoE is not registered with PEFT").
+  ``adapter_model.safetensors`` (adapter and router weights only), PEFT's file names. It is not registered
+  as a PEFT method: PEFT 0.21's ``register_peft_method`` accepts only names already in its closed
+  ``PeftType`` enum ("Unknown PEFT type LORAMOE, please add an entry to peft.utils.peft_types.PeftType"),
+  so registering means patching PEFT, which retain never does. The LBC itself would fit (the
+  ``sample_types`` context works around a ``PeftModel`` too); porting upstream is a matter of a PeftType
+  entry plus PEFT's multi-adapter layer bookkeeping.
 - The folder kind is detected from its files: ``adapter_config.json`` with ``"method": "loramoe"`` ->
   LoRAMoE; with ``"peft_type"`` -> PEFT; ``config.json`` + weights -> full model.
 - Every save is atomic (temp dir + rename); the tokenizer is saved beside the weights so a folder carries
