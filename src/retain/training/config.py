@@ -95,6 +95,8 @@ class TrainConfig:
     """Forward passes per optimizer step. Global batch = batch_size * grad_accum * processes."""
     max_length: int = 512
     """Truncate each chat-formatted example to this many tokens."""
+    bf16_autocast: bool = False
+    """Forward passes under torch.autocast(bfloat16) with fp32 weights and optimizer (GPUs with bf16)."""
     seed: int = 0
     """Seeds the mixture, the shuffling of every epoch, adapter init and dropout."""
     save_every: int = 0

@@ -157,6 +157,7 @@ def run_loop(
         model = DDP(inner, device_ids=ids)
 
     stream = Stream(len(features), t.seed)
+    autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if t.bf16_autocast else contextlib.nullcontext
     B, A = t.batch_size, t.grad_accum
     bar = tqdm(total=steps, initial=state.step, disable=not (info.is_main and t.progress), desc="train", unit="step")
     model.train()
@@ -173,7 +174,7 @@ def run_loop(
             batch = {k: v.to(info.device) for k, v in batch.items()}
             sync = a == A - 1 or not info.enabled
             with (contextlib.nullcontext() if sync else model.no_sync()):
-                with sample_types(inner, batch["sample_type"]):
+                with sample_types(inner, batch["sample_type"]), autocast():
                     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                 lm_sum = token_loss_sum(out.logits, batch["labels"])
                 loss = lm_sum * (info.world_size / n_global)
