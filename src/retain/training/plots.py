@@ -17,8 +17,16 @@ def plot_loss(rows: list[dict], path: str | Path, title: str = "") -> None:
     steps = [r["step"] for r in rows]
     has_lbc = any(r.get("lbc_loss") is not None for r in rows)
     fig, axes = plt.subplots(1, 2 if has_lbc else 1, figsize=(10 if has_lbc else 5.5, 3.6), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
     ax = axes[0][0]
-    ax.plot(steps, [r["lm_loss"] for r in rows], lw=1.2, label="LM loss (assistant tokens)")
+    lm = [r["lm_loss"] for r in rows]
+    window = max(1, len(lm) // 20)
+    if window > 1:  # per-step losses are noisy on small batches: raw faint, moving average on top
+        ax.plot(steps, lm, lw=0.8, alpha=0.35, color="tab:blue")
+        lm = [sum(lm[max(0, i - window + 1): i + 1]) / len(lm[max(0, i - window + 1): i + 1]) for i in range(len(lm))]
+    label = "LM loss (assistant tokens)" + (f", {window}-step mean" if window > 1 else "")
+    ax.plot(steps, lm, lw=1.4, color="tab:blue", label=label)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
@@ -30,6 +38,8 @@ def plot_loss(rows: list[dict], path: str | Path, title: str = "") -> None:
         ax2.set_xlabel("optimizer step")
         ax2.grid(alpha=0.3)
         ax2.legend()
+    for a in axes[0]:
+        a.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         fig.suptitle(title)
     fig.tight_layout()

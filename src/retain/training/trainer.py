@@ -207,8 +207,8 @@ def run_loop(
         state.last_rows = (state.last_rows + [row])[-10:]
         if info.is_main and (state.step % t.log_every == 0 or state.step == steps):
             log_row(row)
+        bar.set_postfix(loss=f"{lm:.4f}", **({"lbc": f"{lbc:.4f}"} if lbc is not None else {}), refresh=False)
         bar.update(1)
-        bar.set_postfix(loss=f"{lm:.4f}", **({"lbc": f"{lbc:.4f}"} if lbc is not None else {}))
         if t.save_every and state.step % t.save_every == 0 and state.step < steps:
             rngs = gather_objects(rng_state(), info)
             if info.is_main:
