@@ -92,3 +92,11 @@ def test_missing_and_empty_files(tmp_path):
         load_examples(str(tmp_path / "empty.jsonl"))
     with pytest.raises(RetainError, match="unknown format"):
         load_examples(str(_jsonl(tmp_path / "d.jsonl", [RECORDS["alpaca"]])), format="csv")  # type: ignore[arg-type]
+
+
+def test_builtin_names_resolve_to_the_train_split():
+    ex = load_examples("builtin:medmcqa", sample_type="task", limit=3)
+    assert len(ex) == 3 and all(e["sample_type"] == TASK for e in ex)
+    assert [m["role"] for m in ex[0]["messages"]][-1] == "assistant"
+    with pytest.raises(RetainError):
+        load_examples("builtin:no_such_domain")
