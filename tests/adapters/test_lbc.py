@@ -148,3 +148,23 @@ def test_lbc_routes_world_samples_to_world_experts():
     assert abs(without) < 0.1, without
     # the paper's literal sign of I pushes world samples *away* from the world group (why it is not the default)
     assert _world_mass_gap(beta=1.0, paper_sign=True) < -0.2
+
+
+def test_lbc_gradients_survive_gradient_checkpointing(batch):
+    # Non-reentrant checkpointing replays the forward in backward; the LBC must not break that replay
+    # and must give the same gradients as without checkpointing.
+    ids, mask = batch
+    grads = []
+    for checkpointing in (False, True):
+        model = build_tiny("llama")
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        inject_loramoe(model, LoRAMoEConfig(num_experts=4, rank=2, dropout=0.0))
+        randomize_adapters(model)
+        model.train()
+        with sample_types(model, [1, 0]):
+            out = model(input_ids=ids, attention_mask=mask, labels=ids, use_cache=False)
+        (out.loss + lbc_loss(model)).backward()
+        grads.append(torch.cat([layer.router.grad.flatten() for layer in loramoe_layers(model)]))
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)

@@ -6,8 +6,11 @@
 - One :class:`LoRAMoEState` per model, shared by its layers (a plain object, not a submodule, so it never
   reaches ``state_dict``). :func:`sample_types` turns recording on and registers a forward pre-hook
   (``with_kwargs=True``) on the model it is given; the hook takes ``attention_mask`` from the forward's
-  kwargs and clears the previous forward's records. Each layer then stores Q (E, B), its router mass per
-  sample over real tokens; nothing bigger is kept.
+  kwargs and clears the previous forward's records. Each layer then keeps a reference to its router
+  probabilities g (B, T, E) (small: E numbers per token); :func:`lbc_loss` reduces them to Q (E, B) after
+  the forward. Reducing outside the forward keeps non-reentrant gradient checkpointing valid (its
+  recomputation replays the same ops); reentrant checkpointing runs the forward without grad, so the
+  LBC would get no gradient there: use ``use_reentrant=False``.
 - :func:`lbc_loss` combines the per-layer terms by their **mean** (``blc_reduction="mean"``, default): the
   authors' code sums over layers and projections, which makes the effective beta grow with depth (x90 on
   SmolLM2's 30 layers x 3 projections) so the same beta would mean different things on different models.
@@ -38,7 +41,8 @@ class LoRAMoEState:
         self.recording = False
         self.types: torch.Tensor | None = None  # (B,) long
         self.mask: torch.Tensor | None = None  # (B, T) from the latest forward's kwargs
-        self.records: list[tuple[str, torch.Tensor]] = []  # (layer name, Q (E, B) fp32)
+        # (layer name, g (B, T, E) fp32, attention mask (B, T) or None) of the latest forward
+        self.records: list[tuple[str, torch.Tensor, torch.Tensor | None]] = []
 
     def record(self, layer: LoRAMoELinear, gates: torch.Tensor) -> None:
         if gates.dim() != 3:
@@ -57,7 +61,12 @@ class LoRAMoEState:
                 f"sample_types: got {self.types.shape[0]} types for a batch of {gates.shape[0]}; "
                 "give one type per sequence"
             )
-        self.records.append((layer.name, router_mass(gates, mask)))
+        # Keep g itself and reduce it to Q later, outside the forward: under non-reentrant gradient
+        # checkpointing the recomputation must replay exactly the original forward's ops.
+        self.records.append((layer.name, gates, mask))
+
+    def router_masses(self) -> list[tuple[str, torch.Tensor]]:
+        return [(name, router_mass(g, mask)) for name, g, mask in self.records]
 
 
 def loramoe_layers(model: nn.Module) -> list[LoRAMoELinear]:
@@ -142,11 +151,12 @@ def lbc_loss(model: nn.Module) -> torch.Tensor | None:
     if state is None or state.types is None or not state.records or state.config.blc_weight == 0:
         return None
     cfg = state.config
-    device = state.records[0][1].device
+    masses = state.router_masses()
+    device = masses[0][1].device
     types = state.types.to(device)
     terms = torch.stack([
         lbc_term(q.to(device), types, cfg.num_world_experts, cfg.blc_alpha, cfg.blc_eps, cfg.blc_paper_sign)
-        for _, q in state.records
+        for _, q in masses
     ])
     total = terms.mean() if cfg.blc_reduction == "mean" else terms.sum()
     return cfg.blc_weight * total
@@ -155,7 +165,7 @@ def lbc_loss(model: nn.Module) -> torch.Tensor | None:
 def last_router_mass(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """(layer name, Q (E, B)) of the latest recorded forward: router mass per expert and sample."""
     state = _state(model)
-    return [] if state is None else list(state.records)
+    return [] if state is None else state.router_masses()
 
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
