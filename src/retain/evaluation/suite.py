@@ -1,0 +1,205 @@
+"""The Python evaluation API: ``BaseReference.build`` once on the base model, ``evaluate`` any model.
+
+- **Known-fact retention** (the primary forgetting metric): the base model is *calibrated* on every
+  probe item; an item is *known* if the base answers it correctly and robustly (multiple choice: the
+  gold choice wins on acc_norm by ``suite.known_margin`` nats/char *and* wins on the raw sum, which
+  filters near-ties and length-prior hits; generation: exact match). Retention = share of the known
+  items a model still answers correctly (plain correctness, no margin). Pooled over probes
+  (Σ retained / Σ known) and per probe. A random guesser keeps about 1/k of known k-choice items, so
+  MC retention has a floor near 0.25–0.3, not 0; generation retention has no such floor.
+- **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean.
+- **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
+- **Drift**: mean per-token KL(base ‖ model) on the built-in chat prompts (see :mod:`.drift`).
+- The reference (calibration + base drift distributions) is saved as ``calibration.json`` +
+  ``base_reference.safetensors``; loading it checks that the suite selects the same items.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from retain.errors import RetainError
+from retain.evaluation.config import EvalSuite
+from retain.evaluation.drift import DriftReference, drift_reference, kl_drift
+from retain.evaluation.probes import Probe, builtin_probe, domain_probe, load_probe_file, score_probe
+from retain.utils.io import atomic_path, read_json, write_json_atomic
+
+CALIBRATION_FILE = "calibration.json"
+REFERENCE_TENSORS = "base_reference.safetensors"
+
+
+def build_probes(suite: EvalSuite) -> list[Probe]:
+    """Knowledge probes of a suite (built-ins in a fixed order, then user files)."""
+    probes = [builtin_probe(name, n, suite.seed, suite.max_item_chars) for name, n in suite.probes.items() if n > 0]
+    probes += [load_probe_file(p) for p in suite.probe_files]
+    return probes
+
+
+def is_known(result: dict, kind: str, margin: float) -> bool:
+    """Calibration criterion for one base result (see module docstring)."""
+    if kind == "gen":
+        return bool(result["correct"])
+    if kind == "mc":
+        return bool(result["correct"] and result["correct_raw"] and result["margin"] >= margin)
+    return bool(result["correct"] and result["margin"] >= margin)
+
+
+@dataclass
+class BaseReference:
+    """What is computed once on the base model: known items per probe and the drift reference."""
+
+    suite: dict
+    """The suite it was built with (``asdict(EvalSuite)``)."""
+    items: dict[str, list[str]]
+    """Probe name -> ids of the items evaluated, in order."""
+    known: dict[str, list[str]]
+    """Probe name -> ids of the items the base knows."""
+    base_metrics: dict = field(default_factory=dict)
+    """The base model's own :func:`evaluate` result (domain score, accuracies; retention 1, KL 0)."""
+    drift: DriftReference | None = None
+    probes: list[Probe] = field(default_factory=list, repr=False)
+    domain: Probe | None = field(default=None, repr=False)
+
+    @classmethod
+    def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
+        probes = build_probes(suite)
+        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        drift = None
+        if suite.drift_prompts > 0:
+            drift = drift_reference(base_model, tokenizer, n_prompts=suite.drift_prompts,
+                                    new_tokens=suite.drift_new_tokens, batch_size=suite.batch_size)
+        # Score the base without the drift reference (its KL to itself is 0 by construction).
+        ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, {}, None, probes, domain)
+        results: dict[str, list[dict]] = {}
+        metrics = evaluate(base_model, tokenizer, suite, ref, _results=results)
+        metrics["kl_drift"] = 0.0 if drift is not None else None
+        ref.drift = drift
+        timings, seconds = metrics["timings"], metrics["seconds"]
+        ref.known = {p.name: [r["id"] for r in results[p.name] if is_known(r, p.kind, suite.known_margin)] for p in probes}
+        ref.base_metrics = evaluate_from_results(results, ref, suite, metrics)
+        ref.base_metrics.update(seconds=seconds, timings=timings)
+        return ref
+
+    def save(self, folder: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"suite": self.suite, "items": self.items, "known": self.known, "base_metrics": self.base_metrics,
+                "drift": None if self.drift is None else {"seqs": self.drift.seqs, "n_reply": self.drift.n_reply}}
+        if self.drift is not None:
+            with atomic_path(folder / REFERENCE_TENSORS) as tmp:
+                save_file({k: v.contiguous() for k, v in self.drift.tensors().items()}, str(tmp))
+        write_json_atomic(folder / CALIBRATION_FILE, meta)
+
+    @classmethod
+    def load(cls, folder: str | Path, suite: EvalSuite) -> "BaseReference":
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        meta = read_json(folder / CALIBRATION_FILE)
+        probes = build_probes(suite)
+        items = {p.name: [it["id"] for it in p.items] for p in probes}
+        if meta.get("items") != items or meta["suite"].get("drift_prompts") != suite.drift_prompts:
+            raise RetainError(f"{folder / CALIBRATION_FILE}: built for a different suite (probes, items or drift "
+                              "prompts differ); drop --reference to recompute it")
+        drift = None
+        if meta.get("drift"):
+            tensors = load_file(str(folder / REFERENCE_TENSORS))
+            drift = DriftReference.from_saved(meta["drift"], tensors)
+        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), drift, probes, domain)
+
+
+def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = None, *,
+             _results: dict | None = None) -> dict:
+    """Metrics of ``model``: domain score, per-probe accuracy, retention (needs ``ref``), KL drift.
+
+    Returns ``{"domain_score", "retention", "probe_accuracy", "kl_drift", "probes": {name: {...}},
+    "domain": {...}, "seconds"}``; ``retention`` / ``kl_drift`` are None without a reference.
+    """
+    t0 = time.perf_counter()
+    probes = ref.probes if ref is not None and ref.probes else build_probes(suite)
+    domain = ref.domain if ref is not None else (domain_probe(suite.domain, suite.domain_items, suite.seed)
+                                                  if suite.domain else None)
+    results = {} if _results is None else _results
+    timings: dict[str, float] = {}
+    for p in [*probes, *([domain] if domain is not None else [])]:
+        t = time.perf_counter()
+        results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
+                                      max_new_tokens=suite.max_new_tokens)
+        timings[p.name] = round(time.perf_counter() - t, 2)
+    kl = None
+    if ref is not None and ref.drift is not None:
+        t = time.perf_counter()
+        kl = kl_drift(model, tokenizer, ref.drift, batch_size=suite.batch_size)
+        timings["kl_drift"] = round(time.perf_counter() - t, 2)
+    out = evaluate_from_results(results, ref, suite, {"kl_drift": kl})
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    out["timings"] = timings
+    return out
+
+
+def _acc(rs: list[dict], key: str = "correct") -> float | None:
+    return sum(bool(r[key]) for r in rs) / len(rs) if rs else None
+
+
+def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | None, suite: EvalSuite,
+                          extra: dict) -> dict:
+    """Aggregate per-item results into the metrics dict (retention uses ``ref.known``)."""
+    probe_rows: dict[str, dict] = {}
+    known_total = retained_total = 0
+    for name, rs in results.items():
+        if name.startswith("domain:"):
+            continue
+        row = {"n": len(rs), "accuracy": _acc(rs)}
+        if rs and "correct_raw" in rs[0]:
+            row["acc_raw"] = _acc(rs, "correct_raw")
+        if ref is not None and ref.known.get(name) is not None:
+            known = set(ref.known[name])
+            retained = sum(1 for r in rs if r["id"] in known and r["correct"])
+            row.update(known=len(known), retained=retained, retention=retained / len(known) if known else None)
+            known_total += len(known)
+            retained_total += retained
+        probe_rows[name] = row
+    accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None]
+    dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
+    return {
+        "domain_score": _acc(dom[1]) if dom else None,
+        "retention": retained_total / known_total if known_total else None,
+        "probe_accuracy": sum(accs) / len(accs) if accs else None,
+        "kl_drift": extra.get("kl_drift"),
+        "probes": probe_rows,
+        "domain": {"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1])} if dom else None,
+        "known_total": known_total,
+    }
+
+
+def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model, tokenizer) for a base model name / hub id, or any folder ``load_finetuned`` understands
+    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE)."""
+    p = Path(path_or_name).expanduser()
+    if p.is_dir():
+        from retain.adapters.methods import load_finetuned
+
+        model, tok = load_finetuned(str(p), dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from retain.assets import resolve_model
+
+        src = resolve_model(path_or_name)
+        tok = AutoTokenizer.from_pretrained(src)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(device).eval(), tok
+
+
+def summarize(metrics: dict) -> str:
+    return json.dumps({k: metrics[k] for k in ("domain_score", "retention", "probe_accuracy", "kl_drift")})
