@@ -111,7 +111,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     from retain.training.checkpoint import checkpoint_dir, list_checkpoints
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
-    from retain.training.trainer import append_jsonl, read_log, run_loop
+    from retain.training.trainer import append_jsonl, read_log, run_loop, total_steps
     from retain.utils.io import read_json, write_json_atomic, write_text_atomic
     from retain.utils.seed import seed_everything
 
@@ -139,6 +139,12 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
                         dropped, recipe.train.max_length)
         if not features:
             raise RetainError(f"train.max_length={recipe.train.max_length}: no example keeps an assistant token; raise it")
+        if info.is_main:
+            g = recipe.train.batch_size * recipe.train.grad_accum * info.world_size
+            steps = total_steps(recipe, len(features), info.world_size)
+            log.info("mixture: %s", ", ".join(f"{n}: {c}" for n, c in mixture.counts.items()))
+            log.info("%d examples, global batch %d, %d steps (%.2f epochs), %d process(es) on %s",
+                     len(features), g, steps, steps * g / len(features), info.world_size, info.device)
         if recipe.model.gradient_checkpointing:
             base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
