@@ -33,9 +33,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from retain.data.collate import IGNORE_INDEX, Collator
+from retain.errors import RetainError
 from retain.training.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
 from retain.training.config import OptimConfig, Recipe
-from retain.training.distributed import DistInfo, all_reduce_sum, gather_objects
+from retain.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
 
 
 def total_steps(recipe: Recipe, n_examples: int, world_size: int) -> int:
@@ -110,9 +111,46 @@ class LoopState:
     last_rows: list[dict] = field(default_factory=list)
 
 
+def accumulate_step(net: nn.Module, module: nn.Module, batches: list[dict], info: DistInfo,
+                    autocast: Callable[[], Any]) -> tuple[float, float | None, int, int]:
+    """Forward/backward every micro-batch of one optimizer step; gradients end up in ``module``.
+
+    ``net`` is ``module`` or its DDP wrapper. Returns global sums over ranks: (LM loss in nats per
+    assistant token, mean β-weighted LBC loss or None, input tokens, assistant tokens).
+    """
+    from retain.adapters.loramoe import lbc_loss, sample_types
+
+    A = len(batches)
+    # Normalise by the global number of assistant tokens so every token weighs the same whatever the
+    # split into micro-batches and ranks (DDP averages gradients over ranks, hence the * world_size).
+    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=info.device), info).item())
+    stats = torch.zeros(3, dtype=torch.float64, device=info.device)  # LM nats, LBC sum, input tokens
+    has_lbc = False
+    for a, batch in enumerate(batches):
+        batch = {k: v.to(info.device) for k, v in batch.items()}
+        last = a == A - 1 or not info.enabled
+        with contextlib.nullcontext() if last else net.no_sync():  # all-reduce once, after the last micro-batch
+            with sample_types(module, batch["sample_type"]), autocast():
+                out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            lm_sum = token_loss_sum(out.logits, batch["labels"])
+            loss = lm_sum * (info.world_size / n_global)
+            aux = lbc_loss(module)  # None unless the model has LoRAMoE layers and sample types were given
+            if aux is not None:
+                has_lbc = True
+                loss = loss + aux / A
+                stats[1] += float(aux.detach())
+            loss.backward()
+        stats[0] += float(lm_sum.detach())
+        stats[2] += int(batch["attention_mask"].sum())
+    all_reduce_sum(stats, info)
+    lbc = float(stats[1]) / (A * info.world_size) if has_lbc else None
+    return float(stats[0]) / n_global, lbc, int(stats[2]), n_global
+
+
 def run_loop(
     recipe: Recipe,
-    model: nn.Module,
+    module: nn.Module,
     features: list[dict],
     collator: Collator,
     info: DistInfo,
@@ -121,87 +159,63 @@ def run_loop(
     log_row: Callable[[dict], None],
     checkpoint_meta: dict,
 ) -> LoopState:
-    """Train ``model`` (the module returned by ``prepare_model``) for the recipe's steps.
+    """Train ``module`` (as returned by ``prepare_model``) in place for the recipe's steps.
 
-    ``model`` may be wrapped in DDP by this function; the caller keeps its own reference to the
-    unwrapped module. Rank 0 writes checkpoints and calls ``log_row`` once per ``log_every`` steps.
+    Resumes from the last checkpoint in ``output_dir`` when ``resume``; ``checkpoint_meta`` (process
+    count, batch sizes, ...) must match the checkpoint's. Rank 0 writes checkpoints and calls
+    ``log_row`` every ``log_every`` steps.
     """
     from tqdm.auto import tqdm
 
-    from retain.adapters.loramoe import lbc_loss, sample_types
-
     t = recipe.train
-    inner = model
-    optimizer = build_optimizer(inner, recipe.optim)
+    optimizer = build_optimizer(module, recipe.optim)
     steps = total_steps(recipe, len(features), info.world_size)
     scheduler = build_scheduler(optimizer, recipe.optim, steps)
     state = LoopState()
 
     ckpts = list_checkpoints(output_dir) if resume else []
     if ckpts:
-        saved = load_checkpoint(ckpts[-1], inner, optimizer, scheduler, info.rank)
+        saved = load_checkpoint(ckpts[-1], module, optimizer, scheduler, info.rank)
         for key, value in checkpoint_meta.items():
             if saved.get(key) != value:
-                from retain.errors import RetainError
-
                 raise RetainError(
                     f"{ckpts[-1]}: {key} was {saved.get(key)!r} when saved, now {value!r}; resume with the "
                     "same recipe and process count, or start a new output_dir"
                 )
         state.step, state.tokens, state.elapsed = saved["step"], saved["tokens"], saved["elapsed"]
 
+    net = module
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        model = DDP(inner, device_ids=ids)
+        net = DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
 
     stream = Stream(len(features), t.seed)
-    autocast = (lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)) if t.bf16_autocast else contextlib.nullcontext
-    B, A = t.batch_size, t.grad_accum
+    if t.bf16_autocast:
+        autocast = lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)  # noqa: E731
+    else:
+        autocast = contextlib.nullcontext
     bar = tqdm(total=steps, initial=state.step, disable=not (info.is_main and t.progress), desc="train", unit="step")
-    model.train()
+    net.train()
     while state.step < steps:
         t0 = time.perf_counter()
-        batches = [collator([features[i] for i in idx]) for idx in micro_batches(state.step, stream, B, A, info)]
-        # Normalise by the global number of assistant tokens so every token weighs the same whatever
-        # the split into micro-batches and ranks (DDP averages gradients, hence the * world_size).
-        n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-        n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=info.device), info).item())
-        stats = torch.zeros(3, dtype=torch.float64, device=info.device)  # lm nats, lbc sum, input tokens
-        has_lbc = False
-        for a, batch in enumerate(batches):
-            batch = {k: v.to(info.device) for k, v in batch.items()}
-            sync = a == A - 1 or not info.enabled
-            with (contextlib.nullcontext() if sync else model.no_sync()):
-                with sample_types(inner, batch["sample_type"]), autocast():
-                    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-                lm_sum = token_loss_sum(out.logits, batch["labels"])
-                loss = lm_sum * (info.world_size / n_global)
-                aux = lbc_loss(inner)
-                if aux is not None:
-                    has_lbc = True
-                    loss = loss + aux / A
-                    stats[1] += float(aux.detach())
-                loss.backward()
-            stats[0] += float(lm_sum.detach())
-            stats[2] += int(batch["attention_mask"].sum())
+        idx = micro_batches(state.step, stream, t.batch_size, t.grad_accum, info)
+        batches = [collator([features[i] for i in micro]) for micro in idx]
+        lm, lbc, tokens, _ = accumulate_step(net, module, batches, info, autocast)
         grad_norm = None
         if recipe.optim.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(inner.parameters(), recipe.optim.max_grad_norm))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.optim.max_grad_norm))
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        all_reduce_sum(stats, info)
+
         state.step += 1
         dt = time.perf_counter() - t0
         state.elapsed += dt
         state.session_seconds += dt
-        state.tokens += int(stats[2])
-        state.session_tokens += int(stats[2])
-        lm = float(stats[0]) / n_global
-        lbc = float(stats[1]) / (A * info.world_size) if has_lbc else None
+        state.tokens += tokens
+        state.session_tokens += tokens
         row = {"step": state.step, "loss": lm + (lbc or 0.0), "lm_loss": lm, "lbc_loss": lbc, "lr": lr,
                "grad_norm": grad_norm, "tokens": state.tokens, "elapsed": round(state.elapsed, 3)}
         state.last_rows = (state.last_rows + [row])[-10:]
@@ -210,14 +224,13 @@ def run_loop(
         bar.set_postfix(loss=f"{lm:.4f}", **({"lbc": f"{lbc:.4f}"} if lbc is not None else {}), refresh=False)
         bar.update(1)
         if t.save_every and state.step % t.save_every == 0 and state.step < steps:
-            rngs = gather_objects(rng_state(), info)
+            rngs = gather_objects(rng_state(), info)  # every rank's dropout stream, saved by rank 0
             if info.is_main:
                 save_checkpoint(
-                    output_dir, state.step, inner, optimizer, scheduler, rngs,
+                    output_dir, state.step, module, optimizer, scheduler, rngs,
                     {"tokens": state.tokens, "elapsed": state.elapsed, **checkpoint_meta}, keep=t.keep_checkpoints,
                 )
-            if info.enabled:
-                torch.distributed.barrier()
+            barrier(info)
     bar.close()
     return state
 
