@@ -78,3 +78,21 @@ def test_existing_run_needs_resume_and_finished_run_returns_result(make_recipe):
         train(recipe)
     again = train(recipe, resume=True)
     assert again.model is None and again.final_loss == pytest.approx(first.final_loss)
+
+
+@pytest.mark.parametrize("method", ["lora", "loramoe"])
+def test_gradient_checkpointing_gives_the_same_step(make_recipe, tmp_path, method):
+    """Recomputing activations must not change the update (non-reentrant checkpointing, frozen base)."""
+    weights = []
+    for ckpt in (False, True):
+        data = make_recipe(method=method, model={"gradient_checkpointing": ckpt},
+                           loramoe={"dropout": 0.0}, train={"max_steps": 2, "output_dir": str(tmp_path / f"gc{ckpt}")})
+        res = train(recipe_from_dict(data))
+        weights.append({n: p.detach().clone() for n, p in res.model.named_parameters() if p.requires_grad})
+    for n in weights[0]:
+        torch.testing.assert_close(weights[0][n], weights[1][n], atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_autocast_trains(make_recipe):
+    res = train(recipe_from_dict(make_recipe(method="lora", train={"max_steps": 2, "bf16_autocast": True})))
+    assert res.steps == 2 and 0 < res.final_loss < 20
