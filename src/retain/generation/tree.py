@@ -39,6 +39,7 @@ from retain.generation.prompts import parse_questions
 from retain.utils.io import iter_jsonl
 
 QUESTIONS, NODES = "questions.jsonl", "nodes.jsonl"
+MIN_LIST = 3
 
 
 class Journal:
@@ -209,7 +210,9 @@ class TreeGrower:
         """Conversations asking for ``want`` candidates for parent ``pid``, split so none asks > max_list_size."""
         if pid is None:
             topics = self.cfg.topics
-            n_req = max(math.ceil(want / self.cfg.max_list_size), min(len(topics), want))
+            # Spread the root questions over the topics, but ask for lists of >= MIN_LIST questions:
+            # models asked for "1 question" tend to ramble, and one list per topic gives more variety.
+            n_req = max(math.ceil(want / self.cfg.max_list_size), min(len(topics), math.ceil(want / MIN_LIST)))
             sizes = [want // n_req + (1 if r < want % n_req else 0) for r in range(n_req)]
             return [(self._system() + [{"role": "user", "content": self.cfg.prompts.root_message(n, topics[r % len(topics)])}], n)
                     for r, n in enumerate(sizes)]
