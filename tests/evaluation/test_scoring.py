@@ -73,3 +73,21 @@ def test_greedy_generation_batched_equals_unbatched(tiny):
     many = scoring.greedy_generate(model, tok, prompts, max_new_tokens=6, batch_size=8, stop=None)
     assert one == many
     assert all(len(tok(t, add_special_tokens=False)["input_ids"]) <= 6 for t in many)
+
+
+def test_shared_prefix_paths_equal_plain_prompts(tiny):
+    """Sharing a prefix's KV cache changes nothing when the prefix ends on a token boundary."""
+    model, tok = tiny
+    prefix = "<|im_start|>user\nThe capital of France is Paris."
+    suffixes = [" Who wrote Hamlet?\nAnswer:", " Largest planet?", " Hello"]
+    for s in suffixes:  # precondition of the comparison
+        assert tok(prefix + s, add_special_tokens=False)["input_ids"] == (
+            tok(prefix, add_special_tokens=False)["input_ids"] + tok(s, add_special_tokens=False)["input_ids"])
+    prompts = [prefix + s for s in suffixes]
+    shared = scoring.greedy_generate(model, tok, prompts, max_new_tokens=5, batch_size=2, stop=None, shared_prefix=prefix)
+    plain = scoring.greedy_generate(model, tok, prompts, max_new_tokens=5, batch_size=3, stop=None)
+    assert shared == plain
+    cands = [tok(" " + L, add_special_tokens=False)["input_ids"][0] for L in "ABCD"]
+    a = scoring.next_token_logprobs(model, tok, prompts, cands, batch_size=2, shared_prefix=prefix)
+    b = scoring.next_token_logprobs(model, tok, prompts, cands, batch_size=3)
+    assert torch.allclose(a, b, atol=1e-4)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-DEFAULT_PROBES: dict[str, int] = {"arc_easy": 120, "arc_challenge": 80, "mmlu": 120, "triviaqa": 100}
+DEFAULT_PROBES: dict[str, int] = {"arc_easy": 100, "arc_challenge": 60, "mmlu": 100, "triviaqa": 100}
 FULL_PROBES: dict[str, int] = {"arc_easy": 570, "arc_challenge": 299, "mmlu": 2000, "sciq": 1000, "triviaqa": 2000,
                                "nq_open": 1000}
 
@@ -27,7 +27,7 @@ class EvalSuite:
     """User probe files (JSONL; see the README for the two line formats)."""
     domain: str | None = "medmcqa"
     """Domain set scored on its held-out split (medmcqa, medqa); None to skip."""
-    domain_items: int = 150
+    domain_items: int = 100
     """Held-out domain items scored."""
     drift_prompts: int = 32
     """Built-in general chat prompts used for the KL drift (at most 32); 0 to skip."""

@@ -174,6 +174,15 @@ def letter_prompt(tokenizer, item: dict) -> str:
     return chat + MC_ANSWER_PREFIX
 
 
+def chat_prefix(tokenizer) -> str:
+    """The chat template's text before the first user message's content (system turn included),
+    common to every letter prompt and so computed once through the KV cache."""
+    sentinel = "\u2063retain-sentinel\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], tokenize=False,
+                                         add_generation_prompt=True)
+    return text[: text.index(sentinel)]
+
+
 def _argmax(xs: list[float]) -> int:
     return max(range(len(xs)), key=xs.__getitem__)
 
@@ -204,7 +213,7 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
         k = max(len(it["choices"]) for it in items)
         letter_ids = [_single_token(tokenizer, " " + LETTERS[j]) for j in range(k)]
         lp = scoring.next_token_logprobs(model, tokenizer, [letter_prompt(tokenizer, it) for it in items], letter_ids,
-                                         batch_size=batch_size, desc=desc)
+                                         batch_size=batch_size, shared_prefix=chat_prefix(tokenizer), desc=desc)
         out = []
         for it, row in zip(items, lp.tolist()):
             row = row[: len(it["choices"])]
@@ -212,7 +221,7 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
                         "pred": _argmax(row)})
         return out
     preds = scoring.greedy_generate(model, tokenizer, [gen_prompt(it) for it in items], max_new_tokens=max_new_tokens,
-                                    batch_size=max(batch_size, 32), desc=desc)
+                                    batch_size=max(batch_size, 32), shared_prefix=GEN_SHOTS, desc=desc)
     return [{"id": it["id"], "correct": exact_match(p, it["answers"]), "margin": float(exact_match(p, it["answers"])),
              "prediction": p.strip()} for it, p in zip(items, preds)]
 

@@ -152,46 +152,106 @@ def choice_logprobs(
     return out
 
 
+def _prefix_state(model, tokenizer, prefix: str):
+    """(prefix token ids, KV cache of the prefix for one row) or (None, None) for an empty prefix."""
+    ids = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
+    if not ids:
+        return [], None
+    out = model(input_ids=torch.tensor([ids], device=model_device(model)), use_cache=True)
+    return ids, out.past_key_values
+
+
+def _forward_after_prefix(model, prefix_ids, prefix_cache, seqs, pad_id, keep: int = 1):
+    """Forward left-padded ``seqs`` on top of a shared prefix: the one-row prefix cache is copied and
+    repeated for the batch, so the prefix is computed once per call instead of once per row.
+    Layout per row: ``prefix | pads | seq`` (pads masked; positions continue from the prefix).
+    Returns (model output, attention mask (B, P+T), position_ids of the last column (B, 1))."""
+    import copy
+
+    device = model_device(model)
+    ids, mask, pos = _left_pad(seqs, pad_id, device)
+    if prefix_cache is None:
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=keep)
+        return out, mask, pos[:, -1:]
+    cache = copy.deepcopy(prefix_cache)
+    cache.batch_repeat_interleave(len(seqs))
+    P = len(prefix_ids)
+    full_mask = torch.cat([torch.ones((len(seqs), P), dtype=mask.dtype, device=device), mask], dim=1)
+    pos = pos + P
+    out = model(input_ids=ids, attention_mask=full_mask, position_ids=pos, past_key_values=cache, use_cache=True,
+                logits_to_keep=keep)
+    return out, full_mask, pos[:, -1:]
+
+
 def next_token_logprobs(
     model, tokenizer, prompts: Sequence[str], candidate_ids: Sequence[int], *, batch_size: int = 32,
-    max_batch_tokens: int = 8192, desc: str | None = None,
+    shared_prefix: str = "", desc: str | None = None,
 ) -> torch.Tensor:
-    """log p(candidate | prompt) for each prompt and candidate token: (N, len(candidate_ids)), nats."""
-    seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    """log p(candidate | prompt) for each prompt and candidate token: (N, len(candidate_ids)), nats.
+
+    ``shared_prefix``: a leading string common to every prompt (e.g. a chat template's system turn),
+    tokenized on its own and run once per batch through the KV cache.
+    """
+    if any(not p.startswith(shared_prefix) for p in prompts):
+        raise ValueError("every prompt must start with shared_prefix")
+    seqs = [tokenizer(p[len(shared_prefix):], add_special_tokens=False)["input_ids"] for p in prompts]
     out = torch.zeros(len(seqs), len(candidate_ids))
-    lengths = [len(s) for s in seqs]
-    order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cand = torch.tensor(list(candidate_ids))
     with eval_mode(model):
-        for batch in tqdm(list(_batches(order, lengths, batch_size, max_batch_tokens)), desc=desc, leave=False, disable=desc is None):
-            logp = torch.log_softmax(last_logits(model, [seqs[i] for i in batch], 1, pad)[:, -1], dim=-1)
+        prefix_ids, prefix_cache = _prefix_state(model, tokenizer, shared_prefix)
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
+            batch = order[start: start + batch_size]
+            o, _, _ = _forward_after_prefix(model, prefix_ids, prefix_cache, [seqs[i] for i in batch], pad)
+            logp = torch.log_softmax(o.logits[:, -1].float(), dim=-1)
             out[batch] = logp[:, cand.to(logp.device)].cpu()
     return out
 
 
 def greedy_generate(
     model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
-    stop: str | None = "\n", desc: str | None = None,
+    stop: str | None = "\n", shared_prefix: str = "", desc: str | None = None,
 ) -> list[str]:
-    """Greedy continuations of plain-text prompts (batched, left-padded), cut at the first ``stop``."""
-    from transformers import GenerationConfig
+    """Greedy continuations of plain-text prompts (batched, left-padded), cut at the first ``stop``.
 
+    Hand-written decoding loop rather than ``model.generate``: it lets every row share the KV cache of
+    ``shared_prefix`` (a few-shot block common to all prompts, computed once), and it stops a row as
+    soon as its text contains ``stop``. Greedy decoding has no other state, so this is short.
+    """
+    if any(not p.startswith(shared_prefix) for p in prompts):
+        raise ValueError("every prompt must start with shared_prefix")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    gen_cfg = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-        stop_strings=[stop] if stop else None,
-    )
-    seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    eos = tokenizer.eos_token_id
+    seqs = [tokenizer(p[len(shared_prefix):], add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     texts = [""] * len(seqs)
     with eval_mode(model):
+        prefix_ids, prefix_cache = _prefix_state(model, tokenizer, shared_prefix)
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
             batch = order[start: start + batch_size]
-            ids, mask, _ = _left_pad([seqs[i] for i in batch], pad, model_device(model))
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=gen_cfg, tokenizer=tokenizer)
-            for row, i in enumerate(batch):
-                text = tokenizer.decode(out[row, ids.shape[1]:], skip_special_tokens=True)
+            out, mask, pos = _forward_after_prefix(model, prefix_ids, prefix_cache, [seqs[i] for i in batch], pad)
+            new = [[] for _ in batch]
+            done = torch.zeros(len(batch), dtype=torch.bool)
+            for step in range(max_new_tokens):
+                nxt = out.logits[:, -1].argmax(-1)
+                for r, t in enumerate(nxt.tolist()):
+                    if done[r]:
+                        continue
+                    if t == eos:
+                        done[r] = True
+                        continue
+                    new[r].append(t)
+                    if stop and stop in tokenizer.decode(new[r][-1:]):
+                        done[r] = True
+                if bool(done.all()) or step == max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+                pos = pos + 1
+                out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+                            past_key_values=out.past_key_values, use_cache=True)
+            for r, i in enumerate(batch):
+                text = tokenizer.decode(new[r], skip_special_tokens=True)
                 texts[i] = text.split(stop)[0] if stop else text
     return texts
 

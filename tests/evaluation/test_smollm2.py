@@ -1,0 +1,25 @@
+"""The real SmolLM2-135M-Instruct on a small suite: above-chance probes, consistent self-evaluation."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.mark.slow
+def test_smollm2_small_suite(smollm2_path):
+    from retain.evaluation.config import EvalSuite
+    from retain.evaluation.suite import BaseReference, evaluate, load_model
+
+    model, tok = load_model(smollm2_path)
+    suite = EvalSuite(probes={"arc_easy": 60}, domain="medmcqa", domain_items=16, drift_prompts=4, drift_new_tokens=12)
+    ref = BaseReference.build(model, tok, suite)
+    base = ref.base_metrics
+    # ARC-Easy has 4 choices (chance 25 %); SmolLM2-135M scores well above it in cloze format
+    assert base["probes"]["arc_easy"]["accuracy"] > 0.33
+    known = ref.known["arc_easy"]
+    assert 5 <= len(known) <= base["probes"]["arc_easy"]["accuracy"] * 60
+    assert ref.drift is not None and ref.drift.mean_tail_mass < 0.2
+    again = evaluate(model, tok, suite, ref)
+    assert again["retention"] == 1.0 and again["kl_drift"] == pytest.approx(0.0, abs=1e-6)
+    assert again["probes"]["arc_easy"]["accuracy"] == base["probes"]["arc_easy"]["accuracy"]
+    assert again["domain_score"] == base["domain_score"]
