@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from typing import Iterator, Sequence
 
 import torch
@@ -91,8 +92,6 @@ def inject_loramoe(model: nn.Module, config: LoRAMoEConfig) -> nn.Module:
     if loramoe_layers(model):
         raise RetainError("inject_loramoe: the model already has LoRAMoE layers; load a fresh base model")
     suffixes = resolve_target_modules(model, config.target_modules)
-    import dataclasses
-
     config = dataclasses.replace(config, target_modules=suffixes)  # record what was resolved
     state = LoRAMoEState(config)
     for p in model.parameters():
