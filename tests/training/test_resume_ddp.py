@@ -70,7 +70,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_recipe, tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_agree_and_match_single_process(make_recipe, tmp_path):
     # Global batch 4 either way: 2 ranks x 2 sequences vs 1 process x 4 sequences.
-    path = make_recipe(method="lora", write=True, train={"max_steps": 4, "batch_size": 2})
+    path = make_recipe(method="lora", write=True, train={"max_steps": 4, "batch_size": 2, "save_every": 2,
+                                                         "keep_final_checkpoint": True})
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f"""
         import hashlib, os, sys, torch
@@ -87,6 +88,9 @@ def test_torchrun_two_processes_agree_and_match_single_process(make_recipe, tmp_
     assert len(r0) == len(r1) > 0 and all(torch.equal(a, b) for a, b in zip(r0, r1))
     result = json.loads((tmp_path / "run" / "train_result.json").read_text())
     assert result["steps"] == 4 and len(_log(tmp_path / "run" / "train_log.jsonl")) == 4
+    ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
+    rngs = torch.load(ckpt / "rng.pt", weights_only=True)
+    assert len(rngs) == 2 and not torch.equal(rngs[0]["cpu"], rngs[1]["cpu"])  # one dropout stream per rank
 
     single = load_recipe(path, [f"train.output_dir={tmp_path / 'single'}", "train.batch_size=4"])
     ref = [p.detach() for _, p in sorted(train(single).model.named_parameters()) if p.requires_grad]
