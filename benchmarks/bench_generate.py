@@ -1,0 +1,150 @@
+"""Level-batched vs one-request-at-a-time generation on the same TG tree (SmolLM2-135M).
+
+Run: ``python benchmarks/bench_generate.py [--levels 8,96 8,64] [--batch_size 64] [--threads 1]``
+
+- The real tree expansion (``retain.generation.run.decompress``) grows one tree. Every backend call it
+  makes (a level's question requests, a level's answers) is run twice, back to back, on one loaded model:
+  * **level-batched**: the ``hf`` backend gets all conversations of the call and generates them in
+    length-sorted, left-padded batches of ``--batch_size``; its replies are what the tree keeps;
+  * **serial**: plain ``model.generate`` on one conversation at a time (no padding), which is what a
+    per-node implementation does; its replies are discarded.
+  Both see the same prompts, budgets, sampling (temperature 0.7, top-p 0.95, top-k off) and stop tokens,
+  and, being interleaved call by call, the same machine load. Sampled lengths differ, so the measure is
+  completion tokens per second of generation time (dedup/embedding time is excluded from both).
+- Default tree ``[(8, 96), (8, 64)]``: 8 root questions + 64 follow-ups = 72 nodes (>= 64), plus the
+  question lists (``question_tokens`` = 32 per requested question), which are part of the workload.
+- ``--serial_every k`` runs the baseline on every k-th conversation only: its tokens/s does not depend
+  on which requests it sees (no batching), and it is by far the slow half on a loaded machine.
+- On a shared 2-core box, other processes change both numbers (load average printed); with the CPU
+  oversubscribed, ``--threads 1`` avoids OpenMP threads spinning while their partner is descheduled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from retain.generation.backends import BackendConfig, Completion, SamplingParams  # noqa: E402
+from retain.generation.backends.hf_backend import HFBackend, load_model  # noqa: E402
+
+
+class SerialGenerate:
+    """Baseline: one conversation per ``model.generate`` call, no batching, no padding."""
+
+    def __init__(self, model, tokenizer, stop_ids: list[int], name: str):
+        self.model, self.tokenizer, self.stop_ids, self.name = model, tokenizer, stop_ids, name
+
+    @torch.inference_mode()
+    def chat(self, conversations, params: SamplingParams) -> list[Completion]:
+        out = []
+        for i, conv in enumerate(conversations):
+            enc = self.tokenizer.apply_chat_template(conv, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+            kw = dict(max_new_tokens=params.max_new_tokens, eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id)
+            if params.temperature > 0:
+                kw.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+                torch.manual_seed((params.seed or 0) + i)
+            else:
+                kw.update(do_sample=False)
+            seq = self.model.generate(**enc.to(self.model.device), **kw)[0, enc["input_ids"].shape[1]:].tolist()
+            end = next((k for k, t in enumerate(seq) if t in self.stop_ids), None)
+            gen = seq if end is None else seq[:end]
+            out.append(Completion(self.tokenizer.decode(gen, skip_special_tokens=True).strip(), enc["input_ids"].shape[1],
+                                  len(gen) + (end is not None), "stop" if end is not None else "length"))
+        return out
+
+
+@dataclass
+class Tally:
+    calls: int = 0
+    conversations: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, n: int, out: list[Completion], seconds: float) -> None:
+        self.calls += 1
+        self.conversations += n
+        self.tokens += sum(c.completion_tokens for c in out)
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+class Paired:
+    """The tree's backend: each ``chat()`` call runs level-batched (its replies grow the tree), then the
+    serial baseline on the same conversations (every ``every``-th one), back to back, so both strategies
+    see the same prompts and budgets and the same machine load."""
+
+    def __init__(self, batched: HFBackend, serial: SerialGenerate, every: int):
+        self.batched, self.serial, self.every = batched, serial, every
+        self.name = batched.name
+        self.b, self.s = Tally(), Tally()
+
+    def chat(self, conversations, params):
+        t0 = time.perf_counter()
+        out = self.batched.chat(conversations, params)
+        self.b.add(len(conversations), out, time.perf_counter() - t0)
+        subset = list(conversations)[:: self.every]
+        t0 = time.perf_counter()
+        ref = self.serial.chat(subset, params)
+        self.s.add(len(subset), ref, time.perf_counter() - t0)
+        print(f"  call {self.b.calls}: {len(conversations)} conversations, max_new_tokens {params.max_new_tokens}: "
+              f"batched {self.b.rate:.1f} tok/s, serial {self.s.rate:.1f} tok/s so far "
+              f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--levels", nargs="+", default=["8,96", "8,64"], help="N,L pairs (default: 8,96 8,64 = 72 nodes)")
+    ap.add_argument("--batch_size", type=int, default=64, help="hf backend batch size for the level-batched run")
+    ap.add_argument("--serial_every", type=int, default=1,
+                    help="run the serial baseline on every k-th conversation of each call (1 = all; >1 saves time, "
+                         "the serial rate does not depend on which requests it sees)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    levels = [tuple(int(x) for x in lv.split(",")) for lv in args.levels]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from retain.generation.config import DecompressConfig
+    from retain.generation.run import decompress
+    from retain.utils.io import iter_jsonl
+
+    cfg = BackendConfig(model=args.model, batch_size=args.batch_size, device=args.device, progress=False)
+    model, tok = load_model(cfg)
+    batched = HFBackend(cfg, model=model, tokenizer=tok)
+    paired = Paired(batched, SerialGenerate(model, tok, batched.stop_ids, batched.name), args.serial_every)
+    print(f"model {args.model} on {args.device}, torch threads {torch.get_num_threads()}, levels {levels}, "
+          f"batch_size {args.batch_size}, serial_every {args.serial_every}, load average {os.getloadavg()[0]:.1f}",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        dcfg = DecompressConfig(run_dir=tmp, levels=levels, question_tokens=32, seed=0, progress=False,
+                                backend=BackendConfig(batch_size=args.batch_size, progress=False))
+        t0 = time.perf_counter()
+        decompress(dcfg, backend=paired)
+        wall = time.perf_counter() - t0
+        nodes = list(iter_jsonl(os.path.join(tmp, "nodes.jsonl")))
+    kept = sum(not r["dropped"] for r in nodes)
+    print(f"\ntree: {len(nodes)} nodes answered ({kept} kept after filters), wall {wall:.1f} s for both strategies")
+    print("\n| strategy | backend calls | conversations | completion tokens | generation s | tokens/s |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, t in (("level-batched (hf backend)", paired.b), ("serial plain generate", paired.s)):
+        print(f"| {label} | {t.calls} | {t.conversations} | {t.tokens} | {t.seconds:.1f} | {t.rate:.1f} |")
+    print(f"\nspeed-up (tokens/s, level-batched / serial): {paired.b.rate / paired.s.rate:.1f}x (target >= 8x); "
+          f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()
