@@ -34,11 +34,22 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     assert "| base |" in (out / "eval.md").read_text()
     assert "retain eval" in capsys.readouterr().out
     # second run re-uses the saved reference and reproduces the tuned row
+    # (and runs an lm-eval task from a local YAML on the loaded model)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "items.jsonl").write_text('{"q": "Sky color?", "c": ["blue", "red"], "a": 0}\n'
+                                       '{"q": "Ice is frozen what?", "c": ["water", "sand"], "a": 0}\n')
+    (tasks / "t.yaml").write_text(
+        f"task: cli_mc\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {tasks / 'items.jsonl'}\n"
+        "test_split: test\noutput_type: multiple_choice\ndoc_to_text: \"Question: {{q}}\\nAnswer:\"\n"
+        "doc_to_choice: \"{{c}}\"\ndoc_to_target: \"{{a}}\"\nmetric_list:\n  - metric: acc\n")
     out2 = tmp_path / "eval2"
     assert main(["eval", "--base", tiny_llama_path, "--tuned", f"[{tuned_folder}]", "--out", str(out2),
-                 "--reference", str(out), "--skip_base", "true", *SMALL]) == 0
+                 "--reference", str(out), "--skip_base", "true", "--lm_eval_tasks", "[cli_mc]",
+                 "--lm_eval_include", str(tasks), *SMALL]) == 0
     (again,) = json.loads((out2 / "eval.json").read_text())["rows"]
     assert again["probes"] == tuned["probes"] and again["kl_drift"] == pytest.approx(tuned["kl_drift"], rel=1e-4)
+    assert 0.0 <= again["lm_eval"]["cli_mc"]["acc,none"] <= 1.0
 
 
 @pytest.mark.parametrize("args, match", [

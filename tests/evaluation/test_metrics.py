@@ -39,7 +39,7 @@ def test_retention_math():
     suite = EvalSuite.profile("tiny")
     ref = BaseReference(suite={}, items={}, known={"a": ["1", "2", "3", "4"], "b": ["x"], "c": []})
     results = {
-        "a": [{"id": str(i), "correct": i in (1, 3, 5)} for i in range(1, 7)],   # keeps 1 and 3 of 4
+        "a": [{"id": str(i), "correct": i in (1, 3, 5), "k": 4} for i in range(1, 7)],  # keeps 1 and 3 of 4
         "b": [{"id": "x", "correct": False}, {"id": "y", "correct": True}],      # keeps 0 of 1
         "c": [{"id": "z", "correct": True}],                                    # nothing known
         "domain:medmcqa": [{"id": "d", "correct": True}, {"id": "e", "correct": False}],
@@ -48,6 +48,9 @@ def test_retention_math():
     assert m["probes"]["a"]["retention"] == pytest.approx(2 / 4)
     assert m["probes"]["b"]["retention"] == 0.0 and m["probes"]["c"]["retention"] is None
     assert m["retention"] == pytest.approx(2 / 5)  # pooled: (2 + 0) / (4 + 1)
+    assert m["probes"]["a"]["retention_chance"] == pytest.approx(0.25)  # 4-choice items
+    assert m["probes"]["b"]["retention_chance"] == 0.0  # generation: no guessing floor
+    assert m["retention_chance"] == pytest.approx(4 * 0.25 / 5)
     assert m["probes"]["a"]["accuracy"] == pytest.approx(3 / 6)
     assert m["probe_accuracy"] == pytest.approx((3 / 6 + 1 / 2 + 1) / 3)
     assert m["domain_score"] == 0.5 and m["domain"]["name"] == "medmcqa"

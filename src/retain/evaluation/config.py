@@ -90,6 +90,12 @@ class EvalConfig:
     with the same suite instead of recomputing it."""
     skip_base: bool = False
     """Do not report the base model's own row (its reference is still computed or loaded)."""
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    """Also run these lm-evaluation-harness tasks on each model (in memory; results under 'lm_eval')."""
+    lm_eval_include: str | None = None
+    """Folder of local lm-eval task YAMLs (offline: built-in tasks need their data already cached)."""
+    lm_eval_limit: int | None = None
+    """Items per lm-eval task (None = all)."""
     device: str = "cpu"
     """Torch device, e.g. cpu or cuda."""
     seed: int = 0

@@ -35,6 +35,8 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
 
         if suite.domain not in DOMAINS or suite.domain == "gsm8k":
             raise RetainError(f"--domain {suite.domain}: choose medmcqa, medqa or none")
+    if cfg.lm_eval_include and not Path(cfg.lm_eval_include).is_dir():
+        raise RetainError(f"--lm_eval_include {cfg.lm_eval_include}: no such folder")
     if cfg.reference and not (Path(cfg.reference) / "calibration.json").exists():
         raise RetainError(f"--reference {cfg.reference}: no calibration.json inside")
 
@@ -42,6 +44,18 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
 def _label(path: str) -> str:
     p = Path(path)
     return p.name if p.name not in ("model", "final", "adapter") else f"{p.parent.name}/{p.name}"
+
+
+def _harness(cfg: EvalConfig, model, tok) -> dict:
+    """``{"lm_eval": {task: {metric: value}}}`` when lm-eval tasks were asked for, else {}."""
+    if not cfg.lm_eval_tasks:
+        return {}
+    from retain.evaluation.harness import run_harness
+
+    out = run_harness(model, tok, cfg.lm_eval_tasks, include_path=cfg.lm_eval_include, limit=cfg.lm_eval_limit,
+                      include_defaults=cfg.lm_eval_include is None, seed=cfg.seed)
+    return {"lm_eval": {task: {k: v for k, v in res.items() if isinstance(v, (int, float))}
+                        for task, res in out["results"].items()}}
 
 
 def run_eval(cfg: EvalConfig) -> int:
@@ -67,12 +81,12 @@ def run_eval(cfg: EvalConfig) -> int:
         ref.save(out)
     rows = []
     if not cfg.skip_base:
-        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics})
+        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **_harness(cfg, base, tok)})
     del base
     for t in cfg.tuned:
         print(f"evaluating {t} ...", flush=True)
         model, ttok = load_model(t, device=cfg.device)
-        rows.append({"model": _label(t), "path": t, **evaluate(model, ttok, suite, ref)})
+        rows.append({"model": _label(t), "path": t, **evaluate(model, ttok, suite, ref), **_harness(cfg, model, ttok)})
         del model
     if not rows:
         raise RetainError("nothing to report: give --tuned folders or drop --skip_base")

@@ -6,7 +6,8 @@
   filters near-ties and length-prior hits; generation: exact match). Retention = share of the known
   items a model still answers correctly (plain correctness, no margin). Pooled over probes
   (Σ retained / Σ known) and per probe. A random guesser keeps about 1/k of known k-choice items, so
-  MC retention has a floor near 0.25–0.3, not 0; generation retention has no such floor.
+  MC retention has a floor near 0.25–0.3, not 0 (reported as ``retention_chance``: the mean 1/k over
+  known items); generation retention has no such floor.
 - **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean.
 - **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
 - **Drift**: mean per-token KL(base ‖ model) on the built-in chat prompts (see :mod:`.drift`).
@@ -154,6 +155,7 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
     """Aggregate per-item results into the metrics dict (retention uses ``ref.known``)."""
     probe_rows: dict[str, dict] = {}
     known_total = retained_total = 0
+    chance_total = 0.0
     for name, rs in results.items():
         if name.startswith("domain:"):
             continue
@@ -163,15 +165,20 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
         if ref is not None and ref.known.get(name) is not None:
             known = set(ref.known[name])
             retained = sum(1 for r in rs if r["id"] in known and r["correct"])
-            row.update(known=len(known), retained=retained, retention=retained / len(known) if known else None)
+            # expected retention of a model that forgot everything and guesses uniformly (1/k per MC item)
+            chance = sum(1 / r["k"] for r in rs if r["id"] in known and r.get("k"))
+            row.update(known=len(known), retained=retained, retention=retained / len(known) if known else None,
+                       retention_chance=chance / len(known) if known else None)
             known_total += len(known)
             retained_total += retained
+            chance_total += chance
         probe_rows[name] = row
     accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None]
     dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
     return {
         "domain_score": _acc(dom[1]) if dom else None,
         "retention": retained_total / known_total if known_total else None,
+        "retention_chance": chance_total / known_total if known_total else None,
         "probe_accuracy": sum(accs) / len(accs) if accs else None,
         "kl_drift": extra.get("kl_drift"),
         "probes": probe_rows,
