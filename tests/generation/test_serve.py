@@ -15,6 +15,7 @@ import openai
 import pytest
 from fastapi.testclient import TestClient
 
+from retain.errors import RetainError
 from retain.generation.backends import BackendConfig, Completion, SamplingParams, make_backend
 from retain.generation.serve import create_app
 
@@ -112,6 +113,24 @@ def test_api_key_is_required_when_configured():
         ok = client.post("/v1/chat/completions", json={"messages": user("x")}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert client.get("/health").status_code == 200  # liveness stays open
+
+
+class FailingBackend:
+    name = "failing"
+
+    def __init__(self, exc: Exception):
+        self.exc = exc
+
+    def chat(self, conversations, params):
+        raise self.exc
+
+
+@pytest.mark.parametrize("exc, status", [(RetainError("template: bad roles"), 400), (RuntimeError("CUDA out of memory"), 500)])
+def test_backend_errors_become_json_errors_and_the_loop_survives(exc, status):
+    with TestClient(create_app(FailingBackend(exc))) as client:
+        for _ in range(2):  # the batching loop keeps serving after a failure
+            r = client.post("/v1/chat/completions", json={"messages": user("x")})
+            assert r.status_code == status and str(exc) in r.json()["error"]["message"]
 
 
 # -- a real `retain serve` process on loopback --------------------------------------------------------

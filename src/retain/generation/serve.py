@@ -202,6 +202,8 @@ def create_app(
             return error(429, "server busy: request queue is full; retry later", "rate_limit_error")
         except RetainError as e:  # e.g. the chat template rejects the conversation
             return error(400, str(e))
+        except Exception as e:  # noqa: BLE001 - a JSON error the client can show, not a bare 500 page
+            return error(500, f"generation failed: {type(e).__name__}: {e}", "server_error")
         response = ChatCompletion(
             id=f"chatcmpl-{uuid.uuid4().hex}",
             object="chat.completion",

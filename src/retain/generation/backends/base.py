@@ -68,10 +68,12 @@ def get_backend(kind: str, **kwargs: Any) -> Backend:
     import importlib
 
     if kind not in _REGISTRY:
+        module = f"retain.generation.backends.{kind}_backend"
         try:
-            importlib.import_module(f"retain.generation.backends.{kind}_backend")
-        except ImportError:
-            pass
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:  # the module exists but a dependency is missing: say which
+                raise
     if kind not in _REGISTRY:
         from retain.errors import RetainError
 
