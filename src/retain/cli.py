@@ -111,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Build only the requested subcommand's parser when we can: faster, and one broken module
     # cannot break the others.
     wanted = [a for a in argv if a in COMMANDS][:1] or None
+    if wanted:
+        try:
+            argv = _bare_bool_flags(argv, _load(COMMANDS[wanted[0]][0]))
+        except (ImportError, AttributeError):
+            pass
     try:
         parser = build_parser(wanted)
         try:
@@ -129,6 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _bare_bool_flags(argv: list[str], cfg_cls: type) -> list[str]:
+    """``--flag`` alone means ``--flag true`` for a bool field (jsonargparse wants a value)."""
+    flags = {f"--{f.name}" for f in dataclasses.fields(cfg_cls) if f.type in (bool, "bool")}
+    out = []
+    for i, a in enumerate(argv):
+        out.append(a)
+        nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
+        if a in flags and nxt not in ("true", "false"):
+            out.append("true")
+    return out
 
 
 def jsonargparse_error():
