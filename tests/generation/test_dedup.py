@@ -78,9 +78,9 @@ def test_no_pairwise_matrix_for_large_inputs(monkeypatch):
         return orig(self, a, b, *args, **kw)
 
     monkeypatch.setattr(SemanticIndex, "_pairs", spy)
-    x = planted(3000, 500, dim=32)
-    SemanticIndex(0.9, 32, block=256, rank=8, ref_block=512).add(x)
-    assert max(seen) <= 256 * 512 < len(x) ** 2 / 50
+    x = planted(1500, 300, dim=32)
+    SemanticIndex(0.9, 32, block=128, rank=8, ref_block=256).add(x)
+    assert max(seen) <= 128 * 256 < len(x) ** 2 / 90
 
 
 def test_exact_keys_and_exact_only_mode():

@@ -13,8 +13,8 @@ from retain.utils.io import read_json, read_jsonl
 def test_smollm2_levels_2_2_exports_trl_conversational(tmp_path, smollm2_path):
     from datasets import load_dataset
 
-    cfg = DecompressConfig(run_dir=str(tmp_path / "run"), model=smollm2_path, levels=[[2, 24], [2, 24]],
-                           topics=["science", "history"], question_tokens=16, progress=False, seed=0)
+    cfg = DecompressConfig(run_dir=str(tmp_path / "run"), model=smollm2_path, levels=[[2, 16], [2, 16]],
+                           topics=["science", "history"], question_tokens=12, progress=False, seed=0)
     run_dir = decompress(cfg)
 
     manifest = read_json(run_dir / "manifest.json")
@@ -22,8 +22,8 @@ def test_smollm2_levels_2_2_exports_trl_conversational(tmp_path, smollm2_path):
     assert manifest["model"]  # recorded from the backend
     nodes = read_jsonl(run_dir / "nodes.jsonl")
     assert any(n["depth"] == 1 and not n["dropped"] for n in nodes)
-    assert all(n["params"]["max_new_tokens"] == 24 for n in nodes)
-    assert all(n["completion_tokens"] <= 24 for n in nodes)
+    assert all(n["params"]["max_new_tokens"] == 16 for n in nodes)
+    assert all(n["completion_tokens"] <= 16 for n in nodes)
     assert manifest["totals"]["completion_tokens"] > 0
 
     ds = load_dataset("json", data_files=str(run_dir / "sft.jsonl"), split="train", cache_dir=str(tmp_path / "hf"))
