@@ -58,12 +58,16 @@ def test_sharegpt_and_pt(run_dir):
 
 def test_export_command_reexports(run_dir, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["export", str(run_dir), "--format", '["sft"]', "--out", str(out)]) == 0
+    assert main(["export", str(run_dir), "--format", "sft", "--out", str(out)]) == 0
     assert (out / "sft.jsonl").read_text() == (run_dir / "sft.jsonl").read_text()
     assert not (out / "pt.jsonl").exists()
     (run_dir / "sharegpt.json").unlink()
     assert main(["export", str(run_dir)]) == 0
     assert json.loads((run_dir / "sharegpt.json").read_text())
+    assert main(["export", str(run_dir), "--format", "sharegpt,pt", "--out", str(out)]) == 0
+    assert (out / "pt.jsonl").exists()
+    assert main(["export", str(run_dir), "--format", "xml"]) == 2
+    assert "--format xml: unknown export format" in capsys.readouterr().err
 
 
 def test_export_refuses_unfinished_or_foreign_dirs(run_dir, tmp_path, capsys):

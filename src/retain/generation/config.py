@@ -24,11 +24,12 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 from retain.errors import RetainError
 from retain.generation.backends.config import BackendConfig
 from retain.generation.prompts import DEFAULT_TOPICS, Prompts
+
+EXPORT_FORMATS = ("sft", "sharegpt", "pt")
 
 PRESETS: dict[str, list[tuple[int, int]]] = {
     "wide": [(120, 256), (4, 192)],
@@ -143,9 +144,16 @@ class ExportConfig:
 
     run_dir: str
     """Run directory written by `retain decompress`."""
-    format: list[Literal["sft", "sharegpt", "pt"]] = field(default_factory=lambda: ["sft", "sharegpt", "pt"])
-    """Which exports: sft (sft.jsonl, TRL messages), sharegpt (sharegpt.json), pt (pt.jsonl, TG-PT text)."""
+    format: str | list[str] = "sft,sharegpt,pt"
+    """Which exports (comma-separated or a list): sft (sft.jsonl, TRL messages), sharegpt (sharegpt.json), pt (pt.jsonl, TG-PT text)."""
     out: str | None = None
     """Output folder (default: the run directory)."""
     allow_incomplete: bool = False
     """Export a run that has not finished (only its answered nodes)."""
+
+    def __post_init__(self) -> None:
+        items = self.format.split(",") if isinstance(self.format, str) else list(self.format)
+        self.format = [f.strip() for f in items if f.strip()]
+        bad = [f for f in self.format if f not in EXPORT_FORMATS]
+        if bad or not self.format:
+            raise RetainError(f"--format {','.join(bad) or '(empty)'}: unknown export format; choose from: {', '.join(EXPORT_FORMATS)}")

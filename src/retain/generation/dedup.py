@@ -172,9 +172,10 @@ class SemanticIndex:
         total = self.size + x.shape[0]
         if self._basis is not None and total < 2 * self._basis_at:
             return
-        data = torch.cat([self.kept, x])
-        if data.shape[0] > 20_000:  # a sample is enough for the directions; exactness never depends on them
-            data = data[torch.randperm(data.shape[0], generator=torch.Generator().manual_seed(0))[:20_000]]
+        # A sample is enough for the directions (exactness never depends on them); sampling before the
+        # concatenation avoids a transient copy of all n rows.
+        gen = torch.Generator().manual_seed(0)
+        data = torch.cat([t[torch.randperm(t.shape[0], generator=gen)[:10_000]] for t in (self.kept, x)])
         self._basis, self._basis_at = _top_subspace(data.T @ data, self.rank), total
         if self.size:
             self._aug[: self.size] = self._augment(self.kept)
