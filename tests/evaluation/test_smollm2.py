@@ -11,13 +11,13 @@ def test_smollm2_small_suite(smollm2_path):
     from retain.evaluation.suite import BaseReference, evaluate, load_model
 
     model, tok = load_model(smollm2_path)
-    suite = EvalSuite(probes={"arc_easy": 60}, domain="medmcqa", domain_items=16, drift_prompts=4, drift_new_tokens=12)
+    suite = EvalSuite(probes={"arc_easy": 40}, domain="medmcqa", domain_items=8, drift_prompts=3, drift_new_tokens=8)
     ref = BaseReference.build(model, tok, suite)
     base = ref.base_metrics
     # ARC-Easy has 4 choices (chance 25 %); SmolLM2-135M scores well above it in cloze format
     assert base["probes"]["arc_easy"]["accuracy"] > 0.33
     known = ref.known["arc_easy"]
-    assert 5 <= len(known) <= base["probes"]["arc_easy"]["accuracy"] * 60
+    assert 3 <= len(known) <= base["probes"]["arc_easy"]["accuracy"] * 40
     assert ref.drift is not None and ref.drift.mean_tail_mass < 0.2
     again = evaluate(model, tok, suite, ref)
     assert again["retention"] == 1.0 and again["kl_drift"] == pytest.approx(0.0, abs=1e-6)
