@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             ns = parser.parse_args(argv)
         except jsonargparse_error() as e:  # type: ignore[misc]
-            raise RetainError(str(e).strip().splitlines()[0]) from None
+            raise RetainError(" ".join(str(e).split())) from None
         name = ns.command
         cfg_cls = _load(COMMANDS[name][0])
         cfg = config_from_namespace(cfg_cls, ns[name])
