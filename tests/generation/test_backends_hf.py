@@ -62,14 +62,15 @@ def test_stops_at_end_of_turn(tiny_llama_path):
 
 
 def test_sampling_is_reproducible_per_seed_and_leaves_global_rng_alone(tiny_backend):
-    params = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1.0, seed=7)
+    params = SamplingParams(max_new_tokens=5, temperature=1.0, top_p=1.0, seed=7)
+    convs = CONVS[:3]  # one batch of 3 (batch_size=3)
     torch.manual_seed(123)
     before = torch.rand(1)
     torch.manual_seed(123)
-    a = tiny_backend.chat(CONVS, params)
+    a = tiny_backend.chat(convs, params)
     after = torch.rand(1)
-    b = tiny_backend.chat(CONVS, params)
-    c = tiny_backend.chat(CONVS, SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1.0, seed=8))
+    b = tiny_backend.chat(convs, params)
+    c = tiny_backend.chat(convs, SamplingParams(max_new_tokens=5, temperature=1.0, top_p=1.0, seed=8))
     assert [x.text for x in a] == [x.text for x in b]
     assert [x.text for x in a] != [x.text for x in c]
     assert torch.equal(before, after)
