@@ -82,7 +82,8 @@ def plot(rows: list[dict], path: str | Path) -> None:
     ax.set_title("higher is better")
     ax2.bar(range(len(rows)), [r["kl_drift"] or 0 for r in rows], color=[f"C{i}" for i in range(len(rows))])
     ax2.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax2.set_title("KL drift (nats/token), lower = closer to base", fontsize=9)
+    ax2.set_title("KL(base ‖ model), nats/token\nlower = closer to base", fontsize=9)
+    ax2.set_ylim(bottom=0)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, format="png")
