@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_archs import ARCHS, VOCAB
+from tests.adapters.adapter_archs import ARCHS, VOCAB
 
 
 @pytest.fixture(params=sorted(ARCHS))

@@ -14,7 +14,7 @@ from retain.adapters.methods import prepare_model, trainable_parameters
 from retain.adapters.targets import find_targets
 from retain.errors import RetainError
 
-from adapter_archs import build_tiny, expected_targets, randomize_adapters
+from tests.adapters.adapter_archs import build_tiny, expected_targets, randomize_adapters
 
 CFG = LoRAMoEConfig(num_experts=3, rank=2, alpha=8.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from adapter_archs import build_tiny, randomize_adapters
+from tests.adapters.adapter_archs import build_tiny, randomize_adapters
 
 from retain.adapters.config import LoRAMoEConfig
 from retain.adapters.loramoe import inject_loramoe, last_router_mass, lbc_loss, loramoe_layers, sample_types

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from adapter_archs import build_tiny, randomize_adapters
+from tests.adapters.adapter_archs import build_tiny, randomize_adapters
 
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
 from retain.adapters.loramoe import lbc_loss, sample_types

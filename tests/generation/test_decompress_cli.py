@@ -16,7 +16,7 @@ SMALL = ["--levels", "[[2,16],[2,16]]", "--topics", '["a","b"]', "--dedup_thresh
 @pytest.fixture
 def fake_env(monkeypatch):
     monkeypatch.syspath_prepend(str(HERE))
-    monkeypatch.setenv("RETAIN_BACKEND_FACTORY", "conftest:make_fake_backend")
+    monkeypatch.setenv("RETAIN_BACKEND_FACTORY", "tests.generation.conftest:make_fake_backend")
 
 
 def _snapshot(d: Path) -> dict[str, bytes]:
