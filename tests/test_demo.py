@@ -42,6 +42,13 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     before = (out / "full" / "demo_result.json").read_text()
     assert run_demo(cfg) == 0
     assert (out / "full" / "demo_result.json").read_text() == before
+    # A finished training whose evaluation was lost is reused, not trained again, and scores the same.
+    log_before = (out / "full" / "train_log.jsonl").read_text()
+    (out / "full" / "demo_result.json").unlink()
+    assert run_demo(cfg) == 0
+    assert (out / "full" / "train_log.jsonl").read_text() == log_before
+    again = json.loads((out / "full" / "demo_result.json").read_text())
+    assert again["retention"] == full["retention"] and again["domain_score"] == full["domain_score"]
 
 
 def test_demo_bad_input(tmp_path):

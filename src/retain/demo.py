@@ -241,7 +241,8 @@ def run_demo(cfg: DemoConfig) -> int:
             continue
         con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
-        resume = (out / name / "checkpoints").exists()
+        # Resume a killed run from its last checkpoint, or reuse a finished one whose evaluation was lost.
+        resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
         if not resume and (out / name).exists():
             shutil.rmtree(out / name)  # an earlier attempt died before its first checkpoint
         result = train(recipe, resume=resume, model=base, tokenizer=tok)
