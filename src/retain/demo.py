@@ -76,7 +76,7 @@ class DemoProfile:
 PROFILES: dict[str, DemoProfile] = {
     # ~20 minutes on a 2-core CPU with SmolLM2-135M (measured numbers in the README).
     "default": DemoProfile(
-        tg_levels=[[20, 128], [2, 128]], domain_examples=1200, steps=24, batch_size=8, max_length=192,
+        tg_levels=[[20, 128], [2, 128]], domain_examples=1200, steps=20, batch_size=8, max_length=192,
         tg_share=0.25, lr={"full": 3e-4, "lora": 1e-3, "loramoe": 1e-3}, eval_profile="default",
         methods=["full", "lora", "full_tg", "loramoe_tg"],
     ),
