@@ -194,9 +194,9 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
 
 def run_demo(cfg: DemoConfig) -> int:
     """CLI entry: runs every stage (skipping finished ones), prints the table, writes the report."""
-    import torch
 
     from retain.evaluation.config import EvalSuite
+    from retain.generation.backends.hf_backend import resolve_device
     from retain.evaluation.suite import BaseReference, evaluate, load_model
     from retain.training.run import train
     from retain.utils.io import read_json, write_json_atomic
@@ -210,7 +210,7 @@ def run_demo(cfg: DemoConfig) -> int:
     out.mkdir(parents=True, exist_ok=True)
     con = _console()
     seed_everything(cfg.seed)
-    device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+    device = str(resolve_device(cfg.device))
     t_start = time.perf_counter()
 
     con.rule(f"[bold]retain demo[/] · profile {cfg.profile} · model {cfg.model} · {', '.join(methods)}")
