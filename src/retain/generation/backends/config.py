@@ -28,7 +28,13 @@ class BackendConfig:
     """'openai' only: name of the environment variable holding the API key (a dummy key is used when it is
     unset, which local servers accept)."""
     batch_size: int = 32
-    """'hf' only: conversations per generate() call (prompts are sorted by length, left-padded)."""
+    """'hf' only: conversations per generate() call."""
+    prefix_sharing: bool = True
+    """'hf' only: prefill each prompt prefix shared by several conversations (a parent's dialogue) once and
+    copy its KV cache to the rows that share it; False = plain left-padded batches, length-sorted."""
+    prefix_cache_tokens: int = 4096
+    """'hf' only: prompt-prefix KV kept across calls (LRU), in tokens; 0 = none. Memory per token =
+    layers * 2 * kv_heads * head_dim * dtype bytes (46 KB for SmolLM2-135M in float32)."""
     max_concurrency: int = 16
     """'openai' only: requests in flight at once."""
     timeout_s: float = 120.0
@@ -50,10 +56,11 @@ def make_backend(cfg: BackendConfig) -> "Backend":
     from retain.errors import RetainError
     from retain.generation.backends.base import get_backend
 
-    if cfg.batch_size < 1 or cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0:
+    if cfg.batch_size < 1 or cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0 \
+            or cfg.prefix_cache_tokens < 0:
         raise RetainError(
-            "backend: batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout_s > 0; "
-            f"got batch_size={cfg.batch_size}, max_concurrency={cfg.max_concurrency}, "
-            f"max_retries={cfg.max_retries}, timeout_s={cfg.timeout_s}"
+            "backend: batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout_s > 0, "
+            f"prefix_cache_tokens >= 0; got batch_size={cfg.batch_size}, max_concurrency={cfg.max_concurrency}, "
+            f"max_retries={cfg.max_retries}, timeout_s={cfg.timeout_s}, prefix_cache_tokens={cfg.prefix_cache_tokens}"
         )
     return get_backend(cfg.kind, cfg=cfg)
