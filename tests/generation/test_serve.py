@@ -205,3 +205,30 @@ def test_serve_smollm2_answers_a_real_question(smollm2_path):
             "messages": user("What is the capital of France?"), "temperature": 0, "max_tokens": 24})
         choice = r.json()["choices"][0]
         assert "Paris" in choice["message"]["content"] and choice["finish_reason"] == "stop"
+
+
+def test_serve_reuses_the_prefix_cache_across_requests(tiny_llama_path):
+    """Children of one parent arrive as separate requests: the second one prefills only its own turn."""
+    backend = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, progress=False))
+    plain = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, progress=False, prefix_sharing=False))
+    dialogue = [{"role": "user", "content": "Tell me about volcanoes."},
+                {"role": "assistant", "content": "Volcanoes are openings in the crust where magma erupts. " * 6}]
+    questions = ["Why do they erupt?", "Where are most of them found on Earth today?", "Name one."]
+    with TestClient(create_app(backend, model_name="tiny", max_wait_ms=1)) as client:
+        texts, reused = [], []
+        for q in questions:
+            r = client.post("/v1/chat/completions", json={
+                "messages": dialogue + user(q), "temperature": 0, "max_tokens": 6})
+            texts.append(r.json()["choices"][0]["message"]["content"])
+            reused.append(client.get("/health").json()["prefix_cache"]["reused_tokens"])
+    shared_len = len(backend.encode(dialogue + user(""))) - 8  # the dialogue, less the empty last turn's tokens
+    assert reused[0] == 0 and reused[1] >= shared_len and reused[2] - reused[1] >= shared_len
+    want = plain.chat([dialogue + user(q) for q in questions], SamplingParams(max_new_tokens=6, temperature=0.0))
+    assert texts == [c.text for c in want]
+
+
+def test_serve_rejects_a_negative_prefix_cache():
+    from retain.generation.serve import ServeConfig, run_serve
+
+    with pytest.raises(RetainError, match="prefix_cache_tokens"):
+        run_serve(ServeConfig(prefix_cache_tokens=-1))
