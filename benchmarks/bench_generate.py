@@ -1,32 +1,36 @@
-"""Level-batched vs one-request-at-a-time generation on the same TG tree (SmolLM2-135M).
+"""Shared-prefix vs level-batched vs one-request-at-a-time generation on the same TG tree (SmolLM2-135M).
 
 Run: ``python benchmarks/bench_generate.py [--levels 8,96 12,64] [--batch_size 64] [--threads 1]``
 
 - The real tree expansion (``retain.generation.run.decompress``) grows one tree. Every backend call it
-  makes (a level's question requests, a level's answers) is run twice, back to back, on one loaded model:
-  * **level-batched**: the ``hf`` backend gets all conversations of the call and generates them in
-    length-sorted, left-padded batches of ``--batch_size``; its replies are what the tree keeps;
+  makes (a level's question requests, a level's answers) is run three times, back to back, on one
+  loaded model:
+  * **shared-prefix**: the ``hf`` backend as shipped: each prefix shared by several conversations (a
+    parent's dialogue) is prefilled once and its KV copied to the rows, with an LRU of prefixes kept
+    across calls; its replies are what the tree keeps;
+  * **level-batched**: the same backend with ``prefix_sharing=False``: all conversations of the call in
+    length-sorted, left-padded batches of ``--batch_size``, each prompt prefilled in full;
   * **serial**: plain ``model.generate`` on one conversation at a time (no padding), which is what a
-    per-node implementation does; its replies are discarded.
-  Both see the same prompts, budgets, sampling (temperature 0.7, top-p 0.95, top-k off) and stop tokens,
+    per-node implementation does.
+  All see the same prompts, budgets, sampling (temperature 0.7, top-p 0.95, top-k off) and stop tokens,
   and, being interleaved call by call, the same machine load. Sampled lengths differ, so the measure is
-  completion tokens per second of generation time (dedup/embedding time is excluded from both).
+  completion tokens per second of generation time (dedup/embedding time is excluded from all three).
 - Default tree ``[(8, 96), (12, 64)]``: 8 root questions + up to 96 follow-ups (parse failures and dedup
   leave ~70-80 nodes, >= 64), plus the question lists (``question_tokens`` = 32 per requested question),
   which are part of the workload.
-- Why the ratio stays far below the batch size on CPU: every answer re-reads its whole root-to-parent
-  dialogue (~200-250 prompt tokens for ~60 new ones), and prefill is compute-bound, so batching does not
-  speed it up; only the decode steps (memory-bound for one row) gain. Sharing the parent's KV cache
-  across its children (prefix caching, as vLLM does behind the ``openai`` backend) is the next lever.
+- Where the time goes on CPU: every answer re-reads its root-to-parent dialogue (~200-250 prompt tokens
+  for ~60 new ones) and prefill is compute-bound, so level batching alone speeds up only the decode
+  steps; prefix sharing removes most of the prefill (the "prefilled" column: prompt tokens actually run).
 - ``--serial_every k`` runs the baseline on every k-th conversation only: its tokens/s does not depend
-  on which requests it sees (no batching), and it is by far the slow half on a loaded machine.
-- On a shared 2-core box, other processes change both numbers (load average printed); with the CPU
+  on which requests it sees (no batching), and it is by far the slowest third.
+- On a shared 2-core box, other processes change all numbers (load average printed); with the CPU
   oversubscribed, ``--threads 1`` avoids OpenMP threads spinning while their partner is descheduled.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -84,28 +88,28 @@ class Tally:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-class Paired:
-    """The tree's backend: each ``chat()`` call runs level-batched (its replies grow the tree), then the
-    serial baseline on the same conversations (every ``every``-th one), back to back, so both strategies
-    see the same prompts and budgets and the same machine load."""
+class Interleaved:
+    """The tree's backend: each ``chat()`` call runs every strategy on the same conversations, back to back
+    (the serial one on every ``every``-th); the first strategy's replies grow the tree."""
 
-    def __init__(self, batched: HFBackend, serial: SerialGenerate, every: int):
-        self.batched, self.serial, self.every = batched, serial, every
-        self.name = batched.name
-        self.b, self.s = Tally(), Tally()
+    def __init__(self, strategies: dict[str, object], every: dict[str, int]):
+        self.strategies, self.every = strategies, every
+        self.name = next(iter(strategies.values())).name
+        self.tally = {label: Tally() for label in strategies}
 
     def chat(self, conversations, params):
-        t0 = time.perf_counter()
-        out = self.batched.chat(conversations, params)
-        self.b.add(len(conversations), out, time.perf_counter() - t0)
-        subset = list(conversations)[:: self.every]
-        t0 = time.perf_counter()
-        ref = self.serial.chat(subset, params)
-        self.s.add(len(subset), ref, time.perf_counter() - t0)
-        print(f"  call {self.b.calls}: {len(conversations)} conversations, max_new_tokens {params.max_new_tokens}: "
-              f"batched {self.b.rate:.1f} tok/s, serial {self.s.rate:.1f} tok/s so far "
+        kept = None
+        for label, backend in self.strategies.items():
+            subset = list(conversations)[:: self.every.get(label, 1)]
+            t0 = time.perf_counter()
+            out = backend.chat(subset, params)
+            self.tally[label].add(len(subset), out, time.perf_counter() - t0)
+            kept = out if kept is None else kept
+        rates = ", ".join(f"{label} {t.rate:.1f}" for label, t in self.tally.items())
+        print(f"  call {next(iter(self.tally.values())).calls}: "
+              f"{len(conversations)} conversations, max_new_tokens {params.max_new_tokens}: tok/s so far: {rates} "
               f"(load {os.getloadavg()[0]:.1f})", flush=True)
-        return out
+        return kept
 
 
 def main() -> None:
@@ -129,26 +133,39 @@ def main() -> None:
 
     cfg = BackendConfig(model=args.model, batch_size=args.batch_size, device=args.device, progress=False)
     model, tok = load_model(cfg)
-    batched = HFBackend(cfg, model=model, tokenizer=tok)
-    paired = Paired(batched, SerialGenerate(model, tok, batched.stop_ids, batched.name), args.serial_every)
+    shared = HFBackend(cfg, model=model, tokenizer=tok)
+    batched = HFBackend(dataclasses.replace(cfg, prefix_sharing=False), model=model, tokenizer=tok)
+    serial = SerialGenerate(model, tok, batched.stop_ids, batched.name)
+    strategies = {"shared-prefix (hf backend)": shared, "level-batched (no sharing)": batched,
+                  "serial plain generate": serial}
+    tree = Interleaved(strategies, {"serial plain generate": args.serial_every})
     print(f"model {args.model} on {args.device}, torch threads {torch.get_num_threads()}, levels {levels}, "
-          f"batch_size {args.batch_size}, serial_every {args.serial_every}, load average {os.getloadavg()[0]:.1f}",
+          f"batch_size {args.batch_size}, serial_every {args.serial_every}, prefix sharing "
+          f"{'on' if shared.sharing else 'unavailable for this model'}, load average {os.getloadavg()[0]:.1f}",
           flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         dcfg = DecompressConfig(run_dir=tmp, levels=levels, question_tokens=32, seed=0, progress=False,
                                 backend=BackendConfig(batch_size=args.batch_size, progress=False))
         t0 = time.perf_counter()
-        decompress(dcfg, backend=paired)
+        decompress(dcfg, backend=tree)
         wall = time.perf_counter() - t0
         nodes = list(iter_jsonl(os.path.join(tmp, "nodes.jsonl")))
     kept = sum(not r["dropped"] for r in nodes)
-    print(f"\ntree: {len(nodes)} nodes answered ({kept} kept after filters), wall {wall:.1f} s for both strategies")
-    print("\n| strategy | backend calls | conversations | completion tokens | generation s | tokens/s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for label, t in (("level-batched (hf backend)", paired.b), ("serial plain generate", paired.s)):
-        print(f"| {label} | {t.calls} | {t.conversations} | {t.tokens} | {t.seconds:.1f} | {t.rate:.1f} |")
-    print(f"\nspeed-up (tokens/s, level-batched / serial): {paired.b.rate / paired.s.rate:.1f}x (target >= 8x); "
-          f"load average at end {os.getloadavg()[0]:.1f}")
+    print(f"\ntree: {len(nodes)} nodes answered ({kept} kept after filters), wall {wall:.1f} s for all strategies")
+    prefilled = {"shared-prefix (hf backend)": shared.stats, "level-batched (no sharing)": batched.stats}
+    print("\n| strategy | backend calls | conversations | prompt tokens prefilled | completion tokens | generation s "
+          "| tokens/s | vs serial |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    base = tree.tally["serial plain generate"].rate
+    for label, t in tree.tally.items():
+        st = prefilled.get(label)
+        pre = f"{st['prefilled_tokens']} of {st['prompt_tokens']}" if st else "all"
+        print(f"| {label} | {t.calls} | {t.conversations} | {pre} | {t.tokens} | {t.seconds:.1f} | {t.rate:.1f} "
+              f"| {t.rate / base:.1f}x |")
+    sp, lb = (tree.tally[k].rate for k in ("shared-prefix (hf backend)", "level-batched (no sharing)"))
+    print(f"\nspeed-up (tokens/s) over serial: shared-prefix {sp / base:.1f}x (target >= 8x), level-batched "
+          f"{lb / base:.1f}x; shared-prefix over level-batched {sp / lb:.1f}x; load average at end "
+          f"{os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
