@@ -71,12 +71,14 @@ class DemoProfile:
     """Evaluation suite profile (retain.evaluation.config.EvalSuite.profile)."""
     methods: list[str]
     """Methods run by default."""
+    lr_rule: str = ""
+    """How ``lr`` was chosen (printed in the report)."""
 
 
 PROFILES: dict[str, DemoProfile] = {
     # ~20 minutes on a 2-core CPU with SmolLM2-135M (measured numbers in the README).
     "default": DemoProfile(
-        tg_levels=[[20, 128], [2, 128]], domain_examples=1200, steps=20, batch_size=8, max_length=192,
+        tg_levels=[[20, 128], [2, 128]], domain_examples=1200, steps=24, batch_size=8, max_length=192,
         tg_share=0.25, lr={"full": 3e-4, "lora": 1e-3, "loramoe": 1e-3}, eval_profile="default",
         methods=["full", "lora", "full_tg", "loramoe_tg"],
     ),
@@ -107,7 +109,7 @@ class DemoConfig:
     """Base model: 'smollm2' (embedded SmolLM2-135M-Instruct), a local HF folder or a hub id."""
     methods: Optional[list[str]] = None
     """Methods to run (full, lora, full_tg, loramoe_tg, lora_tg); default: the profile's list."""
-    domain: str = "medmcqa"
+    domain: str = "skills"
     """Domain data set (train split for SFT, held-out split for the domain score)."""
     tg_corpus: Optional[str] = None
     """Use this existing sft.jsonl (e.g. made with `retain decompress` on a vLLM server) instead of generating one."""
@@ -192,6 +194,21 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
     )
 
 
+def add_comparisons(rows: list[dict[str, Any]], ref) -> None:
+    """Give every fine-tuned row ``vs_base`` and ``vs_full`` (paired 95 % intervals per metric, see
+    :mod:`retain.evaluation.compare`); rows are updated in place."""
+    from retain.evaluation.compare import compare
+
+    mc = {p.name for p in ref.probes if p.kind == "mc"}
+    by = {r["name"]: r for r in rows}
+    base, full = by.get("base"), by.get("full")
+    for r in rows:
+        if r["name"] == "base":
+            continue
+        r["vs_base"] = compare(r, base, ref.known, mc, b_is_base=True) if base else None
+        r["vs_full"] = compare(r, full, ref.known, mc) if full and r is not full else None
+
+
 def run_demo(cfg: DemoConfig) -> int:
     """CLI entry: runs every stage (skipping finished ones), prints the table, writes the report."""
 
@@ -212,18 +229,28 @@ def run_demo(cfg: DemoConfig) -> int:
     seed_everything(cfg.seed)
     device = str(resolve_device(cfg.device))
     t_start = time.perf_counter()
+    stages: dict[str, float] = {}
+
+    def stage(label: str, since: float) -> None:
+        """Record and print one stage's wall time (also in demo.json and report.md)."""
+        stages[label] = round(time.perf_counter() - since, 1)
+        con.print(f"[dim]{label}: {stages[label]:.0f} s[/]")
 
     con.rule(f"[bold]retain demo[/] · profile {cfg.profile} · model {cfg.model} · {', '.join(methods)}")
+    t0 = time.perf_counter()
     base, tok = load_model(cfg.model, device=device)
     suite = EvalSuite.profile(prof.eval_profile, domain=cfg.domain, seed=cfg.seed)
+    stage("load model", t0)
 
     con.rule("1/3 base model: calibration (known facts) and drift reference")
     ref_dir = out / "reference"
+    t0 = time.perf_counter()
     if (ref_dir / "calibration.json").exists():
         ref = BaseReference.load(ref_dir, suite)
     else:
         ref = BaseReference.build(base, tok, suite)
         ref.save(ref_dir)
+    stage("base calibration", t0)
     rows: list[dict[str, Any]] = [{"name": "base", "label": "base model", **ref.base_metrics,
                                    "trainable_params": 0, "train_seconds": 0.0}]
 
@@ -231,6 +258,7 @@ def run_demo(cfg: DemoConfig) -> int:
     t0 = time.perf_counter()
     tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
     tg_seconds = time.perf_counter() - t0
+    stage("TG self-decompression", t0)
 
     con.rule("3/3 fine-tune and evaluate")
     for name in methods:
@@ -245,22 +273,30 @@ def run_demo(cfg: DemoConfig) -> int:
         resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
         if not resume and (out / name).exists():
             shutil.rmtree(out / name)  # an earlier attempt died before its first checkpoint
+        t0 = time.perf_counter()
         result = train(recipe, resume=resume, model=base, tokenizer=tok)
         model = result.model
         if model is None:  # finished in an earlier process: load the saved folder
             model, _ = load_model(result.model_dir, device=device)
+        stage(f"train {name}", t0)
+        t0 = time.perf_counter()
         metrics = evaluate(model, tok, suite, ref)
+        stage(f"evaluate {name}", t0)
+        log_rows = [json.loads(x) for x in (out / name / "train_log.jsonl").read_text().splitlines() if x.strip()]
         row = {"name": name, "label": METHODS[name][2], **metrics, "trainable_params": result.trainable_params,
                "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
-               "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts}
+               "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
+               "lr": recipe.optim.lr, "loss_curve": [round(r["lm_loss"], 5) for r in log_rows]}
         write_json_atomic(result_file, row)
         rows.append(row)
         del model, result
 
+    add_comparisons(rows, ref)
     total = time.perf_counter() - t_start
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
                "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": round(tg_seconds, 1),
-               "total_seconds": round(total, 1)}
+               "total_seconds": round(total, 1), "stages": stages,
+               "known": {k: len(v) for k, v in ref.known.items()}}
     write_json_atomic(out / "demo.json", summary)
     from retain.reports import demo_markdown, plot_demo, print_demo_table
 

@@ -1,21 +1,29 @@
-"""The demo's comparison: one table (rich + markdown), ``report.md`` and a two-panel plot.
+"""The demo's comparison: two tables (rich + markdown), ``report.md`` and a three-panel plot.
 
-- Every number shown comes from the rows the run wrote (``demo.json``); nothing is recomputed here.
-- "Learned vs kept": the plot puts domain score against known-fact retention, the trade-off the
-  methods are about, next to the KL drift bars.
-- The written verdicts compare each method with plain full fine-tuning and call a difference real only
-  when it exceeds two binomial standard errors of the retention estimate (the known-item count is small
-  at demo scale, so small gaps are noise, and the report says so).
+- Every number shown comes from the rows the run wrote (``demo.json``); nothing is recomputed here,
+  the intervals included (:func:`retain.demo.add_comparisons` stores them in each row as ``vs_base``
+  and ``vs_full``).
+- Table 1, per method: domain score with its gain over the base, known-fact retention, the change of
+  the known items' margins, KL drift, each with ``±`` the half-width of its paired 95 % interval
+  against the base. Table 2: every method against plain full fine-tuning, intervals as ``[lo, hi]``.
+- The wording rule (:func:`retain.evaluation.stats.verdict`): a sentence says "more", "less",
+  "gained" or "lost" only when the 95 % interval of that difference excludes 0; otherwise it says
+  "no detectable difference".
+- The plot: learned (domain gain) vs kept (retention) with error bars, KL drift with error bars, and
+  each method's training-loss curve.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-HEADER = ["method", "domain score %", "known-fact retention %", "probe acc %", "KL drift (nats/tok)",
-          "trainable params", "train s", "eval s"]
+from retain.evaluation.compare import interval
+from retain.evaluation.stats import fmt_interval, verdict
+
+HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retention %", "margin change (nats/char)",
+          "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
+VS_FULL_HEADER = ["method vs full FT", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
 
 
 def _pct(x: float | None) -> str:
@@ -28,93 +36,150 @@ def _params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
+def _pm(value: float | None, row: dict | None, scale: float, digits: int) -> str:
+    """``value ± half-width`` of the interval ``row`` (both times ``scale``); ``–`` when missing."""
+    if value is None:
+        return "–"
+    text = f"{value * scale:.{digits}f}"
+    iv = interval(row)
+    return text if iv is None else f"{text} ± {iv.half_width * scale:.{digits}f}"
+
+
 def demo_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     cells = []
     for r in rows:
-        kl = r.get("kl_drift")
-        cells.append([r["label"], _pct(r.get("domain_score")), _pct(r.get("retention")), _pct(r.get("probe_accuracy")),
-                      "–" if kl is None else f"{kl:.4f}", _params(r.get("trainable_params")),
-                      f"{r.get('train_seconds', 0):.0f}", f"{r.get('seconds', 0):.0f}"])
+        vb = r.get("vs_base") or {}
+        dom = interval(vb.get("domain"))
+        margin = r.get("margin_change")
+        cells.append([
+            r["label"], _pct(r.get("domain_score")),
+            "–" if dom is None else f"{100 * dom.diff:+.1f} ± {100 * dom.half_width:.1f}",
+            _pm(r.get("retention"), vb.get("retention"), 100, 1),
+            "–" if margin is None else _pm(margin, vb.get("margin"), 1, 3),
+            _pm(r.get("kl_drift"), vb.get("drift"), 1, 3),
+            _pct(r.get("probe_accuracy")), f"{r['lr']:g}" if r.get("lr") else "–", _params(r.get("trainable_params")),
+            f"{r.get('train_seconds', 0):.0f}", f"{r.get('seconds', 0):.0f}",
+        ])
     return cells
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    lines += ["| " + " | ".join(c) + " |" for c in demo_cells(rows)]
+def vs_full_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+    cells = []
+    for r in rows:
+        vf = r.get("vs_full")
+        if not vf:
+            continue
+        cells.append([r["label"], fmt_interval(interval(vf.get("domain")), 100),
+                      fmt_interval(interval(vf.get("retention")), 100), fmt_interval(interval(vf.get("margin")), 1, 3),
+                      fmt_interval(interval(vf.get("drift")), 1, 3)])
+    return cells
+
+
+def _md(header: list[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c) + " |" for c in cells]
     return "\n".join(lines) + "\n"
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    return _md(HEADER, demo_cells(rows))
 
 
 def print_demo_table(rows: list[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title="retain demo: what each fine-tune learned and kept")
+    con = Console()
+    t = Table(title="retain demo: what each fine-tune learned and kept (± = 95 % paired interval vs the base)")
     for h in HEADER:
         t.add_column(h, justify="left" if h == "method" else "right")
     for c in demo_cells(rows):
         t.add_row(*c)
-    Console().print(t)
+    con.print(t)
+    cells = vs_full_cells(rows)
+    if cells:
+        t2 = Table(title="each method minus full fine-tuning: difference [95 % interval]")
+        for h in VS_FULL_HEADER:
+            t2.add_column(h, justify="left" if h.startswith("method") else "right")
+        for c in cells:
+            t2.add_row(*c)
+        con.print(t2)
 
 
-def _stderr(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 1e-9) / max(n, 1))
+def _iv_words(row: dict | None, scale: float, unit: str, digits: int, more: str, less: str,
+              same: str = "no detectable difference") -> str:
+    iv = interval(row)
+    if iv is None:
+        return f"{same} (not measured)"
+    return f"{verdict(iv, more=more, less=less, same=same)} ({fmt_interval(iv, scale, digits)} {unit})"
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
-    """One measured sentence per method, relative to plain full fine-tuning (and to the base)."""
+    """One measured sentence per method; every comparative word follows the 95 % interval rule."""
     by = {r["name"]: r for r in rows}
-    base, full = by.get("base"), by.get("full")
     out = []
-    if base and full and full.get("retention") is not None:
-        out.append(
-            f"Full fine-tuning moved the domain score {_pct(base.get('domain_score'))}% → {_pct(full.get('domain_score'))}% "
-            f"and kept {_pct(full['retention'])}% of the {full.get('known_total', '?')} probe items the base model knew "
-            f"(KL drift {full.get('kl_drift', 0):.4f} nats/token)."
-        )
-    if not full or full.get("retention") is None:
-        return out
-    n = max(1, int(full.get("known_total") or 1))
     for r in rows:
-        if r["name"] in ("base", "full") or r.get("retention") is None:
+        if r["name"] == "base":
             continue
-        d_ret = r["retention"] - full["retention"]
-        noise = 2 * math.sqrt(_stderr(r["retention"], n) ** 2 + _stderr(full["retention"], n) ** 2)
-        d_dom = (r.get("domain_score") or 0) - (full.get("domain_score") or 0)
-        if abs(d_ret) <= noise:
-            kept = f"kept about as much as full fine-tuning ({d_ret * 100:+.1f} pts, within noise ±{noise * 100:.1f})"
-        elif d_ret > 0:
-            kept = f"kept more than full fine-tuning ({d_ret * 100:+.1f} pts, noise ±{noise * 100:.1f})"
-        else:
-            kept = f"kept less than full fine-tuning ({d_ret * 100:+.1f} pts, noise ±{noise * 100:.1f})"
-        out.append(f"**{r['label']}** {kept}; domain score {d_dom * 100:+.1f} pts; "
-                   f"KL drift {r.get('kl_drift', 0):.4f} vs {full.get('kl_drift', 0):.4f}.")
+        vb, vf = r.get("vs_base") or {}, r.get("vs_full") or {}
+        parts = [
+            "domain score: " + _iv_words(vb.get("domain"), 100, "pts vs base", 1, "learned (gain over the base)",
+                                         "got worse than the base"),
+            "known facts: " + _iv_words(vb.get("retention"), 100, "pts vs base", 1, "gained",
+                                        "forgot some (retention below 100 %)", same="no detectable forgetting"),
+            "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",
+                                    same="no detectable change"),
+        ]
+        if vf and "full" in by:
+            parts += [
+                "vs full FT, domain: " + _iv_words(vf.get("domain"), 100, "pts", 1, "learned more", "learned less"),
+                "vs full FT, retention: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
+                "vs full FT, margins: " + _iv_words(vf.get("margin"), 1, "nats/char", 3, "kept more", "kept less"),
+                "vs full FT, drift: " + _iv_words(vf.get("drift"), 1, "nats/token", 3, "drifted more", "drifted less"),
+            ]
+        out.append(f"**{r['label']}**: " + "; ".join(parts) + ".")
     return out
 
 
 def demo_markdown(summary: dict[str, Any]) -> str:
     rows, prof, cfg = summary["rows"], summary["profile"], summary["config"]
+    known = summary.get("known") or {}
+    stages = summary.get("stages") or {}
     lines = [
         "# retain demo report",
         "",
         f"Command: `retain demo --profile {cfg['profile']}` · model `{cfg['model']}` · domain `{cfg['domain']}` · "
         f"total {summary['total_seconds'] / 60:.1f} min",
         "",
-        f"Budget per method: {prof['steps']} optimizer steps × batch {prof['batch_size']} (max {prof['max_length']} tokens); "
-        f"learning rates {prof['lr']}; TG tree levels {prof['tg_levels']} ({summary.get('tg_seconds', 0):.0f} s to generate), "
-        f"TG share {prof['tg_share']:.0%} of each TG run's mixture.",
+        f"Budget per method: {prof['steps']} optimizer steps × batch {prof['batch_size']} (max {prof['max_length']} "
+        f"tokens), the same data for every method; TG tree levels {prof['tg_levels']} "
+        f"({summary.get('tg_seconds', 0):.0f} s to generate), TG share {prof['tg_share']:.0%} of each TG run's mixture.",
+        "",
+        f"Learning rates {prof['lr']}: {prof.get('lr_rule') or 'fixed per profile'}",
         "",
         markdown_table(rows),
-        "- **domain score**: held-out accuracy on the domain set (never trained on).",
-        "- **known-fact retention**: of the probe items the base model answered correctly (with a margin), the share "
-        "still answered correctly — the primary forgetting metric.",
-        "- **probe acc**: raw mean accuracy over the knowledge probes; **KL drift**: mean per-token KL(base ‖ tuned) "
-        "on general chat prompts.",
+        "- **domain score**: accuracy on held-out domain items (never trained on); the gain is paired against "
+        "the base, item by item.",
+        f"- **known-fact retention**: of the {sum(known.values())} probe items the base model answered correctly "
+        f"with a margin ({', '.join(f'{k} {v}' for k, v in known.items())}), the share still answered correctly.",
+        "- **margin change**: on the known items, the mean change of the gold answer's lead over the best wrong "
+        "answer (acc_norm score, nats per character); negative = the model moved away from what the base knew. "
+        "It is continuous, so it does not churn at chance like a 0/1 outcome.",
+        "- **KL drift**: mean per-token KL(base ‖ tuned) on the base's own replies to general chat prompts.",
+        "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples) of the difference from the "
+        "base; `[lo, hi]` below are intervals of the difference from full fine-tuning.",
         "",
+        _md(VS_FULL_HEADER, vs_full_cells(rows)) if vs_full_cells(rows) else "",
         "## What the numbers say",
         "",
+        "A difference is called a gain, a loss, more or less only when its 95 % interval excludes 0.",
+        "",
     ]
-    lines += [f"- {v}" for v in verdicts(rows)] or ["- (no full fine-tuning row to compare with)"]
-    lines += ["", "Per-probe accuracy:", "", _probe_table(rows), "", "![demo](demo.png)", ""]
+    lines += [f"- {v}" for v in verdicts(rows)] or ["- (no fine-tuned row)"]
+    lines += ["", "Per-probe accuracy (retained/known):", "", _probe_table(rows), ""]
+    if stages:
+        lines += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
+    lines += ["![demo](demo.png)", ""]
     return "\n".join(lines)
 
 
@@ -138,7 +203,8 @@ def _probe_table(rows: list[dict[str, Any]]) -> str:
 
 
 def plot_demo(rows: list[dict[str, Any]], path: str | Path) -> None:
-    """Left: domain score vs known-fact retention per method. Right: KL drift bars. Written atomically."""
+    """Left: domain gain vs retention with 95 % error bars. Middle: KL drift with error bars.
+    Right: training-loss curves. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -146,22 +212,41 @@ def plot_demo(rows: list[dict[str, Any]], path: str | Path) -> None:
 
     from retain.utils.io import atomic_path
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for r in rows:
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
+    tuned = [r for r in rows if r["name"] != "base"]
+    for i, r in enumerate(rows):
         if r.get("domain_score") is None or r.get("retention") is None:
             continue
-        ax1.scatter(100 * r["retention"], 100 * r["domain_score"], s=60)
-        ax1.annotate(r["label"], (100 * r["retention"], 100 * r["domain_score"]), textcoords="offset points",
-                     xytext=(5, 4), fontsize=8)
+        vb = r.get("vs_base") or {}
+        dom, ret = interval(vb.get("domain")), interval(vb.get("retention"))
+        x, y = 100 * r["retention"], 100 * r["domain_score"]
+        xerr = None if ret is None else [[100 * (ret.diff - ret.lo)], [100 * (ret.hi - ret.diff)]]
+        yerr = None if dom is None else [[100 * (dom.diff - dom.lo)], [100 * (dom.hi - dom.diff)]]
+        ax1.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3, label=r["label"])
     ax1.set_xlabel("known-fact retention % (kept)")
     ax1.set_ylabel("domain score % (learned)")
-    ax1.set_title("learned vs kept")
+    ax1.set_title("learned vs kept (95 % paired intervals vs base)")
     ax1.grid(alpha=0.3)
-    tuned = [r for r in rows if r["name"] != "base"]
-    ax2.bar([r["label"] for r in tuned], [r.get("kl_drift") or 0 for r in tuned], color="tab:red")
+    ax1.legend(fontsize=7)
+    kls = [r.get("kl_drift") or 0 for r in tuned]
+    errs = [[0, 0] if interval((r.get("vs_base") or {}).get("drift")) is None else
+            [kl - interval(r["vs_base"]["drift"]).lo, interval(r["vs_base"]["drift"]).hi - kl]
+            for r, kl in zip(tuned, kls)]
+    ax2.bar(range(len(tuned)), kls, yerr=[[e[0] for e in errs], [e[1] for e in errs]] if errs else None,
+            color=[f"C{rows.index(r)}" for r in tuned], capsize=3)
+    ax2.set_xticks(range(len(tuned)), [r["label"] for r in tuned], rotation=20, ha="right", fontsize=8)
     ax2.set_ylabel("KL(base ‖ tuned), nats/token")
-    ax2.set_title("drift from the base model")
-    ax2.tick_params(axis="x", rotation=20, labelsize=8)
+    ax2.set_title("drift from the base model (lower = closer)")
+    for r in tuned:
+        curve = r.get("loss_curve") or []
+        if curve:
+            ax3.plot(range(1, len(curve) + 1), curve, color=f"C{rows.index(r)}", label=f"{r['label']} (lr {r.get('lr', 0):g})")
+    ax3.set_xlabel("optimizer step")
+    ax3.set_ylabel("training loss (nats/assistant token)")
+    ax3.set_title("training loss")
+    ax3.grid(alpha=0.3)
+    if any(r.get("loss_curve") for r in tuned):
+        ax3.legend(fontsize=7)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=120, format="png")

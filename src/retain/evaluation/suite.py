@@ -10,7 +10,15 @@
   known items); generation retention has no such floor.
 - **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean.
 - **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
+- **Margin change** (the continuous retention measure): on the known multiple-choice items, the mean
+  change of the gold choice's margin (its acc_norm score minus the best wrong choice's, nats/char)
+  from the base to the model. It moves before an item flips, and it does not churn at chance the
+  way a 0/1 outcome near a coin flip does, so it separates methods with fewer items.
 - **Drift**: mean per-token KL(base ‖ model) on the built-in chat prompts (see :mod:`.drift`).
+- **Per-item outcomes** (``items``: per probe the ids, 0/1 correctness and margins; ``drift_prompts``:
+  per-prompt KL and token counts) are kept in every metrics dict, so that any two models scored
+  with the same suite can be compared item by item with confidence intervals
+  (:mod:`retain.evaluation.compare`).
 - The reference (calibration + base drift distributions) is saved as ``calibration.json`` +
   ``base_reference.safetensors``; loading it checks that the suite selects the same items.
 """
@@ -26,7 +34,7 @@ import torch
 
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
-from retain.evaluation.drift import DriftReference, drift_reference, kl_drift
+from retain.evaluation.drift import DriftReference, drift_reference, kl_per_prompt, weighted_mean
 from retain.evaluation.probes import Probe, builtin_probe, domain_probe, load_probe_file, score_probe
 from retain.utils.io import atomic_path, read_json, write_json_atomic
 
@@ -82,8 +90,9 @@ class BaseReference:
         ref.drift = drift
         timings, seconds = metrics["timings"], metrics["seconds"]
         ref.known = {p.name: [r["id"] for r in results[p.name] if is_known(r, p.kind, suite.known_margin)] for p in probes}
+        ref.base_metrics = {"items": compact_results(results)}  # the base's own margins: margin_change 0
         ref.base_metrics = evaluate_from_results(results, ref, suite, metrics)
-        ref.base_metrics.update(seconds=seconds, timings=timings)
+        ref.base_metrics.update(seconds=seconds, timings=timings, drift_prompts=None)
         return ref
 
     def save(self, folder: str | Path) -> None:
@@ -135,15 +144,23 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
         results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
                                       max_new_tokens=suite.max_new_tokens)
         timings[p.name] = round(time.perf_counter() - t, 2)
-    kl = None
+    kl, drift_prompts = None, None
     if ref is not None and ref.drift is not None:
         t = time.perf_counter()
-        kl = kl_drift(model, tokenizer, ref.drift, batch_size=suite.batch_size)
+        kls, counts = kl_per_prompt(model, tokenizer, ref.drift, batch_size=suite.batch_size)
+        kl, drift_prompts = weighted_mean(kls, counts), {"kl": kls, "tokens": counts}
         timings["kl_drift"] = round(time.perf_counter() - t, 2)
     out = evaluate_from_results(results, ref, suite, {"kl_drift": kl})
+    out["drift_prompts"] = drift_prompts
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["timings"] = timings
     return out
+
+
+def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
+    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need)."""
+    return {name: {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
+                   "margin": [round(float(r["margin"]), 6) for r in rs]} for name, rs in results.items()}
 
 
 def _acc(rs: list[dict], key: str = "correct") -> float | None:
@@ -175,16 +192,43 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
         probe_rows[name] = row
     accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None]
     dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
+    items = compact_results(results)
     return {
         "domain_score": _acc(dom[1]) if dom else None,
         "retention": retained_total / known_total if known_total else None,
         "retention_chance": chance_total / known_total if known_total else None,
+        "margin_change": margin_change(items, ref),
         "probe_accuracy": sum(accs) / len(accs) if accs else None,
         "kl_drift": extra.get("kl_drift"),
         "probes": probe_rows,
         "domain": {"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1])} if dom else None,
         "known_total": known_total,
+        "items": items,
     }
+
+
+def margin_change(items: dict[str, dict[str, list]], ref: "BaseReference | None") -> float | None:
+    """Mean over the known multiple-choice items of (model margin - base margin), nats/char; None
+    without a reference or without known MC items. 0 for the base model itself."""
+    if ref is None or not ref.base_metrics.get("items"):
+        return None
+    diffs = known_margin_pairs(items, ref)
+    return sum(m - b for m, b in diffs) / len(diffs) if diffs else None
+
+
+def known_margin_pairs(items: dict[str, dict[str, list]], ref: "BaseReference") -> list[tuple[float, float]]:
+    """(model margin, base margin) of every known multiple-choice item, pooled over probes in suite order."""
+    base_items = ref.base_metrics["items"]
+    kinds = {p.name: p.kind for p in ref.probes}
+    pairs = []
+    for name, known_ids in ref.known.items():
+        if kinds.get(name) != "mc" or name not in items or name not in base_items:
+            continue
+        known = set(known_ids)
+        mine = dict(zip(items[name]["ids"], items[name]["margin"]))
+        base = dict(zip(base_items[name]["ids"], base_items[name]["margin"]))
+        pairs += [(mine[i], base[i]) for i in base_items[name]["ids"] if i in known and i in mine]
+    return pairs
 
 
 def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):

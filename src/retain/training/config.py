@@ -38,7 +38,7 @@ class DatasetSpec:
     """One training data source."""
 
     path: str
-    """A .jsonl / .json file, or 'builtin:<name>' (e.g. builtin:medmcqa, train split of the offline set)."""
+    """A .jsonl / .json file, or 'builtin:<name>' (e.g. builtin:skills or builtin:medmcqa, the train split of an offline set)."""
     format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = "auto"
     """Record format; 'auto' detects it from the first record's keys."""
     weight: Optional[float] = None

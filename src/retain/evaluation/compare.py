@@ -1,0 +1,90 @@
+"""Item-by-item comparison of two evaluated models, with 95 % confidence intervals.
+
+Both models must have been scored with the same suite and base reference (the demo and
+``retain eval`` guarantee it), so their per-item outcomes line up. Four paired differences:
+
+===============  ==========================================  ==============================  =========
+metric           per-item outcome                            items                           unit
+===============  ==========================================  ==============================  =========
+``domain``       correct (0/1)                               held-out domain items           fraction
+``retention``    correct (0/1)                               items the base knows            fraction
+``margin``       gold margin (acc_norm gold − best wrong)    known multiple-choice items     nats/char
+``drift``        mean KL(base ‖ model) over the reply        drift prompts, token-weighted   nats/token
+===============  ==========================================  ==============================  =========
+
+The base model's own outcomes are: its domain results, 1 on every known item (that is what "known"
+means), its calibration margins, and 0 KL. So "vs base" intervals read as: domain gain, retention
+loss (retention − 100 %), margin change and drift; "vs full FT" intervals compare two fine-tunes.
+Intervals are paired percentile bootstraps (:func:`retain.evaluation.stats.paired_bootstrap`);
+0/1 metrics also get an exact McNemar p-value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from retain.evaluation.stats import Interval, mcnemar_exact, paired_bootstrap
+
+METRICS = ("domain", "retention", "margin", "drift")
+
+
+def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: set[str]
+             ) -> dict[str, tuple[dict[str, float], dict[str, float]]]:
+    """Per metric: ({item key: outcome}, {item key: weight}) of one evaluated model.
+
+    metrics: an :func:`retain.evaluation.suite.evaluate` result (its ``items`` and ``drift_prompts``).
+    known: probe name -> ids the base knows. mc_probes: names of the multiple-choice probes.
+    """
+    items = metrics.get("items") or {}
+    out: dict[str, tuple[dict[str, float], dict[str, float]]] = {m: ({}, {}) for m in METRICS}
+    for name, rec in items.items():
+        pairs = list(zip(rec["ids"], rec["correct"], rec["margin"]))
+        if name.startswith("domain:"):
+            for i, c, _ in pairs:
+                out["domain"][0][i] = float(c)
+            continue
+        k = set(known.get(name, ()))
+        for i, c, m in pairs:
+            if i in k:
+                out["retention"][0][f"{name}/{i}"] = float(c)
+                if name in mc_probes:
+                    out["margin"][0][f"{name}/{i}"] = float(m)
+    drift = metrics.get("drift_prompts")
+    if drift:
+        for j, (kl, n) in enumerate(zip(drift["kl"], drift["tokens"])):
+            out["drift"][0][str(j)] = float(kl)
+            out["drift"][1][str(j)] = float(n)
+    return out
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], mc_probes: set[str], *,
+            b_is_base: bool = False, n_boot: int = 2000, seed: int = 0) -> dict[str, dict | None]:
+    """Paired differences a − b per metric: ``{metric: {"diff", "lo", "hi", "n", "level", ["p_mcnemar"]}}``
+    (None where either side lacks the items). ``b_is_base``: b is the base model (its known items count
+    as 1 and its drift as 0, whatever its metrics dict holds)."""
+    oa, ob = outcomes(a, known, mc_probes), outcomes(b, known, mc_probes)
+    if b_is_base:
+        ob["retention"] = ({k: 1.0 for k in oa["retention"][0]}, {})
+        ob["drift"] = ({k: 0.0 for k in oa["drift"][0]}, dict(oa["drift"][1]))
+    result: dict[str, dict | None] = {}
+    for m in METRICS:
+        va, vb = oa[m][0], ob[m][0]
+        keys = [k for k in va if k in vb]
+        if not keys:
+            result[m] = None
+            continue
+        w = [oa[m][1].get(k, 1.0) for k in keys] if m == "drift" else None
+        iv: Interval = paired_bootstrap([va[k] for k in keys], [vb[k] for k in keys], weights=w,
+                                        n_boot=n_boot, seed=seed)
+        row = iv.to_json()
+        if m in ("domain", "retention"):
+            row["p_mcnemar"] = mcnemar_exact([va[k] > 0.5 for k in keys], [vb[k] > 0.5 for k in keys])
+        result[m] = row
+    return result
+
+
+def interval(row: dict | None) -> Interval | None:
+    """The :class:`Interval` of one ``compare`` entry (None stays None)."""
+    if row is None:
+        return None
+    return Interval(row["diff"], row["lo"], row["hi"], row["n"], row.get("level", 0.95))

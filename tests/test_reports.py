@@ -1,0 +1,56 @@
+"""The demo report: intervals shown as ± and [lo, hi], and words that follow the intervals."""
+
+from __future__ import annotations
+
+from retain.reports import demo_markdown, markdown_table, plot_demo, verdicts
+
+
+def _iv(diff, lo, hi, n=100):
+    return {"diff": diff, "lo": lo, "hi": hi, "n": n, "level": 0.95}
+
+
+def _rows(ret_vs_full):
+    base = {"name": "base", "label": "base model", "domain_score": 0.2, "retention": 1.0, "margin_change": 0.0,
+            "kl_drift": 0.0, "probe_accuracy": 0.4, "probes": {"sciq": {"accuracy": 0.5, "known": 10, "retained": 10}}}
+    full = {"name": "full", "label": "full FT", "domain_score": 0.45, "retention": 0.8, "margin_change": -0.05,
+            "kl_drift": 0.5, "probe_accuracy": 0.35, "lr": 1e-4, "loss_curve": [2.0, 1.0, 0.5],
+            "probes": {"sciq": {"accuracy": 0.45, "known": 10, "retained": 8}},
+            "vs_base": {"domain": _iv(0.25, 0.18, 0.32), "retention": _iv(-0.2, -0.3, -0.1),
+                        "margin": _iv(-0.05, -0.07, -0.03), "drift": _iv(0.5, 0.4, 0.6)}, "vs_full": None}
+    moe = {"name": "loramoe_tg", "label": "LoRAMoE + LBC + TG", "domain_score": 0.40, "retention": 0.9,
+           "margin_change": -0.01, "kl_drift": 0.1, "probe_accuracy": 0.39, "lr": 1e-3, "loss_curve": [2.0, 1.2, 0.7],
+           "probes": {"sciq": {"accuracy": 0.49, "known": 10, "retained": 9}},
+           "vs_base": {"domain": _iv(0.20, 0.12, 0.28), "retention": _iv(-0.1, -0.2, 0.0),
+                       "margin": _iv(-0.01, -0.02, 0.005), "drift": _iv(0.1, 0.08, 0.12)},
+           "vs_full": {"domain": _iv(-0.05, -0.12, 0.02), "retention": ret_vs_full,
+                       "margin": _iv(0.04, 0.02, 0.06), "drift": _iv(-0.4, -0.5, -0.3)}}
+    return [base, full, moe]
+
+
+def test_words_follow_the_intervals():
+    excluded = verdicts(_rows(_iv(0.10, 0.02, 0.18)))[1]
+    assert "vs full FT, retention: kept more (+10.0 [+2.0, +18.0] pts)" in excluded
+    straddling = verdicts(_rows(_iv(0.10, -0.01, 0.21)))[1]
+    assert "kept more" not in straddling.split("margins")[0].split("retention:")[-1]
+    assert "vs full FT, retention: no detectable difference (+10.0 [-1.0, +21.0] pts)" in straddling
+    full = verdicts(_rows(_iv(0, 0, 0)))[0]
+    assert "domain score: learned (gain over the base) (+25.0 [+18.0, +32.0] pts vs base)" in full
+    assert "forgot some" in full
+    # The LoRAMoE row: its retention interval vs the base touches 0, so no forgetting claim.
+    assert "known facts: no detectable forgetting" in straddling
+    assert "vs full FT, domain: no detectable difference" in straddling
+    assert "vs full FT, drift: drifted less" in straddling
+
+
+def test_table_shows_plus_minus_and_report_and_plot_render(tmp_path):
+    rows = _rows(_iv(0.10, 0.02, 0.18))
+    table = markdown_table(rows)
+    assert "| full FT | 45.0 | +25.0 ± 7.0 | 80.0 ± 10.0 | -0.050 ± 0.020 | 0.500 ± 0.100 |" in table
+    summary = {"rows": rows, "config": {"profile": "default", "model": "smollm2", "domain": "skills"},
+               "profile": {"steps": 3, "batch_size": 8, "max_length": 192, "tg_levels": [[2, 8]], "tg_share": 0.25,
+                           "lr": {"full": 1e-4}, "lr_rule": "a written rule"},
+               "total_seconds": 60, "known": {"sciq": 10}, "stages": {"train full": 12.0}}
+    md = demo_markdown(summary)
+    assert "a written rule" in md and "[+2.0, +18.0]" in md and "train full 12" in md
+    plot_demo(rows, tmp_path / "demo.png")
+    assert (tmp_path / "demo.png").stat().st_size > 5000
