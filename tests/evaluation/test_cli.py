@@ -56,7 +56,7 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     (["--probe_files", "[{bad}]"], r"bad\.jsonl:2: 'answer' must be an integer"),
     (["--tuned", "[/no/such/folder]"], "no such folder"),
     (["--probes", "{nope: 3}"], "unknown probe 'nope'"),
-    (["--domain", "gsm8k"], "choose medmcqa, medqa or none"),
+    (["--domain", "gsm8k"], "choose one of skills, .*medmcqa, medqa.*or none"),
 ])
 def test_bad_input_fails_cleanly_and_writes_nothing(tiny_llama_path, tmp_path, capsys, args, match):
     import re

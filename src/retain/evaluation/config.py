@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-DEFAULT_PROBES: dict[str, int] = {"sciq": 400, "arc_easy": 200, "mmlu": 100, "arc_challenge": 60}
+DEFAULT_PROBES: dict[str, int] = {"sciq": 300, "arc_easy": 200, "mmlu": 60, "arc_challenge": 40}
 """Multiple-choice probes only by default: their margins give the continuous retention measure, and
 SmolLM2-135M knows enough of them (SciQ and ARC-Easy most) to count a few hundred known items.
 TriviaQA (generation, 5 % known at 135M and the slowest probe per item) is one flag away."""

@@ -15,17 +15,28 @@ def _fmt(x, pct: bool = True, digits: int = 3) -> str:
     return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
 
 
+def _pm(x, row: dict | None, scale: float, digits: int) -> str:
+    """``x ± half-width`` of a paired 95 % interval vs the base (see retain.evaluation.compare)."""
+    if x is None:
+        return "–"
+    text = f"{x * scale:.{digits}f}"
+    return text if not row else f"{text} ± {(row['hi'] - row['lo']) / 2 * scale:.{digits}f}"
+
+
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: headline metrics, then one accuracy column per probe."""
+    """Header and cells: headline metrics (± = half-width of the paired 95 % interval of the difference
+    from the base), then one accuracy column per probe."""
     probe_names = list(dict.fromkeys(n for r in rows for n in r["probes"]))
     domain = next((r["domain"]["name"] for r in rows if r.get("domain")), None)
     header = ["model", f"domain ({domain}) %" if domain else "domain %", "known-fact retention %",
-              "probe acc %", "KL drift (nats/token)"]
+              "margin change (nats/char)", "probe acc %", "KL drift (nats/token)"]
     header += [f"{n} %" for n in probe_names] + ["seconds"]
     cells = []
     for r in rows:
-        line = [r["model"], _fmt(r["domain_score"]), _fmt(r["retention"]), _fmt(r["probe_accuracy"]),
-                _fmt(r["kl_drift"], pct=False, digits=4)]
+        vb = r.get("vs_base") or {}
+        line = [r["model"], _pm(r["domain_score"], vb.get("domain"), 100, 1),
+                _pm(r["retention"], vb.get("retention"), 100, 1), _pm(r.get("margin_change"), vb.get("margin"), 1, 3),
+                _fmt(r["probe_accuracy"]), _pm(r["kl_drift"], vb.get("drift"), 1, 4)]
         for n in probe_names:
             p = r["probes"].get(n)
             if p is None:

@@ -84,10 +84,16 @@ def run_eval(cfg: EvalConfig) -> int:
     if not cfg.skip_base:
         rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **_harness(cfg, base, tok)})
     del base
+    from retain.evaluation.compare import compare
+
+    mc = {p.name for p in ref.probes if p.kind == "mc"}
     for t in cfg.tuned:
         print(f"evaluating {t} ...", flush=True)
         model, ttok = load_model(t, device=cfg.device)
-        rows.append({"model": _label(t), "path": t, **evaluate(model, ttok, suite, ref), **_harness(cfg, model, ttok)})
+        metrics = evaluate(model, ttok, suite, ref)
+        # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
+        metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, mc, b_is_base=True)
+        rows.append({"model": _label(t), "path": t, **metrics, **_harness(cfg, model, ttok)})
         del model
     if not rows:
         raise RetainError("nothing to report: give --tuned folders or drop --skip_base")

@@ -160,7 +160,7 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
 def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need)."""
     return {name: {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
-                   "margin": [round(float(r["margin"]), 6) for r in rs]} for name, rs in results.items()}
+                   "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]} for name, rs in results.items()}
 
 
 def _acc(rs: list[dict], key: str = "correct") -> float | None:
