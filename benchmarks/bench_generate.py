@@ -19,8 +19,10 @@ Run: ``python benchmarks/bench_generate.py [--levels 8,96 12,64] [--batch_size 6
   leave ~70-80 nodes, >= 64), plus the question lists (``question_tokens`` = 32 per requested question),
   which are part of the workload.
 - Where the time goes on CPU: every answer re-reads its root-to-parent dialogue (~200-250 prompt tokens
-  for ~60 new ones) and prefill is compute-bound, so level batching alone speeds up only the decode
-  steps; prefix sharing removes most of the prefill (the "prefilled" column: prompt tokens actually run).
+  for ~60 new ones); prefix sharing cuts the prompt tokens actually run ~5x (the "prefilled" column). What
+  is left is decoding, compute-bound once batched on one contended thread (~2 x 135M FLOPs per token in
+  every strategy), which caps the ratio over serial near level batching's (2.9x vs 2.7x in the README's
+  run). Finished rows keep decoding until their batch ends (``generate``'s loop).
 - ``--serial_every k`` runs the baseline on every k-th conversation only: its tokens/s does not depend
   on which requests it sees (no batching), and it is by far the slowest third.
 - On a shared 2-core box, other processes change all numbers (load average printed); with the CPU
