@@ -11,9 +11,8 @@ default demo profile (``docs/domain.md``). The rule, fixed before any run:
 - **Dev split**: the last ``--dev`` items of that same shuffled train split. The demo never reports on
   them, they are disjoint from the held-out items that the demo scores, and (like all training data)
   from every knowledge probe. No probe is ever read by this script.
-- **Grid**: full ∈ {3e-5, 1e-4, 3e-4}; lora and loramoe ∈ {1e-3, 3e-3} (half-decade steps around
-  each method kind's usual value; the adapters' 3e-4 was dropped for time before any adapter run,
-  when one run turned out to take 8-10 minutes on this machine under load).
+- **Grid**: full ∈ {3e-5, 1e-4, 3e-4}; lora and loramoe ∈ {3e-4, 1e-3, 3e-3} (half-decade steps
+  around each method kind's usual value).
 - **Choice**: per method kind, the learning rate with the highest dev accuracy; a rate within
   1 point of the best loses to the lower one (less drift for the same learning).
 - **Learnability** of the domain: full fine-tuning at its chosen rate vs the base, per task, with a
@@ -34,7 +33,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-GRID = {"full": [3e-5, 1e-4, 3e-4], "lora": [1e-3, 3e-3], "loramoe": [1e-3, 3e-3]}
+GRID = {"full": [3e-5, 1e-4, 3e-4], "lora": [3e-4, 1e-3, 3e-3], "loramoe": [3e-4, 1e-3, 3e-3]}
 
 
 def dev_items(domain: str, n_dev: int) -> list[dict]:
