@@ -80,7 +80,7 @@ class DemoProfile:
 PROFILES: dict[str, DemoProfile] = {
     # ~20 minutes on a 2-core CPU with SmolLM2-135M (measured numbers in the README).
     "default": DemoProfile(
-        tg_levels=[[16, 96], [2, 96]], domain_examples=1200, steps=24, batch_size=8, max_length=192,
+        tg_levels=[[16, 96], [2, 96]], domain_examples=1200, steps=24, batch_size=8, max_length=128,
         tg_share=0.25, lr={"full": 3e-5, "lora": 1e-3, "loramoe": 3e-4}, eval_profile="default",
         methods=["full", "lora", "full_tg", "loramoe_tg"],
         lr_rule=("per method kind, the best accuracy on a 200-item dev split of the SST-2 train side (never "
