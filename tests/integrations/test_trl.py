@@ -218,6 +218,62 @@ def test_lbc_weight_per_micro_batch_follows_gradient_accumulation(tmp_path, tiny
     torch.testing.assert_close(scaled, summed_lm + aux / 2)
 
 
+DDP_SCRIPT = """
+import json, os, sys
+import torch
+from retain.adapters.loramoe import adapter_state_dict
+from retain.integrations.trl import LoRAMoESFTTrainer
+from tests.integrations.test_trl import _args, _dataset, _model, _rows
+from transformers import AutoTokenizer
+
+base, out = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+trainer = LoRAMoESFTTrainer(model=_model(base), processing_class=AutoTokenizer.from_pretrained(base),
+                            train_dataset=_dataset(_rows()),
+                            args=_args(out, max_steps=3, per_device_train_batch_size=2, gradient_accumulation_steps=2))
+trainer.train()
+rank = int(os.environ["RANK"])
+torch.save(adapter_state_dict(trainer.model), os.path.join(out, f"weights{rank}.pt"))
+logs = [r for r in trainer.state.log_history if "loss" in r]
+with open(os.path.join(out, f"logs{rank}.json"), "w") as f:
+    json.dump({"processes": trainer.accelerator.num_processes, "logs": logs}, f)
+trainer.save_model(os.path.join(out, "final"))
+"""
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run_agrees_across_ranks(tmp_path, tiny_llama_path):
+    """torchrun, 2 CPU processes on gloo: each rank adds its own LBC, the logs are reduced over ranks."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp_sft.py"
+    script.write_text(DDP_SCRIPT, encoding="utf-8")
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+         "--master_port", str(port), str(script), tiny_llama_path, str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300, cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [json.loads((tmp_path / f"logs{r}.json").read_text()) for r in (0, 1)]
+    assert runs[0]["processes"] == 2 and runs[0]["logs"] == runs[1]["logs"]
+    for r in runs[0]["logs"]:
+        assert r["lbc_loss"] > 0 and r["loss"] == pytest.approx(r["lm_loss"] + r["lbc_loss"], rel=1e-5, abs=1e-6)
+    w0, w1 = (torch.load(tmp_path / f"weights{r}.pt") for r in (0, 1))
+    assert w0.keys() == w1.keys() and all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert folder_kind(tmp_path / "final") == "loramoe"
+
+
 def test_sample_type_collator():
     seen = []
 
