@@ -159,10 +159,26 @@ def test_without_the_lbc_nothing_is_added(tmp_path, tiny_llama_path, tok):
     assert all("lbc_loss" not in r and r["loss"] == pytest.approx(r["lm_loss"]) for r in logs)
 
 
-def test_packing_is_refused(tmp_path, tiny_llama_path, tok):
-    with pytest.raises(RetainError, match="packing"):
+def test_lora_baseline_runs_through_the_same_trainer(tmp_path, tiny_llama_path, tok):
+    from transformers import AutoModelForCausalLM
+
+    from retain.adapters.config import LoRAConfig
+
+    model = prepare_model(AutoModelForCausalLM.from_pretrained(tiny_llama_path), "lora", lora=LoRAConfig(r=2))
+    trainer = LoRAMoESFTTrainer(model=model, processing_class=tok, train_dataset=_dataset(_rows()),
+                                args=_args(tmp_path / "run", max_steps=2))
+    trainer.train()
+    assert all("lbc_loss" not in r for r in _train_logs(trainer))
+    trainer.save_model(str(tmp_path / "out"))
+    assert folder_kind(tmp_path / "out") == "lora"  # PEFT's own format
+
+
+@pytest.mark.parametrize("bad, match", [({"packing": True}, "packing"),
+                                        ({"activation_checkpointing_kwargs": {"use_reentrant": True}}, "reentrant")])
+def test_settings_that_would_silently_lose_the_lbc_are_refused(tmp_path, tiny_llama_path, tok, bad, match):
+    with pytest.raises(RetainError, match=match):
         LoRAMoESFTTrainer(model=_model(tiny_llama_path), processing_class=tok, train_dataset=_dataset(_rows()),
-                          args=_args(tmp_path, packing=True))
+                          args=_args(tmp_path, **bad))
 
 
 def _features(tok):

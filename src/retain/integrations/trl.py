@@ -48,7 +48,8 @@ How the pieces fit, all by subclassing and wrapping (no library code is patched)
   folder (other checkpoints) are kept. ``resume_from_checkpoint`` reads them back. Models sharded over
   processes (FSDP, DeepSpeed ZeRO-3) are not saved here yet.
 - Gradient checkpointing must be non-reentrant (transformers' default) or the LBC gets no gradient.
-- A model without LoRAMoE layers (full or LoRA fine-tuning) trains and saves exactly as in the base trainer.
+- A model without LoRAMoE layers (full or LoRA fine-tuning) trains and saves as with the base trainer (plus
+  the ``lm_loss`` log), so baselines run from the same script.
 """
 
 from __future__ import annotations
@@ -128,10 +129,10 @@ class LoRAMoETrainerMixin:
             )
         if self.args.n_gpu > 1:
             raise RetainError("LoRAMoE's LBC does not run under nn.DataParallel; launch with accelerate or torchrun")
-        ckpt_kwargs = self.args.gradient_checkpointing_kwargs or {}
-        if self.args.gradient_checkpointing and ckpt_kwargs.get("use_reentrant") is True:
+        ckpt_kwargs = self.args.activation_checkpointing_kwargs or {}  # transformers 5.23's name for gradient_*
+        if self.args.activation_checkpointing and ckpt_kwargs.get("use_reentrant") is True:
             raise RetainError(
-                "gradient_checkpointing_kwargs={'use_reentrant': True}: the LBC would get no gradient; "
+                "activation_checkpointing_kwargs={'use_reentrant': True}: the LBC would get no gradient; "
                 "use use_reentrant=False (the default)"
             )
         columns = _column_names(self.train_dataset)
