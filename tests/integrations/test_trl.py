@@ -85,6 +85,7 @@ def sft_run(tmp_path_factory, tiny_llama_path, tok):
     out = tmp_path_factory.mktemp("sft")
     trainer = LoRAMoESFTTrainer(
         model=_model(tiny_llama_path), processing_class=tok, train_dataset=_dataset(_rows()),
+        eval_dataset=_dataset(_rows()[:4]),
         args=_args(out, max_steps=8, per_device_train_batch_size=2, gradient_accumulation_steps=2),
     )
     trainer.train()
@@ -98,6 +99,8 @@ def test_sft_trainer_adds_the_lbc_and_logs_it_apart(sft_run):
         assert r["lbc_loss"] > 0  # sample types reached the layers: without them there is no LBC term
         assert r["loss"] == pytest.approx(r["lm_loss"] + r["lbc_loss"], rel=1e-5, abs=1e-6)
     assert "mean_token_accuracy" in logs[0]  # TRL's own metrics still logged
+    metrics = sft_run.evaluate()  # evaluation: the LM loss; the sample-type column is dropped there
+    assert metrics["eval_loss"] > 0 and not any("lbc" in k for k in metrics)
 
 
 def test_sft_training_lowers_the_lm_loss(sft_run):
