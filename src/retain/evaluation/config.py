@@ -2,9 +2,9 @@
 
 - :class:`EvalSuite` says *what* is measured (probes and item counts, domain, drift prompts, seeds,
   the "known" criterion); the demo builds one in Python, the CLI exposes it as ``--suite.*``.
-- ``profile`` picks item counts: ``default`` fits one evaluation of SmolLM2-135M in 60-90 s on a
-  2-core CPU (measured: 137 CPU-seconds single-threaded); ``quick`` about half that; ``full`` is for
-  GPUs (all items up to the caps below).
+- ``profile`` picks item counts: ``default`` fits one evaluation of SmolLM2-135M in 60-80 s on a
+  2-core CPU (measured in the demo run of 2026-11-22: 61-77 s per fine-tuned model, 77 s for the base
+  calibration with its drift reference); ``quick`` about half that; ``full`` is for GPUs.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class EvalSuite:
 
     @classmethod
     def profile(cls, name: Literal["default", "quick", "full", "tiny"] = "default", **overrides) -> "EvalSuite":
-        """``default`` (CPU, 60-90 s for SmolLM2 on 2 cores), ``quick`` (about half), ``full`` (GPU),
+        """``default`` (CPU, 60-80 s for SmolLM2 on 2 cores), ``quick`` (about half), ``full`` (GPU),
         ``tiny`` (tests and smoke runs)."""
         if name == "default":
             suite = cls()
@@ -85,7 +85,7 @@ class EvalConfig:
     out: str = "runs/eval"
     """Output folder: eval.json, eval.md, eval.png, calibration.json, base_reference.safetensors."""
     profile: Literal["default", "quick", "full", "tiny"] = "default"
-    """Item counts: default (CPU, 60-90 s/model for SmolLM2 on 2 cores), quick (about half), full (GPU), tiny (smoke)."""
+    """Item counts: default (CPU, 60-80 s/model for SmolLM2 on 2 cores), quick (about half), full (GPU), tiny (smoke)."""
     probes: dict[str, int] | None = None
     """Override the profile's probes, e.g. '{arc_easy: 200, triviaqa: 0}' (0 drops a probe)."""
     probe_files: list[str] = field(default_factory=list)
