@@ -54,3 +54,12 @@ def test_table_shows_plus_minus_and_report_and_plot_render(tmp_path):
     assert "a written rule" in md and "[+2.0, +18.0]" in md and "train full 12" in md
     plot_demo(rows, tmp_path / "demo.png")
     assert (tmp_path / "demo.png").stat().st_size > 5000
+
+
+def test_a_one_label_model_is_flagged_not_called_learning():
+    rows = _rows(_iv(0.0, -0.01, 0.01))
+    rows[2]["domain"] = {"name": "sst2", "accuracy": 0.40, "balanced_accuracy": 0.5, "majority_share": 0.96}
+    rows[1]["domain"] = {"name": "sst2", "accuracy": 0.45, "balanced_accuracy": 0.62, "majority_share": 0.55}
+    full, moe = verdicts(rows)
+    assert "96 % of its answers are one option (balanced accuracy 50.0 %): a label-prior shift" in moe
+    assert "label-prior" not in full

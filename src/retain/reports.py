@@ -21,6 +21,11 @@ from typing import Any
 from retain.evaluation.compare import interval
 from retain.evaluation.stats import fmt_interval, verdict
 
+COLLAPSE_SHARE = 0.8
+"""A model that gives one option on at least this share of the domain items is flagged: on a task with
+few options its accuracy is then mostly the class prior (measured: SST-2 fine-tunes that answered one
+label on 94-100 % of held-out items; see docs/domain.md)."""
+
 HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retention %", "margin change (nats/char)",
           "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
 VS_FULL_HEADER = ["method vs full FT", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
@@ -124,9 +129,13 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if r["name"] == "base":
             continue
         vb, vf = r.get("vs_base") or {}, r.get("vs_full") or {}
+        collapse = (r.get("domain") or {}).get("majority_share")
+        warn = (f" — but {100 * collapse:.0f} % of its answers are one option (balanced accuracy "
+                f"{100 * r['domain'].get('balanced_accuracy', 0):.1f} %): a label-prior shift, not learning"
+                if collapse is not None and collapse >= COLLAPSE_SHARE else "")
         parts = [
             "domain score: " + _iv_words(vb.get("domain"), 100, "pts vs base", 1, "learned (gain over the base)",
-                                         "got worse than the base"),
+                                         "got worse than the base") + warn,
             "known facts: " + _iv_words(vb.get("retention"), 100, "pts vs base", 1, "gained",
                                         "forgot some (retention below 100 %)", same="no detectable forgetting"),
             "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",

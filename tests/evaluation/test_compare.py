@@ -52,3 +52,13 @@ def test_between_two_fine_tunes_is_paired_and_antisymmetric():
     assert ab["drift"]["hi"] < 0  # every prompt drifts less: the interval excludes 0
     # No items on one side -> no interval, not a fake one.
     assert compare({"items": {}}, b, KNOWN, {"arc_easy"})["domain"] is None
+
+
+def test_label_balance_tells_a_one_label_model_from_learning():
+    from retain.evaluation.suite import label_balance
+
+    gold = [1] * 47 + [0] * 53
+    always_pos = label_balance([1] * 100, gold)  # accuracy 47 %, the class prior
+    assert always_pos == {"balanced_accuracy": 0.5, "majority_share": 1.0}
+    learned = label_balance([1] * 40 + [0] * 7 + [0] * 45 + [1] * 8, gold)
+    assert learned["balanced_accuracy"] == (40 / 47 + 45 / 53) / 2 and learned["majority_share"] == 0.52

@@ -218,7 +218,7 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
         for it, row in zip(items, lp.tolist()):
             row = row[: len(it["choices"])]
             out.append({"id": it["id"], "correct": _argmax(row) == it["answer"], "margin": _margin(row, it["answer"]),
-                        "pred": _argmax(row), "k": len(row)})
+                        "pred": _argmax(row), "gold": it["answer"], "k": len(row)})
         return out
     preds = scoring.greedy_generate(model, tokenizer, [gen_prompt(it) for it in items], max_new_tokens=max_new_tokens,
                                     batch_size=max(batch_size, 32), shared_prefix=GEN_SHOTS, desc=desc)

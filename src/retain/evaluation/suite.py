@@ -158,9 +158,32 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
 
 
 def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
-    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need)."""
-    return {name: {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
-                   "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]} for name, rs in results.items()}
+    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need),
+    plus ``"pred"`` and ``"gold"`` (option indices) for the domain, to tell learning from a label shift."""
+    out = {}
+    for name, rs in results.items():
+        rec = {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
+               "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]}
+        if name.startswith("domain:") and rs and all("pred" in r and "gold" in r for r in rs):
+            rec["pred"], rec["gold"] = [int(r["pred"]) for r in rs], [int(r["gold"]) for r in rs]
+        out[name] = rec
+    return out
+
+
+def label_balance(pred: list[int], gold: list[int]) -> dict[str, float]:
+    """``balanced_accuracy`` (mean over gold options of the accuracy on that option's items) and
+    ``majority_share`` (share of predictions that are the single most frequent option).
+
+    A fine-tune that answers one option everywhere scores its class prior on plain accuracy; its
+    balanced accuracy stays at 1/k and its majority share near 1, which the report flags."""
+    by_gold: dict[int, list[bool]] = {}
+    for p, g in zip(pred, gold):
+        by_gold.setdefault(g, []).append(p == g)
+    counts: dict[int, int] = {}
+    for p in pred:
+        counts[p] = counts.get(p, 0) + 1
+    return {"balanced_accuracy": sum(sum(v) / len(v) for v in by_gold.values()) / len(by_gold) if by_gold else 0.0,
+            "majority_share": max(counts.values()) / len(pred) if pred else 0.0}
 
 
 def _acc(rs: list[dict], key: str = "correct") -> float | None:
@@ -201,7 +224,9 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
         "probe_accuracy": sum(accs) / len(accs) if accs else None,
         "kl_drift": extra.get("kl_drift"),
         "probes": probe_rows,
-        "domain": {"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1])} if dom else None,
+        "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1]),
+                    **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "pred" in items[dom[0]] else {})}
+                   if dom else None),
         "known_total": known_total,
         "items": items,
     }
