@@ -43,3 +43,21 @@ def tiny_llama_path(tmp_path_factory, smollm2_path) -> str:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return str(out)
+
+
+ONE_THREAD_AREAS = frozenset({"adapters", "training", "integrations"})
+"""Test folders whose tiny-model steps are dominated by small ops: they stall in thread barriers when
+the machine is oversubscribed, so one torch thread is faster and steadier there."""
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request):
+    if request.path.parent.name not in ONE_THREAD_AREAS:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

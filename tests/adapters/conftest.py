@@ -20,13 +20,3 @@ def batch():
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 4:] = 0
     return ids, mask
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models are dominated by small ops, which stall in thread barriers when the CI machine is
-    oversubscribed (other test areas run at the same time); one thread is faster and steadier here."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

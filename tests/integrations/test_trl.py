@@ -14,15 +14,6 @@ from retain.errors import RetainError
 from retain.integrations.trl import LoRAMoESFTTrainer, LoRAMoETrainer, SampleTypeCollator
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny-model steps are dominated by thread overhead; one thread is faster and steadier on a busy box."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tok(tiny_llama_path):
     from transformers import AutoTokenizer

@@ -51,14 +51,3 @@ def make_recipe(tmp_path, tiny_llama_path, toy_data):
         return data
 
     return build
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny-model steps are dominated by thread overhead; one thread is faster and immune to a busy CI box."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
