@@ -71,7 +71,10 @@ def main() -> None:
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
     from retain.evaluation.suite import load_model
+    from retain.data.formats import load_examples
+    from retain.data.olmo_eval import domain_split, format_mc_prompt
     from retain.training.run import train
+    from retain.training.trainer import read_log
     from retain.utils.io import write_json_atomic
 
     torch.set_num_threads(args.threads)
@@ -88,6 +91,8 @@ def main() -> None:
     cfg = DemoConfig(out=str(out), domain=args.domain)
     base, tok = load_model("smollm2")
     dev = Probe(f"dev:{args.domain}", "letter", dev_items(args.domain, args.dev))
+    dev_prompts = {format_mc_prompt(it) for it in dev.items}
+    n_train = len(domain_split(args.domain, "train"))
 
     if "base" not in state:
         t = time.perf_counter()
@@ -109,25 +114,18 @@ def main() -> None:
             recipe.datasets = recipe.datasets[:1]  # domain only: the sweep never sees a TG corpus
             recipe.datasets[0].weight = 1.0
             # Train on the demo's first examples, never reaching into the dev tail of the shuffle.
-            from retain.data.olmo_eval import domain_split
-
-            n_train = len(domain_split(args.domain, "train"))
             recipe.datasets[0].limit = min(recipe.datasets[0].limit or n_train, n_train - args.dev)
             recipe.train.output_dir = str(out / "runs" / key)
             recipe.train.save_every = 0
             # The dev items must never be trained on.
-            from retain.data.formats import load_examples
-
             seen = {e["messages"][0]["content"] for e in load_examples(recipe.datasets[0].path,
                                                                          limit=recipe.datasets[0].limit)}
-            from retain.data.olmo_eval import format_mc_prompt
-
-            assert not seen & {format_mc_prompt(it) for it in dev.items}, "dev item in the training data"
+            assert not seen & dev_prompts, "dev item in the training data"
             t = time.perf_counter()
             result = train(recipe, model=base, tokenizer=tok)
             train_s = time.perf_counter() - t
             res = score_probe(result.model, tok, dev, batch_size=32)
-            log = [json.loads(x) for x in open(Path(recipe.train.output_dir) / "train_log.jsonl")]
+            log = read_log(Path(recipe.train.output_dir) / "train_log.jsonl")
             state["runs"][key] = {
                 "method": method, "lr": lr, "correct": [bool(r["correct"]) for r in res],
                 "per_task": per_task(dev.items, res), "final_loss": result.final_loss,

@@ -206,14 +206,13 @@ def add_comparisons(rows: list[dict[str, Any]], ref) -> None:
     :mod:`retain.evaluation.compare`); rows are updated in place."""
     from retain.evaluation.compare import compare
 
-    mc = {p.name for p in ref.probes if p.kind == "mc"}
     by = {r["name"]: r for r in rows}
     base, full = by.get("base"), by.get("full")
     for r in rows:
         if r["name"] == "base":
             continue
-        r["vs_base"] = compare(r, base, ref.known, mc, b_is_base=True) if base else None
-        r["vs_full"] = compare(r, full, ref.known, mc) if full and r is not full else None
+        r["vs_base"] = compare(r, base, ref.known, ref.mc_probes, b_is_base=True) if base else None
+        r["vs_full"] = compare(r, full, ref.known, ref.mc_probes) if full and r is not full else None
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -223,6 +222,7 @@ def run_demo(cfg: DemoConfig) -> int:
     from retain.generation.backends.hf_backend import resolve_device
     from retain.evaluation.suite import BaseReference, evaluate, load_model
     from retain.training.run import train
+    from retain.training.trainer import read_log
     from retain.utils.io import read_json, write_json_atomic
     from retain.utils.seed import seed_everything
 
@@ -264,7 +264,6 @@ def run_demo(cfg: DemoConfig) -> int:
     con.rule("2/3 TG self-decompression")
     t0 = time.perf_counter()
     tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
-    tg_seconds = time.perf_counter() - t0
     stage("TG self-decompression", t0)
 
     con.rule("3/3 fine-tune and evaluate")
@@ -289,7 +288,7 @@ def run_demo(cfg: DemoConfig) -> int:
         t0 = time.perf_counter()
         metrics = evaluate(model, tok, suite, ref)
         stage(f"evaluate {name}", t0)
-        log_rows = [json.loads(x) for x in (out / name / "train_log.jsonl").read_text().splitlines() if x.strip()]
+        log_rows = read_log(out / name / "train_log.jsonl")
         row = {"name": name, "label": METHODS[name][2], **metrics, "trainable_params": result.trainable_params,
                "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
                "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
@@ -301,7 +300,7 @@ def run_demo(cfg: DemoConfig) -> int:
     add_comparisons(rows, ref)
     total = time.perf_counter() - t_start
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
-               "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": round(tg_seconds, 1),
+               "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
                "total_seconds": round(total, 1), "stages": stages,
                "known": {k: len(v) for k, v in ref.known.items()}}
     write_json_atomic(out / "demo.json", summary)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from retain.evaluation.compare import interval
-from retain.evaluation.stats import fmt_interval, verdict
+from retain.evaluation.stats import fmt_interval, fmt_pm, verdict
 
 COLLAPSE_SHARE = 0.8
 """A model that gives one option on at least this share of the domain items is flagged: on a task with
@@ -41,15 +41,6 @@ def _params(n: int | None) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
-def _pm(value: float | None, row: dict | None, scale: float, digits: int) -> str:
-    """``value ± half-width`` of the interval ``row`` (both times ``scale``); ``–`` when missing."""
-    if value is None:
-        return "–"
-    text = f"{value * scale:.{digits}f}"
-    iv = interval(row)
-    return text if iv is None else f"{text} ± {iv.half_width * scale:.{digits}f}"
-
-
 def demo_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     cells = []
     for r in rows:
@@ -59,9 +50,9 @@ def demo_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
         cells.append([
             r["label"], _pct(r.get("domain_score")),
             "–" if dom is None else f"{100 * dom.diff:+.1f} ± {100 * dom.half_width:.1f}",
-            _pm(r.get("retention"), vb.get("retention"), 100, 1),
-            "–" if margin is None else _pm(margin, vb.get("margin"), 1, 3),
-            _pm(r.get("kl_drift"), vb.get("drift"), 1, 3),
+            fmt_pm(r.get("retention"), vb.get("retention"), 100, 1),
+            fmt_pm(margin, vb.get("margin"), 1, 3),
+            fmt_pm(r.get("kl_drift"), vb.get("drift"), 1, 3),
             _pct(r.get("probe_accuracy")), f"{r['lr']:g}" if r.get("lr") else "–", _params(r.get("trainable_params")),
             f"{r.get('train_seconds', 0):.0f}", f"{r.get('seconds', 0):.0f}",
         ])

@@ -85,6 +85,4 @@ def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], m
 
 def interval(row: dict | None) -> Interval | None:
     """The :class:`Interval` of one ``compare`` entry (None stays None)."""
-    if row is None:
-        return None
-    return Interval(row["diff"], row["lo"], row["hi"], row["n"], row.get("level", 0.95))
+    return None if row is None else Interval.from_json(row)

@@ -8,19 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from retain.evaluation.stats import fmt_pm
+
 
 def _fmt(x, pct: bool = True, digits: int = 3) -> str:
     if x is None:
         return "–"
     return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
-
-
-def _pm(x, row: dict | None, scale: float, digits: int) -> str:
-    """``x ± half-width`` of a paired 95 % interval vs the base (see retain.evaluation.compare)."""
-    if x is None:
-        return "–"
-    text = f"{x * scale:.{digits}f}"
-    return text if not row else f"{text} ± {(row['hi'] - row['lo']) / 2 * scale:.{digits}f}"
 
 
 def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -34,9 +28,9 @@ def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     cells = []
     for r in rows:
         vb = r.get("vs_base") or {}
-        line = [r["model"], _pm(r["domain_score"], vb.get("domain"), 100, 1),
-                _pm(r["retention"], vb.get("retention"), 100, 1), _pm(r.get("margin_change"), vb.get("margin"), 1, 3),
-                _fmt(r["probe_accuracy"]), _pm(r["kl_drift"], vb.get("drift"), 1, 4)]
+        line = [r["model"], fmt_pm(r["domain_score"], vb.get("domain"), 100, 1),
+                fmt_pm(r["retention"], vb.get("retention"), 100, 1), fmt_pm(r.get("margin_change"), vb.get("margin"), 1, 3),
+                _fmt(r["probe_accuracy"]), fmt_pm(r["kl_drift"], vb.get("drift"), 1, 4)]
         for n in probe_names:
             p = r["probes"].get(n)
             if p is None:

@@ -86,13 +86,12 @@ def run_eval(cfg: EvalConfig) -> int:
     del base
     from retain.evaluation.compare import compare
 
-    mc = {p.name for p in ref.probes if p.kind == "mc"}
     for t in cfg.tuned:
         print(f"evaluating {t} ...", flush=True)
         model, ttok = load_model(t, device=cfg.device)
         metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
-        metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, mc, b_is_base=True)
+        metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)
         rows.append({"model": _label(t), "path": t, **metrics, **_harness(cfg, model, ttok)})
         del model
     if not rows:

@@ -53,6 +53,10 @@ class Interval:
     def to_json(self) -> dict:
         return {"diff": self.diff, "lo": self.lo, "hi": self.hi, "n": self.n, "level": self.level}
 
+    @classmethod
+    def from_json(cls, row: dict) -> "Interval":
+        return cls(row["diff"], row["lo"], row["hi"], row["n"], row.get("level", 0.95))
+
 
 def paired_bootstrap(a: Sequence[float], b: Sequence[float], *, weights: Sequence[float] | None = None,
                      n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> Interval:
@@ -121,3 +125,14 @@ def fmt_interval(iv: Interval | None, scale: float = 1.0, digits: int = 1) -> st
         return "–"
     f = f"{{:+.{digits}f}}"
     return f"{f.format(iv.diff * scale)} [{f.format(iv.lo * scale)}, {f.format(iv.hi * scale)}]"
+
+
+def fmt_pm(value: float | None, iv: dict | Interval | None, scale: float = 1.0, digits: int = 1) -> str:
+    """``value ± half-width`` of the interval ``iv`` (an :class:`Interval` or its ``to_json`` dict),
+    both times ``scale``; the bare value without an interval; ``–`` without a value."""
+    if value is None:
+        return "–"
+    text = f"{value * scale:.{digits}f}"
+    if isinstance(iv, dict):
+        iv = Interval.from_json(iv)
+    return text if iv is None else f"{text} ± {iv.half_width * scale:.{digits}f}"

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,11 @@ class BaseReference:
     drift: DriftReference | None = None
     probes: list[Probe] = field(default_factory=list, repr=False)
     domain: Probe | None = field(default=None, repr=False)
+
+    @property
+    def mc_probes(self) -> set[str]:
+        """Names of the multiple-choice probes (the ones with margins)."""
+        return {p.name for p in self.probes if p.kind == "mc"}
 
     @classmethod
     def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
@@ -179,11 +185,8 @@ def label_balance(pred: list[int], gold: list[int]) -> dict[str, float]:
     by_gold: dict[int, list[bool]] = {}
     for p, g in zip(pred, gold):
         by_gold.setdefault(g, []).append(p == g)
-    counts: dict[int, int] = {}
-    for p in pred:
-        counts[p] = counts.get(p, 0) + 1
     return {"balanced_accuracy": sum(sum(v) / len(v) for v in by_gold.values()) / len(by_gold) if by_gold else 0.0,
-            "majority_share": max(counts.values()) / len(pred) if pred else 0.0}
+            "majority_share": Counter(pred).most_common(1)[0][1] / len(pred) if pred else 0.0}
 
 
 def _acc(rs: list[dict], key: str = "correct") -> float | None:
@@ -237,23 +240,12 @@ def margin_change(items: dict[str, dict[str, list]], ref: "BaseReference | None"
     without a reference or without known MC items. 0 for the base model itself."""
     if ref is None or not ref.base_metrics.get("items"):
         return None
-    diffs = known_margin_pairs(items, ref)
-    return sum(m - b for m, b in diffs) / len(diffs) if diffs else None
+    from retain.evaluation.compare import outcomes
 
-
-def known_margin_pairs(items: dict[str, dict[str, list]], ref: "BaseReference") -> list[tuple[float, float]]:
-    """(model margin, base margin) of every known multiple-choice item, pooled over probes in suite order."""
-    base_items = ref.base_metrics["items"]
-    kinds = {p.name: p.kind for p in ref.probes}
-    pairs = []
-    for name, known_ids in ref.known.items():
-        if kinds.get(name) != "mc" or name not in items or name not in base_items:
-            continue
-        known = set(known_ids)
-        mine = dict(zip(items[name]["ids"], items[name]["margin"]))
-        base = dict(zip(base_items[name]["ids"], base_items[name]["margin"]))
-        pairs += [(mine[i], base[i]) for i in base_items[name]["ids"] if i in known and i in mine]
-    return pairs
+    mine = outcomes({"items": items}, ref.known, ref.mc_probes)["margin"][0]
+    base = outcomes(ref.base_metrics, ref.known, ref.mc_probes)["margin"][0]
+    diffs = [mine[k] - base[k] for k in base if k in mine]
+    return sum(diffs) / len(diffs) if diffs else None
 
 
 def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
