@@ -13,8 +13,10 @@ default demo profile (``docs/domain.md``). The rule, fixed before any run:
   from every knowledge probe. No probe is ever read by this script.
 - **Grid**: full ∈ {3e-5, 1e-4, 3e-4}; lora and loramoe ∈ {3e-4, 1e-3, 3e-3} (half-decade steps
   around each method kind's usual value).
-- **Choice**: per method kind, the learning rate with the highest dev accuracy; a rate within
-  1 point of the best loses to the lower one (less drift for the same learning).
+- **Choice** (round 3 on, ``docs/domain.md``): per method kind, the learning rate with the highest dev
+  *balanced* accuracy (mean per-class recall, which a one-label collapse cannot raise); a run that
+  gives one answer on more than 80 % of the dev items is disqualified; a rate within 1 point of the
+  best loses to the lower one (less drift for the same learning).
 - **Learnability** of the domain: full fine-tuning at its chosen rate vs the base, per task, with a
   paired bootstrap 95 % interval.
 
@@ -70,7 +72,8 @@ def main() -> None:
     from retain.demo import PROFILES, DemoConfig, build_recipe
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
-    from retain.evaluation.suite import load_model
+    from retain.evaluation.suite import label_balance, load_model
+    from retain.reports import COLLAPSE_SHARE
     from retain.data.formats import load_examples
     from retain.data.olmo_eval import domain_split, format_mc_prompt
     from retain.training.run import train
@@ -91,13 +94,14 @@ def main() -> None:
     cfg = DemoConfig(out=str(out), domain=args.domain)
     base, tok = load_model("smollm2")
     dev = Probe(f"dev:{args.domain}", "letter", dev_items(args.domain, args.dev))
-    dev_prompts = {format_mc_prompt(it) for it in dev.items}
+    dev_prompts = {format_mc_prompt(it) for it in dev.items}  # label items included (SST-2)
     n_train = len(domain_split(args.domain, "train"))
 
     if "base" not in state:
         t = time.perf_counter()
         res = score_probe(base, tok, dev, batch_size=32)
         state["base"] = {"correct": [bool(r["correct"]) for r in res], "per_task": per_task(dev.items, res),
+                         "pred": [r["pred"] for r in res], "gold": [r["gold"] for r in res],
                          "seconds": round(time.perf_counter() - t, 1)}
         write_json_atomic(state_file, state)
     print(f"base dev accuracy: {sum(state['base']['correct']) / len(dev.items):.3f} {state['base']['per_task']}",
@@ -128,31 +132,50 @@ def main() -> None:
             log = read_log(Path(recipe.train.output_dir) / "train_log.jsonl")
             state["runs"][key] = {
                 "method": method, "lr": lr, "correct": [bool(r["correct"]) for r in res],
+                "pred": [r["pred"] for r in res], "gold": [r["gold"] for r in res],
                 "per_task": per_task(dev.items, res), "final_loss": result.final_loss,
                 "loss_curve": [r["lm_loss"] for r in log], "train_seconds": round(train_s, 1),
                 "tokens_per_s": result.tokens_per_s,
             }
             write_json_atomic(state_file, state)
             acc = sum(state["runs"][key]["correct"]) / len(dev.items)
-            print(f"{key}: dev {acc:.3f} loss {result.final_loss:.3f} ({train_s:.0f}s) {state['runs'][key]['per_task']}",
+            bal = label_balance(state["runs"][key]["pred"], state["runs"][key]["gold"])
+            print(f"{key}: dev {acc:.3f} balanced {bal['balanced_accuracy']:.3f} majority {bal['majority_share']:.2f} loss {result.final_loss:.3f} ({train_s:.0f}s) {state['runs'][key]['per_task']}",
                   flush=True)
             del result
 
     base_c = state["base"]["correct"]
-    print(f"\n| run | dev acc % | vs base (95 % CI, points) | final loss | train s |\n|---|---|---|---|---|")
-    print(f"| base | {100 * sum(base_c) / len(base_c):.1f} | – | – | – |")
+    def balance(r: dict) -> dict[str, float]:
+        return label_balance(r["pred"], r["gold"]) if "pred" in r else {"balanced_accuracy": float("nan"),
+                                                                          "majority_share": float("nan")}
+
+    def eligible(r: dict) -> bool:
+        return "pred" not in r or balance(r)["majority_share"] < COLLAPSE_SHARE
+
+    def score(r: dict) -> float:  # balanced accuracy where predictions were saved (round 3 on), else accuracy
+        return balance(r)["balanced_accuracy"] if "pred" in r else sum(r["correct"]) / len(r["correct"])
+
+    b = balance(state["base"])
+    print(f"\n| run | dev acc % | vs base (95 % CI, points) | balanced % | majority % | final loss | train s |"
+          f"\n|---|---|---|---|---|---|---|")
+    print(f"| base | {100 * sum(base_c) / len(base_c):.1f} | – | {100 * b['balanced_accuracy']:.1f} | "
+          f"{100 * b['majority_share']:.0f} | – | – |")
     chosen = {}
     for method in GRID:
         rows = [(lr, state["runs"][f"{method}@{lr:g}"]) for lr in GRID[method] if f"{method}@{lr:g}" in state["runs"]]
         for lr, r in rows:
             iv = paired_bootstrap(r["correct"], base_c)
+            b = balance(r)
             print(f"| {method} lr {lr:g} | {100 * sum(r['correct']) / len(r['correct']):.1f} | {fmt_interval(iv, 100)} | "
+                  f"{100 * b['balanced_accuracy']:.1f} | {100 * b['majority_share']:.0f} | "
                   f"{r['final_loss']:.3f} | {r['train_seconds']:.0f} |")
+        rows = [(lr, r) for lr, r in rows if eligible(r)]
         if rows:
-            best = max(sum(r["correct"]) for _, r in rows)
+            best = max(score(r) for _, r in rows)
             # Lowest rate within 1 point of the best (rows are in increasing lr order).
-            chosen[method] = next(lr for lr, r in rows if sum(r["correct"]) >= best - 0.01 * len(r["correct"]))
-    print(f"\nchosen learning rates (rule: best dev accuracy, ties within 1 point -> lower): {chosen}")
+            chosen[method] = next(lr for lr, r in rows if score(r) >= best - 0.01)
+    print(f"\nchosen learning rates (rule: best dev balanced accuracy, one-answer runs (>= {COLLAPSE_SHARE:.0%}) "
+          f"excluded, ties within 1 point -> lower): {chosen}")
     if "full" in chosen:
         r = state["runs"][f"full@{chosen['full']:g}"]
         print("\nlearnability, full FT at its chosen rate vs base, per task (points, 95 % CI):")

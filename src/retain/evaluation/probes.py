@@ -12,10 +12,11 @@ Three kinds of probe, one item shape each (see :mod:`retain.data.olmo_eval`):
   teach the short-answer format; without them SmolLM2 answers in sentences and exact match is ~0),
   greedy decoding of at most ``max_new_tokens``, cut at the first newline; exact match after
   SQuAD normalization against any accepted answer.
-- ``letter`` (the domain, e.g. MedMCQA held-out): the chat prompt the domain fine-tune is trained
-  on (:func:`retain.data.olmo_eval.format_mc_prompt`) with the assistant turn opened by
-  ``"Answer:"``; the prediction is the option letter with the highest next-token log-probability.
-  One forward per item, and it scores exactly what domain SFT teaches.
+- ``letter`` (the domain, e.g. SST-2 or MedMCQA held-out): the chat prompt the domain fine-tune is
+  trained on (:func:`retain.data.olmo_eval.format_mc_prompt`) with the assistant turn opened by
+  ``"Answer:"``; the prediction is the option whose answer key (its letter, or its label word for
+  label items such as SST-2; :func:`retain.data.olmo_eval.answer_keys`) has the highest next-token
+  log-probability. One forward per item, and it scores exactly what domain SFT teaches.
 
 A per-item result records ``correct`` and a ``margin`` (score of the gold answer minus the best
 other one; nats/char for ``mc``, nats for ``letter``, 0/1 for ``gen``), used for calibration.
@@ -208,15 +209,25 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
                         "margin": _margin(norm, it["answer"]), "pred": _argmax(norm), "k": len(ll)})
         return out
     if probe.kind == "letter":
-        from retain.data.olmo_eval import LETTERS
+        from retain.data.olmo_eval import answer_keys
 
-        k = max(len(it["choices"]) for it in items)
-        letter_ids = [_single_token(tokenizer, " " + LETTERS[j]) for j in range(k)]
-        lp = scoring.next_token_logprobs(model, tokenizer, [letter_prompt(tokenizer, it) for it in items], letter_ids,
-                                         batch_size=batch_size, shared_prefix=chat_prefix(tokenizer), desc=desc)
+        # Items sharing their answer keys (all letter items with k options; all SST-2 items) are
+        # scored in one pass over the candidate tokens.
+        keys = [tuple(_key_token(tokenizer, k) for k in answer_keys(it)) for it in items]
+        for it, k in zip(items, keys):
+            if len(set(k)) < len(k):
+                raise RetainError(f"domain item {it['id']}: options {answer_keys(it)} start with the same token, "
+                                  "so they cannot be told apart by one next-token score; use distinct label words")
+        rows: dict[int, list[float]] = {}
+        for group in dict.fromkeys(keys):
+            idx = [i for i, k in enumerate(keys) if k == group]
+            lp = scoring.next_token_logprobs(model, tokenizer, [letter_prompt(tokenizer, items[i]) for i in idx],
+                                             list(group), batch_size=batch_size, shared_prefix=chat_prefix(tokenizer),
+                                             desc=desc)
+            rows.update(zip(idx, lp.tolist()))
         out = []
-        for it, row in zip(items, lp.tolist()):
-            row = row[: len(it["choices"])]
+        for i, it in enumerate(items):
+            row = rows[i]
             out.append({"id": it["id"], "correct": _argmax(row) == it["answer"], "margin": _margin(row, it["answer"]),
                         "pred": _argmax(row), "gold": it["answer"], "k": len(row)})
         return out
@@ -226,8 +237,10 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
              "prediction": p.strip()} for it, p in zip(items, preds)]
 
 
-def _single_token(tokenizer, text: str) -> int:
+def _key_token(tokenizer, text: str) -> int:
+    """The first token of an answer key (``" A"``, ``" positive"``), skipping a lone leading-space
+    piece (tokenizers without a ``" A"`` token split it into ``" "`` + ``"A"``)."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:  # e.g. a tokenizer without a " A" token: score the first piece
-        ids = ids[-1:]
+    if len(ids) > 1 and not tokenizer.decode(ids[:1]).strip():
+        ids = ids[1:]
     return ids[0]
