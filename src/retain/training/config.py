@@ -100,7 +100,7 @@ class TrainConfig:
     seed: int = 0
     """Seeds the mixture, the shuffling of every epoch, adapter init and dropout."""
     save_every: int = 0
-    """Checkpoint every N optimizer steps (0 = only at the end); --resume continues from the last one."""
+    """Checkpoint every N optimizer steps (0 = none); --resume continues from the last complete one."""
     keep_checkpoints: int = 1
     """How many recent checkpoints to keep while training."""
     keep_final_checkpoint: bool = False
@@ -109,6 +109,8 @@ class TrainConfig:
     """Write a train_log.jsonl row every N steps."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    report_to: list[str] = field(default_factory=list)
+    """Logging integrations of the HF Trainer (tensorboard, wandb, ...); empty = train_log.jsonl only."""
 
 
 @dataclass

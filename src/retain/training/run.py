@@ -7,10 +7,12 @@ Order of work, chosen so that bad input never leaves a half-written run folder:
 3. the output folder checked (an existing run needs ``--resume``);
 4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
 5. only then the folder is created: ``recipe.yaml``, ``train_log.jsonl`` (appended as steps finish),
-   ``checkpoints/`` (every ``save_every`` steps), and at the end ``model/`` (``save_finetuned``),
-   ``loss.png`` and ``train_result.json``.
+   ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
+   ``retain_state.json`` is in it), and at the end ``model/`` (``save_finetuned``), ``loss.png`` and
+   ``train_result.json``.
 
-Under ``torchrun`` every rank runs the same code; only rank 0 writes files.
+The loop is transformers' ``Trainer`` (:class:`retain.training.trainer.RetainTrainer`). Under ``torchrun``
+or ``accelerate launch`` every rank runs the same code; only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -95,6 +97,43 @@ def _check_output_dir(out: Path, resume: bool) -> None:
         )
 
 
+def training_arguments(recipe: Recipe, out: Path, steps: int):
+    """transformers ``TrainingArguments`` for the recipe; checkpoints go to ``out/checkpoints/``.
+
+    Only what the recipe fixes is set; a launcher's accelerate config (DDP, FSDP, DeepSpeed, mixed
+    precision) reaches the Trainer through the environment accelerate sets.
+    """
+    import torch
+    from transformers import TrainingArguments
+
+    from retain.training.trainer import CHECKPOINTS
+
+    t, dev = recipe.train, recipe.model.device
+    return TrainingArguments(
+        output_dir=str(out / CHECKPOINTS),
+        max_steps=steps,
+        per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=recipe.optim.lr,  # the optimizer and scheduler are built by RetainTrainer
+        max_grad_norm=recipe.optim.max_grad_norm or 0.0,
+        bf16=t.bf16_autocast,
+        seed=t.seed,
+        use_cpu=dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()),
+        logging_strategy="steps",
+        logging_steps=t.log_every,
+        logging_nan_inf_filter=False,
+        save_strategy="steps" if t.save_every else "no",
+        save_steps=t.save_every or 1,
+        save_total_limit=t.keep_checkpoints,
+        include_num_input_tokens_seen="non_padding",
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        dataloader_pin_memory=False,
+        disable_tqdm=not t.progress,
+        report_to=list(t.report_to) or "none",
+    )
+
+
 def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: Any = None,
           copy_model: bool = True) -> TrainResult:
     """Fine-tune by ``recipe``; returns a :class:`TrainResult` (``.model`` holds the trained module).
@@ -107,12 +146,13 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
 
     from retain.adapters.methods import prepare_model, save_finetuned, trainable_parameters
     from retain.data.collate import Collator, encode_examples, pad_token_id
-    from retain.training import distributed
-    from retain.training.checkpoint import checkpoint_dir, list_checkpoints
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
-    from retain.training.trainer import append_jsonl, read_log, run_loop, total_steps
-    from retain.utils.io import read_json, write_json_atomic, write_text_atomic
+    from retain.training.trainer import (
+        CHECKPOINTS, RetainTrainer, RunLogCallback, StreamDataset, check_resume, complete_checkpoints, read_log,
+        total_steps,
+    )
+    from retain.utils.io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
     from retain.utils.seed import seed_everything
 
     recipe.validate()
@@ -123,76 +163,90 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     mixture = load_mixture(recipe)
     _check_output_dir(out, resume)
 
-    info = distributed.setup(recipe.model.device)
-    try:
-        seed_everything(recipe.train.seed)
-        if model is None:
-            base, tok = load_base(recipe, info.device)
-        else:
-            if tokenizer is None:
-                raise RetainError("train(model=...): pass the tokenizer too")
-            base, tok = (copy.deepcopy(model) if copy_model else model), tokenizer
-            base.to(info.device)
-        features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
-        if dropped:
-            log.warning("%d examples have no assistant token within max_length=%d; skipped",
-                        dropped, recipe.train.max_length)
-        if not features:
-            raise RetainError(f"train.max_length={recipe.train.max_length}: no example keeps an assistant token; raise it")
-        if info.is_main:
-            g = recipe.train.batch_size * recipe.train.grad_accum * info.world_size
-            steps = total_steps(recipe, len(features), info.world_size)
-            log.info("mixture: %s", ", ".join(f"{n}: {c}" for n, c in mixture.counts.items()))
-            log.info("%d examples, global batch %d, %d steps (%.2f epochs), %d process(es) on %s",
-                     len(features), g, steps, steps * g / len(features), info.world_size, info.device)
-        if recipe.model.gradient_checkpointing:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
-        trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
-        trainee.to(info.device)
-        # Dropout streams differ per rank (they see different data anyway) and are restored on resume.
-        torch.manual_seed(recipe.train.seed + 1_000_003 * (info.rank + 1))
-        n_train, n_total = trainable_parameters(trainee)
+    from accelerate import PartialState
 
-        ckpts = list_checkpoints(out) if resume else []
-        start = int(ckpts[-1].name.split("_")[1]) if ckpts else 0
-        log_path = out / "train_log.jsonl"
-        if info.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(out / "recipe.yaml", dump_recipe(recipe))
-            # Drop rows logged after the checkpoint we resume from: those steps run again.
-            from retain.utils.io import write_jsonl_atomic
+    # The process group (torchrun / accelerate launch) is joined here, as TrainingArguments would.
+    dev = recipe.model.device
+    state = PartialState(cpu=dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()))
+    world, is_main = state.num_processes, state.is_main_process
+    seed_everything(recipe.train.seed)
+    if model is None:
+        base, tok = load_base(recipe, state.device)
+    else:
+        if tokenizer is None:
+            raise RetainError("train(model=...): pass the tokenizer too")
+        base, tok = (copy.deepcopy(model) if copy_model else model), tokenizer
+        base.to(state.device)
+    features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
+    if dropped:
+        log.warning("%d examples have no assistant token within max_length=%d; skipped",
+                    dropped, recipe.train.max_length)
+    if not features:
+        raise RetainError(f"train.max_length={recipe.train.max_length}: no example keeps an assistant token; raise it")
+    g = recipe.train.batch_size * recipe.train.grad_accum * world
+    steps = total_steps(recipe, len(features), world)
+    if is_main:
+        log.info("mixture: %s", ", ".join(f"{n}: {c}" for n, c in mixture.counts.items()))
+        log.info("%d examples, global batch %d, %d steps (%.2f epochs), %d process(es) on %s",
+                 len(features), g, steps, steps * g / len(features), world, state.device)
+    if recipe.model.gradient_checkpointing:
+        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
+    trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
+    trainee.to(state.device)
+    n_train, n_total = trainable_parameters(trainee)
 
-            write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
-        distributed.barrier(info)
+    meta = {"world_size": world, "batch_size": recipe.train.batch_size,
+            "grad_accum": recipe.train.grad_accum, "examples": len(features), "seed": recipe.train.seed}
+    ckpts = complete_checkpoints(out) if resume else []
+    saved = check_resume(ckpts[-1], meta) if ckpts else None
+    start = saved["step"] if saved else 0
+    log_path = out / "train_log.jsonl"
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(out / "recipe.yaml", dump_recipe(recipe))
+        # Drop rows logged after the checkpoint we resume from: those steps run again.
+        write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
+        if ckpts:  # a checkpoint torn by a kill, or newer than the one we resume from
+            for p in (out / CHECKPOINTS).iterdir():
+                if p.name.startswith("checkpoint-") and p not in ckpts:
+                    shutil.rmtree(p, ignore_errors=True)
+    state.wait_for_everyone()
 
-        meta = {"world_size": info.world_size, "batch_size": recipe.train.batch_size,
-                "grad_accum": recipe.train.grad_accum, "examples": len(features), "seed": recipe.train.seed}
-        state = run_loop(recipe, trainee, features, Collator(pad_token_id(tok)), info, out, resume,
-                         lambda row: append_jsonl(log_path, row), meta)
+    callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main)
+    trainer = RetainTrainer(
+        model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
+        train_dataset=StreamDataset(features, recipe.train.seed, steps * g),
+        data_collator=Collator(pad_token_id(tok)), processing_class=tok, callbacks=[callback],
+        base_model=recipe.model.name,
+    )
+    callback.trainer = trainer
+    if not recipe.train.progress:
+        from transformers import PrinterCallback
 
-        rows = read_log(log_path) if info.is_main else []
-        last = state.last_rows or rows[-10:]
-        result = TrainResult(
-            output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=state.step,
-            final_loss=sum(r["lm_loss"] for r in last) / max(1, len(last)),
-            wall_time_s=round(state.elapsed, 3),
-            tokens_per_s=round(state.session_tokens / state.session_seconds, 2) if state.session_seconds else 0.0,
-            trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
-            model=trainee,
-        )
-        if info.is_main:
-            save_finetuned(trainee, out / "model", base_model=recipe.model.name, tokenizer=tok)
-            if rows:
-                plot_loss(rows, out / "loss.png", title=f"{recipe.method} on {len(features)} examples")
-            write_json_atomic(out / "train_result.json", result.to_json())
-            if not recipe.train.keep_final_checkpoint:
-                shutil.rmtree(checkpoint_dir(out), ignore_errors=True)
-        distributed.barrier(info)
-        trainee.eval()
-        return result
-    finally:
-        distributed.cleanup(info)
+        trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout: train_log.jsonl has them
+    trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
+
+    rows = read_log(log_path) if is_main else []
+    last = callback.rows or rows[-10:]
+    result = TrainResult(
+        output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=trainer.state.global_step,
+        final_loss=sum(r["lm_loss"] for r in last) / max(1, len(last)),
+        wall_time_s=round(callback.elapsed, 3),
+        tokens_per_s=round(callback.session_tokens / callback.session_seconds, 2) if callback.session_seconds else 0.0,
+        trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
+        model=trainee,
+    )
+    if is_main:
+        save_finetuned(trainee, out / "model", base_model=recipe.model.name, tokenizer=tok)
+        if rows:
+            plot_loss(rows, out / "loss.png", title=f"{recipe.method} on {len(features)} examples")
+        write_json_atomic(out / "train_result.json", result.to_json())
+        if not recipe.train.keep_final_checkpoint:
+            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    state.wait_for_everyone()
+    trainee.eval()
+    return result
 
 
 def run_train(cmd: TrainCommand) -> int:

@@ -1,42 +1,49 @@
-"""The training loop: a plain PyTorch loop, readable top to bottom.
+"""``retain train`` on transformers' ``Trainer``: what retain adds, as a subclass and one callback.
 
-Why not ``transformers.Trainer`` / TRL's ``SFTTrainer``:
+The engine (loop, gradient accumulation, DDP / FSDP / DeepSpeed through accelerate, mixed precision,
+checkpoints with optimizer, scheduler and every rank's RNG, TensorBoard / W&B) is transformers'. LoRAMoE's
+sample types and LBC come from :class:`retain.integrations.trl.LoRAMoETrainer`. What this module adds:
 
-- LoRAMoE adds an auxiliary loss (the LBC) that needs each batch's sample types *during* the forward
-  (:func:`retain.adapters.loramoe.sample_types`) and is logged apart from the LM loss; in HF Trainer
-  that means overriding ``compute_loss`` and its logging, and a data collator that smuggles types.
-- Resume must be exact (same batches, same dropout masks, same weights as an uninterrupted run). Here
-  the data position *is* the step number (see below) and the checkpoint holds every RNG state, so that
-  is easy to see and to test; with HF Trainer it depends on sampler/accelerate internals.
-- The loss is the mean over every assistant token of the global batch (all micro-batches, all ranks),
+- **The data order of the recipe** (:class:`StreamDataset`): the encoded mixture of N examples is
+  shuffled once per epoch with a generator seeded by ``seed + epoch``, the epochs are concatenated, and
+  the Trainer reads that stream sequentially (one Trainer "epoch"). With global batch
+  ``G = batch_size * grad_accum * processes``, optimizer step ``s`` reads stream positions
+  ``[s*G, (s+1)*G)``; accelerate hands micro-batch ``a`` of rank ``r`` positions ``[a*B*W + r*B, ... + B)``
+  of them. A step therefore always sees the same examples, whatever happened before it, and a resume
+  skips exactly the batches already trained on.
+- **The loss**: summed next-token cross-entropy over assistant tokens (:func:`token_loss`) divided by the
+  assistant tokens of the whole step (all micro-batches, all ranks: the Trainer's ``num_items_in_batch``),
   so gradient accumulation and process count do not change what is optimised.
-
-Data order (the "stream"): the encoded mixture of N examples is shuffled once per epoch with a
-generator seeded by ``seed + epoch``, and the epochs are concatenated. With global batch
-``G = batch_size * grad_accum * world_size``, optimizer step ``s`` reads stream positions
-``[s*G, (s+1)*G)``; within them micro-batch ``a`` of rank ``r`` is ``[a*B*W + r*B, ... + B)``.
-A step therefore always sees the same examples, whatever happened before it.
+- **The optimizer and schedule of the recipe**: AdamW with no weight decay on 1-D tensors, linear warmup
+  of ``warmup_steps`` (or ``round(warmup_ratio * steps)``) then cosine / linear / constant.
+- **The run folder** (:class:`RunLogCallback`): ``train_log.jsonl`` rows (``step``, ``loss``, ``lm_loss``,
+  ``lbc_loss``, ``lr``, ``grad_norm``, ``tokens``, ``elapsed``), checkpoints under ``checkpoints/`` marked
+  complete by ``retain_state.json`` (written last, atomically), and the dropout seed of each rank.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from transformers import TrainerCallback
 
-from retain.data.collate import IGNORE_INDEX, Collator
+from retain.data.collate import IGNORE_INDEX
 from retain.errors import RetainError
-from retain.training.checkpoint import list_checkpoints, load_checkpoint, rng_state, save_checkpoint
+from retain.integrations.trl import LoRAMoETrainer
 from retain.training.config import OptimConfig, Recipe
-from retain.training.distributed import DistInfo, all_reduce_sum, barrier, gather_objects
+from retain.utils.io import write_json_atomic
+
+CHECKPOINTS = "checkpoints"
+"""Sub-folder of output_dir holding the Trainer's ``checkpoint-<step>`` folders."""
+STATE_FILE = "retain_state.json"
+"""Written last into a checkpoint: its presence marks the checkpoint complete."""
 
 
 def total_steps(recipe: Recipe, n_examples: int, world_size: int) -> int:
@@ -48,26 +55,29 @@ def total_steps(recipe: Recipe, n_examples: int, world_size: int) -> int:
     return max(1, math.ceil(t.epochs * n_examples / g))
 
 
-class Stream:
-    """Seeded epoch permutations of ``n`` examples, concatenated; ``index(pos)`` → example index."""
+class StreamDataset(torch.utils.data.Dataset):
+    """The recipe's example stream as a map-style dataset of ``length`` positions.
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-        self._perms: dict[int, list[int]] = {}
+    Position ``p`` is example ``perm_e[p mod N]`` of epoch ``e = p // N``, where ``perm_e`` is
+    ``torch.randperm(N)`` under a generator seeded ``seed + e``. Read sequentially.
+    """
+
+    def __init__(self, features: list[dict], seed: int, length: int):
+        self.features, self.seed, self.length = features, seed, length
+        self._perm: tuple[int, list[int]] | None = None  # one epoch's permutation in memory
 
     def index(self, pos: int) -> int:
-        epoch, i = divmod(pos, self.n)
-        if epoch not in self._perms:
+        epoch, i = divmod(pos, len(self.features))
+        if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
-            self._perms = {epoch: torch.randperm(self.n, generator=g).tolist()}  # keep one epoch in memory
-        return self._perms[epoch][i]
+            self._perm = (epoch, torch.randperm(len(self.features), generator=g).tolist())
+        return self._perm[1][i]
 
+    def __len__(self) -> int:
+        return self.length
 
-def micro_batches(step: int, stream: Stream, B: int, A: int, info: DistInfo) -> list[list[int]]:
-    """Example indices of this rank's ``A`` micro-batches for optimizer step ``step``."""
-    G = B * A * info.world_size
-    base = step * G
-    return [[stream.index(base + a * B * info.world_size + info.rank * B + j) for j in range(B)] for a in range(A)]
+    def __getitem__(self, pos: int) -> dict:
+        return self.features[self.index(pos)]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -81,6 +91,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps: int):
+    """Linear warmup (``warmup_steps`` or ``round(warmup_ratio * steps)``), then the recipe's decay."""
     from transformers import get_scheduler
 
     warmup = cfg.warmup_steps or int(round(cfg.warmup_ratio * steps))
@@ -99,140 +110,131 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(picked, target[keep], reduction="sum")
 
 
-@dataclass
-class LoopState:
-    step: int = 0
-    tokens: int = 0
-    """Non-pad input tokens processed, all ranks."""
-    elapsed: float = 0.0
-    """Training seconds, summed over resumed sessions."""
-    session_tokens: int = 0
-    session_seconds: float = 0.0
-    last_rows: list[dict] = field(default_factory=list)
+def token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """The Trainer's ``compute_loss_func``: :func:`token_loss_sum` / assistant tokens of the whole step.
 
-
-def accumulate_step(net: nn.Module, module: nn.Module, batches: list[dict], info: DistInfo,
-                    autocast: Callable[[], Any]) -> tuple[float, float | None, int, int]:
-    """Forward/backward every micro-batch of one optimizer step; gradients end up in ``module``.
-
-    ``net`` is ``module`` or its DDP wrapper. Returns global sums over ranks: (LM loss in nats per
-    assistant token, mean β-weighted LBC loss or None, input tokens, assistant tokens).
+    ``num_items_in_batch`` is that count over every micro-batch and rank (the Trainer multiplies the
+    result by the process count, which DDP's gradient average divides out again).
     """
-    from retain.adapters.loramoe import lbc_loss, sample_types
-
-    A = len(batches)
-    # Normalise by the global number of assistant tokens so every token weighs the same whatever the
-    # split into micro-batches and ranks (DDP averages gradients over ranks, hence the * world_size).
-    n_local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
-    n_global = int(all_reduce_sum(torch.tensor([n_local], dtype=torch.float64, device=info.device), info).item())
-    stats = torch.zeros(3, dtype=torch.float64, device=info.device)  # LM nats, LBC sum, input tokens
-    has_lbc = False
-    for a, batch in enumerate(batches):
-        batch = {k: v.to(info.device) for k, v in batch.items()}
-        last = a == A - 1 or not info.enabled
-        with contextlib.nullcontext() if last else net.no_sync():  # all-reduce once, after the last micro-batch
-            with sample_types(module, batch["sample_type"]), autocast():
-                out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-            lm_sum = token_loss_sum(out.logits, batch["labels"])
-            loss = lm_sum * (info.world_size / n_global)
-            aux = lbc_loss(module)  # None unless the model has LoRAMoE layers and sample types were given
-            if aux is not None:
-                has_lbc = True
-                loss = loss + aux / A
-                stats[1] += float(aux.detach())
-            loss.backward()
-        stats[0] += float(lm_sum.detach())
-        stats[2] += int(batch["attention_mask"].sum())
-    all_reduce_sum(stats, info)
-    lbc = float(stats[1]) / (A * info.world_size) if has_lbc else None
-    return float(stats[0]) / n_global, lbc, int(stats[2]), n_global
+    total = token_loss_sum(outputs.logits, labels)
+    n = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE_INDEX).sum()
+    return total / n
 
 
-def run_loop(
-    recipe: Recipe,
-    module: nn.Module,
-    features: list[dict],
-    collator: Collator,
-    info: DistInfo,
-    output_dir: Path,
-    resume: bool,
-    log_row: Callable[[dict], None],
-    checkpoint_meta: dict,
-) -> LoopState:
-    """Train ``module`` (as returned by ``prepare_model``) in place for the recipe's steps.
+class RetainTrainer(LoRAMoETrainer):
+    """:class:`~retain.integrations.trl.LoRAMoETrainer` with the recipe's optimizer, schedule and data order."""
 
-    Resumes from the last checkpoint in ``output_dir`` when ``resume``; ``checkpoint_meta`` (process
-    count, batch sizes, ...) must match the checkpoint's. Rank 0 writes checkpoints and calls
-    ``log_row`` every ``log_every`` steps.
+    def __init__(self, *args, recipe: Recipe, **kwargs):
+        self.recipe = recipe
+        super().__init__(*args, compute_loss_func=token_loss, **kwargs)
+        self._loss_shifts_labels = True  # token_loss predicts labels[:, 1:]: count those for num_items_in_batch
+
+    def _get_train_sampler(self, train_dataset=None):
+        # StreamDataset is already in training order (seeded per epoch); accelerate shards its batches.
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        if self.optimizer is None:
+            self.optimizer = build_optimizer(model if model is not None else self.model, self.recipe.optim)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer: torch.optim.Optimizer | None = None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = build_scheduler(optimizer or self.optimizer, self.recipe.optim, num_training_steps)
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+
+class RunLogCallback(TrainerCallback):
+    """Writes ``train_log.jsonl`` rows (rank 0), times the loop, seeds dropout, marks checkpoints complete.
+
+    Timing: ``elapsed`` counts seconds from the end of one step's bookkeeping to the end of the next step
+    (data, forward, backward, optimizer), not the log writes and checkpoint saves in between; it adds up
+    over resumed sessions. ``checkpoint_meta`` (process count, batch sizes, ...) is stored in each
+    checkpoint's ``retain_state.json`` and checked on resume.
     """
-    from tqdm.auto import tqdm
 
-    t = recipe.train
-    optimizer = build_optimizer(module, recipe.optim)
-    steps = total_steps(recipe, len(features), info.world_size)
-    scheduler = build_scheduler(optimizer, recipe.optim, steps)
-    state = LoopState()
+    def __init__(self, log_path: Path, dropout_seed: int, checkpoint_meta: dict, resumed_state: dict | None,
+                 is_main: bool):
+        self.log_path, self.dropout_seed, self.meta, self.is_main = log_path, dropout_seed, checkpoint_meta, is_main
+        self.elapsed = float(resumed_state["elapsed"]) if resumed_state else 0.0
+        self.resumed = resumed_state is not None
+        self.session_seconds = 0.0
+        self.session_tokens = 0
+        self.rows: list[dict] = []
+        self._mark: float | None = None
+        self._first_step = True
+        self._tokens_at_start: int | None = None
+        self.trainer: Any = None  # set by run.train: the barrier before marking a checkpoint complete
 
-    ckpts = list_checkpoints(output_dir) if resume else []
-    if ckpts:
-        saved = load_checkpoint(ckpts[-1], module, optimizer, scheduler, info.rank)
-        for key, value in checkpoint_meta.items():
-            if saved.get(key) != value:
-                raise RetainError(
-                    f"{ckpts[-1]}: {key} was {saved.get(key)!r} when saved, now {value!r}; resume with the "
-                    "same recipe and process count, or start a new output_dir"
-                )
-        state.step, state.tokens, state.elapsed = saved["step"], saved["tokens"], saved["elapsed"]
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._first_step:
+            self._first_step = False
+            if self._tokens_at_start is None:
+                self._tokens_at_start = state.num_input_tokens_seen
+            # Dropout streams differ per rank (they see different data anyway); a resumed run instead
+            # continues from the RNG state the Trainer restored from the checkpoint.
+            if not self.resumed:
+                torch.manual_seed(self.dropout_seed + 1_000_003 * (args.process_index + 1))
+            self._mark = time.perf_counter()
 
-    net = module
-    if info.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
+    def on_step_end(self, args, state, control, **kwargs):
+        now = time.perf_counter()
+        dt = now - (self._mark if self._mark is not None else now)
+        self.elapsed += dt
+        self.session_seconds += dt
+        self._mark = now
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is always logged
+        return control
 
-        net = DDP(module, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        if "loss" not in logs or "train_loss" in logs:  # the end-of-training summary is not a step row
+            return
+        lm = logs.get("lm_loss", logs["loss"])
+        lbc = logs.get("lbc_loss")
+        self.session_tokens = state.num_input_tokens_seen - (self._tokens_at_start or 0)
+        row = {"step": state.global_step, "loss": lm + (lbc or 0.0), "lm_loss": lm, "lbc_loss": lbc,
+               "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
+               "tokens": int(state.num_input_tokens_seen), "elapsed": round(self.elapsed, 3)}
+        self.rows = (self.rows + [row])[-10:]
+        if self.is_main:
+            append_jsonl(self.log_path, row)
+        self._mark = time.perf_counter()
 
-    stream = Stream(len(features), t.seed)
-    if t.bf16_autocast:
-        autocast = lambda: torch.autocast(info.device.type, dtype=torch.bfloat16)  # noqa: E731
-    else:
-        autocast = contextlib.nullcontext
-    bar = tqdm(total=steps, initial=state.step, disable=not (info.is_main and t.progress), desc="train", unit="step")
-    net.train()
-    while state.step < steps:
-        t0 = time.perf_counter()
-        idx = micro_batches(state.step, stream, t.batch_size, t.grad_accum, info)
-        batches = [collator([features[i] for i in micro]) for micro in idx]
-        lm, lbc, tokens, _ = accumulate_step(net, module, batches, info, autocast)
-        grad_norm = None
-        if recipe.optim.max_grad_norm is not None:
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.optim.max_grad_norm))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+    def on_save(self, args, state, control, **kwargs):
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if self.trainer is not None:
+            self.trainer.accelerator.wait_for_everyone()  # every rank's files are in place
+        if self.is_main:
+            write_json_atomic(folder / STATE_FILE, {"step": state.global_step, "elapsed": self.elapsed, **self.meta})
+        self._mark = time.perf_counter()
 
-        state.step += 1
-        dt = time.perf_counter() - t0
-        state.elapsed += dt
-        state.session_seconds += dt
-        state.tokens += tokens
-        state.session_tokens += tokens
-        row = {"step": state.step, "loss": lm + (lbc or 0.0), "lm_loss": lm, "lbc_loss": lbc, "lr": lr,
-               "grad_norm": grad_norm, "tokens": state.tokens, "elapsed": round(state.elapsed, 3)}
-        state.last_rows = (state.last_rows + [row])[-10:]
-        if info.is_main and (state.step % t.log_every == 0 or state.step == steps):
-            log_row(row)
-        bar.set_postfix(loss=f"{lm:.4f}", **({"lbc": f"{lbc:.4f}"} if lbc is not None else {}), refresh=False)
-        bar.update(1)
-        if t.save_every and state.step % t.save_every == 0 and state.step < steps:
-            rngs = gather_objects(rng_state(), info)  # every rank's dropout stream, saved by rank 0
-            if info.is_main:
-                save_checkpoint(
-                    output_dir, state.step, module, optimizer, scheduler, rngs,
-                    {"tokens": state.tokens, "elapsed": state.elapsed, **checkpoint_meta}, keep=t.keep_checkpoints,
-                )
-            barrier(info)
-    bar.close()
-    return state
+
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The run's complete checkpoints (those with ``retain_state.json``), oldest first."""
+    root = Path(output_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        name, _, step = p.name.partition("-")
+        if p.is_dir() and name == "checkpoint" and step.isdigit() and (p / STATE_FILE).is_file():
+            found.append((int(step), p))
+    return [p for _, p in sorted(found)]
+
+
+def check_resume(folder: Path, meta: dict) -> dict:
+    """``retain_state.json`` of ``folder``; raises when a setting that fixes the data order changed."""
+    saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    for key, value in meta.items():
+        if saved.get(key) != value:
+            raise RetainError(
+                f"{folder}: {key} was {saved.get(key)!r} when saved, now {value!r}; resume with the "
+                "same recipe and process count, or start a new output_dir"
+            )
+    return saved
 
 
 def read_log(path: Path, max_step: int | None = None) -> list[dict]:
