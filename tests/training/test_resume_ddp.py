@@ -52,7 +52,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_recipe, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=ENV, capture_output=True, text=True, timeout=300)
     out = tmp_path / "run"
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step_000003"]
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["checkpoint-3"]
+    assert (out / "checkpoints" / "checkpoint-3" / "retain_state.json").is_file()
     assert [r["step"] for r in _log(out / "train_log.jsonl")] == [1, 2, 3, 4]
     assert not (out / "model").exists() and not (out / "train_result.json").exists()
 
@@ -88,9 +89,9 @@ def test_torchrun_two_processes_agree_and_match_single_process(make_recipe, tmp_
     assert len(r0) == len(r1) > 0 and all(torch.equal(a, b) for a, b in zip(r0, r1))
     result = json.loads((tmp_path / "run" / "train_result.json").read_text())
     assert result["steps"] == 4 and len(_log(tmp_path / "run" / "train_log.jsonl")) == 4
-    ckpt = tmp_path / "run" / "checkpoints" / "step_000002"
-    rngs = torch.load(ckpt / "rng.pt", weights_only=True)
-    assert len(rngs) == 2 and not torch.equal(rngs[0]["cpu"], rngs[1]["cpu"])  # one dropout stream per rank
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    rngs = [torch.load(ckpt / f"rng_state_{r}.pth", weights_only=False) for r in (0, 1)]
+    assert not torch.equal(rngs[0]["cpu"], rngs[1]["cpu"])  # one dropout stream per rank (files this test wrote)
 
     single = load_recipe(path, [f"train.output_dir={tmp_path / 'single'}", "train.batch_size=4"])
     ref = [p.detach() for _, p in sorted(train(single).model.named_parameters()) if p.requires_grad]

@@ -190,7 +190,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         log.info("%d examples, global batch %d, %d steps (%.2f epochs), %d process(es) on %s",
                  len(features), g, steps, steps * g / len(features), world, state.device)
     if recipe.model.gradient_checkpointing:
-        base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
     trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
     trainee.to(state.device)

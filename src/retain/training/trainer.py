@@ -186,6 +186,7 @@ class RunLogCallback(TrainerCallback):
         self._mark = now
         if state.global_step >= state.max_steps:
             control.should_log = True  # the last step is always logged
+            control.should_save = False  # and not checkpointed: the final model is saved by run.train
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):
