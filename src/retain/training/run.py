@@ -221,6 +221,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         base_model=recipe.model.name,
     )
     callback.trainer = trainer
+    if is_main:
+        log.info("engine: transformers Trainer, accelerate %s", trainer.accelerator.distributed_type.value)
     if not recipe.train.progress:
         from transformers import PrinterCallback
 
@@ -237,8 +239,12 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
         model=trainee,
     )
-    if is_main:
+    if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+        # Sharded parameters: the Trainer gathers them (every rank takes part) into the method's format.
+        trainer.save_model(str(out / "model"))
+    elif is_main:
         save_finetuned(trainee, out / "model", base_model=recipe.model.name, tokenizer=tok)
+    if is_main:
         if rows:
             plot_loss(rows, out / "loss.png", title=f"{recipe.method} on {len(features)} examples")
         write_json_atomic(out / "train_result.json", result.to_json())
