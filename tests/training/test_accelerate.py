@@ -60,13 +60,21 @@ def test_accelerate_launch_two_cpu_processes_matches_one(make_recipe, tmp_path, 
     launched, _ = load_finetuned(out / "model")
     a = {n: p.detach() for n, p in launched.named_parameters()}
     b = {n: p.detach() for n, p in single.model.named_parameters()}
-    assert a.keys() == b.keys()
-    for n in a:
-        torch.testing.assert_close(a[n], b[n], atol=2e-5, rtol=1e-4)
     two, one = _log(out / "train_log.jsonl"), _log(tmp_path / "single" / "train_log.jsonl")
     assert [r["step"] for r in two] == [1, 2, 3]
-    assert [r["lm_loss"] for r in two] == pytest.approx([r["lm_loss"] for r in one], rel=1e-5)
     assert [r["tokens"] for r in two] == [r["tokens"] for r in one]
+    assert a.keys() == b.keys()
+    if method == "lora":
+        for n in a:
+            torch.testing.assert_close(a[n], b[n], atol=2e-5, rtol=1e-4)
+        assert [r["lm_loss"] for r in two] == pytest.approx([r["lm_loss"] for r in one], rel=1e-5)
+    else:
+        # The LBC is a per-micro-batch statistic: each rank's over its 2 sequences is not the one over all 4
+        # (the same under the former loop), so only the first step's LM loss is identical.
+        assert two[0]["lm_loss"] == pytest.approx(one[0]["lm_loss"], rel=1e-5)
+        assert all(r["lbc_loss"] is not None for r in two)
+        for n in a:
+            torch.testing.assert_close(a[n], b[n], atol=1e-2, rtol=0)
 
 
 def _launch_args(config):
