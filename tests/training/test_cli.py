@@ -31,7 +31,25 @@ def _bad_jsonl(data):
     data["datasets"][0]["path"] = bad
 
 
+def _latin1_jsonl(data):
+    bad = data["datasets"][0]["path"] + ".latin1.jsonl"
+    with open(bad, "wb") as f:
+        f.write(b"".join(json.dumps({"prompt": f"q{i}", "completion": "a"}).encode() + b"\n" for i in range(4)))
+        f.write(b'{"prompt": "\xff", "completion": "a"}\n')
+    data["datasets"][0]["path"] = bad
+
+
+def _latin1_json(data):
+    bad = data["datasets"][0]["path"] + ".latin1.json"
+    with open(bad, "wb") as f:
+        f.write(b'[\n{"prompt": "caf\xe9", "completion": "a"}]\n')
+    data["datasets"][0]["path"] = bad
+
+
 CASES = {
+    "dataset not UTF-8": (_latin1_jsonl, ".latin1.jsonl:5: not valid UTF-8 (byte 0xff); re-encode the file as UTF-8"),
+    "json dataset not UTF-8": (_latin1_json, ".latin1.json:2: not valid UTF-8 (byte 0xe9)"),
+    "dataset is a folder": (lambda d: d["datasets"][0].update(path="/tmp"), "/tmp: is a folder; give the path of a file"),
     "unknown key": (lambda d: d["train"].update(max_step=3), "unknown key 'train.max_step'; did you mean 'train.max_steps'"),
     "missing type under LBC": (lambda d: d["datasets"][1].pop("type"), "datasets[1]"),
     "negative weight": (lambda d: d["datasets"][0].update(weight=-1), "must be a finite number >= 0"),
@@ -48,6 +66,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_recipe, tmp_pat
     rc, err = _run(capsys, path)
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_recipe_not_utf8_or_a_folder(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"model:\n  name: caf\xe9\n")
+    rc, err = _run(capsys, recipe)
+    assert rc == 2 and err == [f"error: {recipe}:2: not valid UTF-8 (byte 0xe9); re-encode the file as UTF-8"]
+    rc, err = _run(capsys, tmp_path)
+    assert rc == 2 and err == [f"error: {tmp_path}: is a folder; give the path of a recipe"]
 
 
 def test_missing_recipe_and_existing_run(make_recipe, tmp_path, capsys):

@@ -26,11 +26,12 @@ from retain.training.config import Recipe
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, type-check and validate a recipe file."""
+    from retain.utils.io import read_text
+
     path = Path(path)
-    if not path.exists():
-        raise RetainError(f"{path}: recipe not found")
+    text = read_text(path, "recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
