@@ -77,6 +77,24 @@ def test_recipe_not_utf8_or_a_folder(tmp_path, capsys):
     assert rc == 2 and err == [f"error: {tmp_path}: is a folder; give the path of a recipe"]
 
 
+def test_pickle_only_base_is_refused_unless_allowed(make_recipe, tiny_llama_path, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    base = tmp_path / "pickle_base"
+    shutil.copytree(tiny_llama_path, base)
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    path = _write(make_recipe, lambda d: d["model"].update(name=str(base)))
+    rc, err = _run(capsys, path)
+    assert rc == 2 and len(err) == 1 and "weights only as pickle (pytorch_model.bin)" in err[0], err
+    assert "--set model.allow_pickle=true" in err[0] and not (tmp_path / "run").exists()
+    rc = main(["train", str(path), "--max_steps", "1", "--set+", "model.allow_pickle=true"])
+    assert rc == 0 and (tmp_path / "run" / "model").is_dir()
+
+
 def test_missing_recipe_and_existing_run(make_recipe, tmp_path, capsys):
     rc, err = _run(capsys, tmp_path / "nope.yaml")
     assert rc == 2 and "recipe not found" in err[0]

@@ -71,18 +71,28 @@ def load_mixture(recipe: Recipe):
     return mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
 
 
+def check_base(recipe: Recipe) -> str:
+    """The base model's path, its weights checked (safetensors unless ``model.allow_pickle``)."""
+    from retain.adapters.check import check_weights
+    from retain.assets import resolve_model
+
+    path = resolve_model(recipe.model.name)
+    if Path(path).is_dir():
+        check_weights(path, recipe.model.allow_pickle, opt_in="--set model.allow_pickle=true")
+    return path
+
+
 def load_base(recipe: Recipe, device):
     """Base model (``recipe.model``) and its tokenizer, on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retain.assets import resolve_model
-
-    path = resolve_model(recipe.model.name)
+    path = check_base(recipe)
     dtype = getattr(torch, recipe.model.dtype)
     kw = {"trust_remote_code": recipe.model.trust_remote_code}
     tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=None if recipe.model.allow_pickle else True, **kw).to(device)
     return model, tok
 
 
@@ -122,6 +132,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         return TrainResult(**read_json(out / "train_result.json"))
     mixture = load_mixture(recipe)
     _check_output_dir(out, resume)
+    if model is None:
+        check_base(recipe)  # a pickle-only or incomplete base folder fails here, in one line
 
     info = distributed.setup(recipe.model.device)
     try:

@@ -33,6 +33,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -64,7 +65,11 @@ def load_model(cfg: BackendConfig) -> tuple[Any, Any]:
 
     from retain.assets import resolve_model
 
+    from retain.adapters.check import check_weights
+
     path = resolve_model(cfg.model)
+    if Path(path).is_dir():
+        check_weights(path, opt_in=None)  # safetensors only: a pickle is one line, not a loader traceback
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
