@@ -95,6 +95,13 @@ def test_pickle_only_base_is_refused_unless_allowed(make_recipe, tiny_llama_path
     assert rc == 0 and (tmp_path / "run" / "model").is_dir()
 
 
+def test_resume_without_a_checkpoint_says_so(make_recipe, tmp_path, capsys):
+    path = make_recipe(method="full", write=True)
+    assert main(["train", str(path), "--resume", "--max_steps", "1"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "resume" in line]
+    assert err == [f"warning: --resume: {tmp_path / 'run'} has no checkpoint to resume from; starting a fresh run at step 0"]
+
+
 def test_missing_recipe_and_existing_run(make_recipe, tmp_path, capsys):
     rc, err = _run(capsys, tmp_path / "nope.yaml")
     assert rc == 2 and "recipe not found" in err[0]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -40,7 +41,7 @@ class TrainResult:
     method: str
     steps: int
     final_loss: float
-    """Mean LM loss (nats per assistant token) over the last 10 logged steps."""
+    """LM loss (nats per assistant token) of the final step (the same whether or not the run was resumed)."""
     wall_time_s: float
     """Training-loop seconds (all sessions of a resumed run; model loading excluded)."""
     tokens_per_s: float
@@ -168,6 +169,9 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
 
         ckpts = list_checkpoints(out) if resume else []
         start = int(ckpts[-1].name.split("_")[1]) if ckpts else 0
+        if resume and not ckpts and info.is_main:
+            print(f"warning: --resume: {out} has no checkpoint to resume from; starting a fresh run at step 0",
+                  file=sys.stderr, flush=True)
         log_path = out / "train_log.jsonl"
         if info.is_main:
             out.mkdir(parents=True, exist_ok=True)
@@ -184,10 +188,10 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
                          lambda row: append_jsonl(log_path, row), meta)
 
         rows = read_log(log_path) if info.is_main else []
-        last = state.last_rows or rows[-10:]
+        last = state.last_rows or rows
         result = TrainResult(
             output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=state.step,
-            final_loss=sum(r["lm_loss"] for r in last) / max(1, len(last)),
+            final_loss=last[-1]["lm_loss"] if last else float("nan"),
             wall_time_s=round(state.elapsed, 3),
             tokens_per_s=round(state.session_tokens / state.session_seconds, 2) if state.session_seconds else 0.0,
             trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
