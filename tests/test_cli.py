@@ -39,3 +39,18 @@ def test_bare_bool_flag_means_true():
     assert _bare_bool_flags(["demo", "--fresh", "--profile", "smoke"], DemoConfig) == \
         ["demo", "--fresh", "true", "--profile", "smoke"]
     assert _bare_bool_flags(["demo", "--fresh", "false"], DemoConfig) == ["demo", "--fresh", "false"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "--prompts {p}: YAML file not found (a mapping of root, followup, system)"),
+    ("- a\n- b\n", "--prompts {p}: holds a YAML list, expected a mapping of root, followup, system"),
+    ("root: [unclosed\n", "--prompts {p}: invalid YAML"),
+])
+def test_a_bad_nested_config_file_is_one_clear_line(tmp_path, capsys, content, needle):
+    p = tmp_path / "prompts.yaml"
+    if content is not None:
+        p.write_text(content, encoding="utf-8")
+    assert main(["decompress", str(tmp_path / "run"), "--prompts", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + needle.format(p=p)), err
+    assert not (tmp_path / "run").exists()

@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from retain.errors import RetainError
@@ -111,12 +112,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Build only the requested subcommand's parser when we can: faster, and one broken module
     # cannot break the others.
     wanted = [a for a in argv if a in COMMANDS][:1] or None
-    if wanted:
-        try:
-            argv = _bare_bool_flags(argv, _load(COMMANDS[wanted[0]][0]))
-        except (ImportError, AttributeError):
-            pass
     try:
+        if wanted:
+            try:
+                cfg_cls = _load(COMMANDS[wanted[0]][0])
+            except (ImportError, AttributeError):
+                cfg_cls = None
+            if cfg_cls is not None:
+                argv = _bare_bool_flags(argv, cfg_cls)
+                _check_config_files(argv, cfg_cls)
         parser = build_parser(wanted)
         try:
             ns = parser.parse_args(argv)
@@ -146,6 +150,35 @@ def _bare_bool_flags(argv: list[str], cfg_cls: type) -> list[str]:
         if a in flags and nxt not in ("true", "false"):
             out.append("true")
     return out
+
+
+def _check_config_files(argv: list[str], cfg_cls: type) -> None:
+    """``--prompts x.yaml`` (a nested config given as a file): the file must exist, be UTF-8 and hold a
+    YAML mapping; jsonargparse would only say "Unable to load config"."""
+    import typing
+
+    import yaml
+
+    from retain.utils.io import read_text
+
+    hints = typing.get_type_hints(cfg_cls)
+    nested = {f"--{f.name}": hints[f.name] for f in dataclasses.fields(cfg_cls) if dataclasses.is_dataclass(hints[f.name])}
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in nested or (not eq and i + 1 >= len(argv)):
+            continue
+        value = value if eq else argv[i + 1]
+        if value.lstrip().startswith(("{", "[")) or ": " in value or "\n" in value:
+            continue  # inline YAML / JSON, parsed by jsonargparse
+        keys = ", ".join(f.name for f in dataclasses.fields(nested[flag]))
+        try:
+            data = yaml.safe_load(read_text(value, "YAML file"))
+        except RetainError as e:
+            raise RetainError(f"{flag} {e} (a mapping of {keys})") from None
+        except yaml.YAMLError as e:
+            raise RetainError(f"{flag} {value}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise RetainError(f"{flag} {value}: holds a YAML {type(data).__name__}, expected a mapping of {keys}")
 
 
 def jsonargparse_error():
