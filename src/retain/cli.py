@@ -135,6 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RetainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        from retain.utils.io import is_no_space, no_space
+
+        if not is_no_space(e):
+            raise
+        print(f"error: {no_space(e.filename or os.getcwd())}", file=sys.stderr)  # a write the io helpers did not see
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

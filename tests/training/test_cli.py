@@ -120,3 +120,22 @@ def test_cli_overrides_reach_the_run(make_recipe, tmp_path, capsys):
     rows = (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [2]
     assert "trained full: 2 steps" in capsys.readouterr().out
+
+
+def test_full_disk_is_one_line_log_intact_and_rerun_completes(make_recipe, tmp_path, capsys, small_disk):
+    disk = small_disk.make("300k")  # holds the log and a LoRA checkpoint, not the saved model + tokenizer
+    out = disk / "run"
+    path = make_recipe(method="lora", write=True, train={"output_dir": str(out), "max_steps": 4, "save_every": 2,
+                                                           "keep_final_checkpoint": True})
+    rc, lines = _run(capsys, path)
+    err = [line for line in lines if line.startswith("error:")]  # besides transformers' progress bars
+    assert rc == 2 and len(err) == 1 and not any("Traceback" in line for line in lines), lines
+    assert err[0].startswith(f"error: {out}") and err[0].endswith(
+        ": no space left on device; free space and re-run the same command"), err
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the log is intact
+    assert not (out / "model").exists() and not list(out.glob(".*.tmp"))
+    small_disk.grow(disk, "64m")
+    rc, err = _run(capsys, path, "--resume")
+    assert rc == 0, err
+    assert (out / "model" / "adapter_model.safetensors").exists() and (out / "train_result.json").exists()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
@@ -55,30 +54,10 @@ def test_append_text_is_all_or_nothing(tmp_path):
     assert [r["a"] for r in iter_jsonl(path)] == [1, 2, 3]
 
 
-def _tmpfs(path, size="64k"):
-    if os.geteuid() != 0:
-        pytest.skip("needs root to mount a tmpfs")
-    import subprocess
-
-    path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
-    return path
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    import subprocess
-
-    disk = _tmpfs(tmp_path / "disk")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=False)
-
-
 def test_full_disk_append_cuts_back_and_names_the_path(small_disk):
     from retain.utils.io import write_text_atomic
 
+    small_disk = small_disk.make("64k")
     path = small_disk / "j.jsonl"
     append_text(path, '{"a": 1}\n')
     with pytest.raises(RetainError) as e:

@@ -46,15 +46,26 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         else:
             os.replace(tmp_path, path)
     except BaseException as e:
+        full = isinstance(e, Exception) and (is_no_space(e) or _disk_full(path.parent))  # before cleanup frees space
         if tmp_path.is_dir():
             import shutil
 
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
-        if is_no_space(e):
+        if full:
             raise no_space(path) from None
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    """True when ``folder``'s file system has (almost) no space left: how a write failure that does not
+    say why (torch.save's "PytorchStreamWriter failed writing file") is recognised as a full disk."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
 
 
 def is_no_space(e: BaseException) -> bool:
