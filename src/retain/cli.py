@@ -5,7 +5,9 @@
   One source of truth: the dataclass is also the Python API and the YAML schema.
 - Config classes live in torch-free ``config.py`` modules so ``--help`` is fast; the run function is
   imported only when its command runs.
-- A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2.
+- A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2; so does
+  an ``OSError`` about a path (a file where a folder goes, no permission, a full disk) that no check
+  caught first. Other exceptions are bugs and keep their traceback.
 
 To add a command: write ``FooConfig`` and ``run_foo(cfg) -> int | None``, add one row to ``COMMANDS``.
 """
@@ -136,11 +138,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
+        # A path the command could not use (exists as a file, a folder where a file goes, no permission,
+        # full disk) that no RetainError check saw first: still one line naming it, not a traceback.
         from retain.utils.io import is_no_space, no_space
 
-        if not is_no_space(e):
+        if is_no_space(e):
+            print(f"error: {no_space(e.filename or os.getcwd())}", file=sys.stderr)
+            return 2
+        if e.filename is None or not e.strerror:
             raise
-        print(f"error: {no_space(e.filename or os.getcwd())}", file=sys.stderr)  # a write the io helpers did not see
+        print(f"error: {e.filename}: {e.strerror.lower()}; check the path and re-run", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
