@@ -60,7 +60,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--domain", default="skills")
     ap.add_argument("--methods", default="full,lora,loramoe")
-    ap.add_argument("--dev", type=int, default=300)
+    ap.add_argument("--dev", type=int, default=None, help="dev items (default: the demo profile's dev_items)")
     ap.add_argument("--out", default="runs/sweep")
     ap.add_argument("--steps", type=int, default=None, help="override the demo profile's steps")
     ap.add_argument("--grid", default=None, help="comma-separated learning rates replacing the grid of every method")
@@ -91,6 +91,10 @@ def main() -> None:
     prof = dataclasses.replace(PROFILES["default"])
     if args.steps:
         prof.steps = args.steps
+    if args.dev is None:
+        args.dev = prof.dev_items
+    if args.dev != prof.dev_items:  # build_recipe keeps the profile's dev tail out; keep this one out too
+        prof.dev_items = args.dev
     cfg = DemoConfig(out=str(out), domain=args.domain)
     base, tok = load_model("smollm2")
     dev = Probe(f"dev:{args.domain}", "letter", dev_items(args.domain, args.dev))
@@ -117,8 +121,8 @@ def main() -> None:
             recipe = build_recipe(cfg, p, name, Path("-"), out / "runs")
             recipe.datasets = recipe.datasets[:1]  # domain only: the sweep never sees a TG corpus
             recipe.datasets[0].weight = 1.0
-            # Train on the demo's first examples, never reaching into the dev tail of the shuffle.
-            recipe.datasets[0].limit = min(recipe.datasets[0].limit or n_train, n_train - args.dev)
+            # build_recipe already keeps the dev tail of the shuffle out (the demo trains on these examples).
+            assert recipe.datasets[0].limit <= n_train - args.dev
             recipe.train.output_dir = str(out / "runs" / key)
             recipe.train.save_every = 0
             # The dev items must never be trained on.

@@ -45,6 +45,37 @@ def tiny_llama_path(tmp_path_factory, smollm2_path) -> str:
     return str(out)
 
 
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(size)`` -> a folder on a fresh tmpfs of ``size`` (e.g. "64k"), unmounted afterwards; to
+    test a full disk. Needs root and a working ``mount -t tmpfs``; the test is skipped otherwise.
+    ``grow(folder, size)`` remounts it bigger ("free space and re-run")."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs")
+    mounted = []
+
+    class Disk:
+        @staticmethod
+        def make(size: str, name: str = "disk"):
+            path = tmp_path / name
+            path.mkdir()
+            r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+            if r.returncode != 0:
+                pytest.skip(f"cannot mount a tmpfs: {r.stderr.decode().strip()}")
+            mounted.append(path)
+            return path
+
+        @staticmethod
+        def grow(path, size: str) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+    yield Disk
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
 ONE_THREAD_AREAS = frozenset({"adapters", "training", "integrations"})
 """Test folders whose tiny-model steps are dominated by small ops: they stall in thread barriers when
 the machine is oversubscribed, so one torch thread is faster and steadier there."""

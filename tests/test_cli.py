@@ -39,3 +39,93 @@ def test_bare_bool_flag_means_true():
     assert _bare_bool_flags(["demo", "--fresh", "--profile", "smoke"], DemoConfig) == \
         ["demo", "--fresh", "true", "--profile", "smoke"]
     assert _bare_bool_flags(["demo", "--fresh", "false"], DemoConfig) == ["demo", "--fresh", "false"]
+
+
+@pytest.mark.parametrize("content, needle", [
+    (None, "--prompts {p}: YAML file not found (a mapping of root, followup, system)"),
+    ("- a\n- b\n", "--prompts {p}: holds a YAML list, expected a mapping of root, followup, system"),
+    ("root: [unclosed\n", "--prompts {p}: invalid YAML"),
+])
+def test_a_bad_nested_config_file_is_one_clear_line(tmp_path, capsys, content, needle):
+    p = tmp_path / "prompts.yaml"
+    if content is not None:
+        p.write_text(content, encoding="utf-8")
+    assert main(["decompress", str(tmp_path / "run"), "--prompts", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: " + needle.format(p=p)), err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, tiny_llama_path):
+    """Files every command may be handed by mistake: not UTF-8, a folder, pickle-only weights, a list."""
+    import json
+    import shutil
+
+    d = tmp_path_factory.mktemp("bad_inputs")
+    (d / "latin1.jsonl").write_bytes(b'{"prompt": "q", "completion": "a"}\n{"prompt": "caf\xe9", "completion": "a"}\n')
+    (d / "latin1.yaml").write_bytes(b"model:\n  name: caf\xe9\n")
+    (d / "list.yaml").write_text("- a\n- b\n", encoding="utf-8")
+    (d / "folder").mkdir()
+    pickle = d / "pickle_model"
+    shutil.copytree(tiny_llama_path, pickle)
+    (pickle / "model.safetensors").unlink()
+    (pickle / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    recipe = {"model": {"name": tiny_llama_path}, "datasets": [{"path": str(d / "latin1.jsonl")}],
+              "train": {"output_dir": str(d / "never")}}
+    (d / "recipe_latin1_data.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    recipe["datasets"] = [{"path": str(d / "folder")}]
+    (d / "recipe_folder_data.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    recipe["model"]["name"], recipe["datasets"] = str(pickle), [{"path": str(tiny_llama_path) + "/../x.jsonl"}]
+    (d / "x.jsonl").write_text('{"prompt": "q", "completion": "a"}\n', encoding="utf-8")
+    recipe["datasets"] = [{"path": str(d / "x.jsonl")}]
+    (d / "recipe_pickle.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    return d
+
+
+BAD = {
+    "decompress": [
+        ["{d}/run", "--levels", "[[2,0]]"],
+        ["{d}/latin1.jsonl"],  # a file where the run folder goes
+        ["{d}/run", "--prompts", "{d}/list.yaml"],
+        ["{d}/run", "--prompts", "{d}/missing.yaml"],
+        ["{d}/run", "--model", "{d}/pickle_model", "--dedup_threshold", "1.0"],
+        ["{d}/run", "--no_such_option", "1"],
+    ],
+    "export": [["{d}/folder"], ["{d}/folder", "--format", "docx"]],
+    "serve": [["--model", "{d}/pickle_model", "--port", "{port}"], ["--model", "/no/such/model", "--port", "{port}"],
+              ["--api_key_env", "RETAIN_TEST_UNSET_KEY", "--port", "{port}"]],
+    "train": [["{d}/missing.yaml"], ["{d}/latin1.yaml"], ["{d}/list.yaml"], ["{d}/folder"],
+              ["{d}/recipe_latin1_data.yaml"], ["{d}/recipe_folder_data.yaml"], ["{d}/recipe_pickle.yaml"],
+              ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"]],
+    "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
+             ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"]],
+    "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
+                ["{d}/missing"]],
+    "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"]],
+}
+
+
+@pytest.mark.parametrize("name, args", [(n, a) for n, cases in BAD.items() for a in cases],
+                         ids=[f"{n}-{i}" for n, cases in BAD.items() for i in range(len(cases))])
+def test_every_command_answers_bad_input_with_one_error_line(bad_inputs, capsys, monkeypatch, name, args):
+    """The README's promise: a bad input is one `error:` line and exit status 2, never a traceback."""
+    assert set(BAD) == set(COMMANDS)
+    monkeypatch.delenv("RETAIN_TEST_UNSET_KEY", raising=False)
+    port = str(free_port())
+    argv = [a.replace("{d}", str(bad_inputs)).replace("{port}", port) for a in args]
+    try:
+        rc = main([name, *argv])
+    except SystemExit as e:  # argparse-style exits would break the promise too
+        rc = e.code
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

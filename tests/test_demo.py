@@ -68,3 +68,25 @@ def test_demo_bad_input(tmp_path):
         from retain.demo import PROFILES, make_tg_corpus
 
         make_tg_corpus(DemoConfig(tg_corpus=str(tmp_path / "missing.jsonl")), PROFILES["smoke"], tmp_path, None, None)
+
+
+def test_demo_trains_on_the_sweeps_examples_and_never_on_its_dev_split(tmp_path):
+    """The default profile's domain training set is the train side minus the dev tail on which
+    benchmarks/sweep_lr.py chose the learning rates: no dev prompt is ever in a demo recipe's data."""
+    import random
+    from pathlib import Path
+
+    from retain.data.formats import load_examples
+    from retain.data.olmo_eval import domain_split, format_mc_prompt
+    from retain.demo import PROFILES, build_recipe
+
+    prof = PROFILES["default"]
+    cfg = DemoConfig(out=str(tmp_path), domain="sst2")
+    items = domain_split("sst2", "train")
+    random.Random(0).shuffle(items)  # the sweep's dev split: the tail of this shuffle
+    dev = {format_mc_prompt(it) for it in items[-prof.dev_items:]}
+    for name in ("full", "lora", "full_tg", "loramoe_tg"):
+        spec = build_recipe(cfg, prof, name, Path("tg.jsonl"), tmp_path).datasets[0]
+        assert spec.limit == len(items) - prof.dev_items
+        trained = {e["messages"][0]["content"] for e in load_examples(spec.path, limit=spec.limit)}
+        assert len(trained) == spec.limit and not trained & dev

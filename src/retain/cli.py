@@ -5,7 +5,9 @@
   One source of truth: the dataclass is also the Python API and the YAML schema.
 - Config classes live in torch-free ``config.py`` modules so ``--help`` is fast; the run function is
   imported only when its command runs.
-- A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2.
+- A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2; so does
+  an ``OSError`` about a path (a file where a folder goes, no permission, a full disk) that no check
+  caught first. Other exceptions are bugs and keep their traceback.
 
 To add a command: write ``FooConfig`` and ``run_foo(cfg) -> int | None``, add one row to ``COMMANDS``.
 """
@@ -16,6 +18,7 @@ import dataclasses
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from retain.errors import RetainError
@@ -111,12 +114,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Build only the requested subcommand's parser when we can: faster, and one broken module
     # cannot break the others.
     wanted = [a for a in argv if a in COMMANDS][:1] or None
-    if wanted:
-        try:
-            argv = _bare_bool_flags(argv, _load(COMMANDS[wanted[0]][0]))
-        except (ImportError, AttributeError):
-            pass
     try:
+        if wanted:
+            try:
+                cfg_cls = _load(COMMANDS[wanted[0]][0])
+            except (ImportError, AttributeError):
+                cfg_cls = None
+            if cfg_cls is not None:
+                argv = _bare_bool_flags(argv, cfg_cls)
+                _check_config_files(argv, cfg_cls)
         parser = build_parser(wanted)
         try:
             ns = parser.parse_args(argv)
@@ -130,6 +136,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(rc or 0)
     except RetainError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        # A path the command could not use (exists as a file, a folder where a file goes, no permission,
+        # full disk) that no RetainError check saw first: still one line naming it, not a traceback.
+        from retain.utils.io import is_no_space, no_space
+
+        if is_no_space(e):
+            print(f"error: {no_space(e.filename or os.getcwd())}", file=sys.stderr)
+            return 2
+        if e.filename is None or not e.strerror:
+            raise
+        print(f"error: {e.filename}: {e.strerror.lower()}; check the path and re-run", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -146,6 +164,35 @@ def _bare_bool_flags(argv: list[str], cfg_cls: type) -> list[str]:
         if a in flags and nxt not in ("true", "false"):
             out.append("true")
     return out
+
+
+def _check_config_files(argv: list[str], cfg_cls: type) -> None:
+    """``--prompts x.yaml`` (a nested config given as a file): the file must exist, be UTF-8 and hold a
+    YAML mapping; jsonargparse would only say "Unable to load config"."""
+    import typing
+
+    import yaml
+
+    from retain.utils.io import read_text
+
+    hints = typing.get_type_hints(cfg_cls)
+    nested = {f"--{f.name}": hints[f.name] for f in dataclasses.fields(cfg_cls) if dataclasses.is_dataclass(hints[f.name])}
+    for i, arg in enumerate(argv):
+        flag, eq, value = arg.partition("=")
+        if flag not in nested or (not eq and i + 1 >= len(argv)):
+            continue
+        value = value if eq else argv[i + 1]
+        if value.lstrip().startswith(("{", "[")) or ": " in value or "\n" in value:
+            continue  # inline YAML / JSON, parsed by jsonargparse
+        keys = ", ".join(f.name for f in dataclasses.fields(nested[flag]))
+        try:
+            data = yaml.safe_load(read_text(value, "YAML file"))
+        except RetainError as e:
+            raise RetainError(f"{flag} {e} (a mapping of {keys})") from None
+        except yaml.YAMLError as e:
+            raise RetainError(f"{flag} {value}: invalid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, dict):
+            raise RetainError(f"{flag} {value}: holds a YAML {type(data).__name__}, expected a mapping of {keys}")
 
 
 def jsonargparse_error():

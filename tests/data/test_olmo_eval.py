@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from retain.data import olmo_eval as oe
@@ -78,7 +80,8 @@ def test_builtin_training_never_sees_a_heldout_or_probe_item(name):
     assert len(train) == len(oe.domain_split(name, "train")) and len(held) > 150
     prompts = {e["messages"][0]["content"] for e in train}
     assert not prompts & {oe.format_mc_prompt(it) for it in held}
-    trained_questions = {oe.normalize_question(p.split("\n\nA. ")[0]) for p in prompts}
+    trained_questions = {oe.normalize_question(re.split(r"\n\n(?:A\. |Answer with one word)", p)[0]) for p in prompts}
+    assert trained_questions & {oe.normalize_question(it["question"]) for it in oe.domain_split(name, "train")}
     assert not trained_questions & {oe.normalize_question(it["question"]) for it in held}
     assert not trained_questions & oe.probe_question_keys()
 
@@ -92,6 +95,18 @@ def test_skills_tasks_and_copycolors_orders_stay_on_one_side():
     held_colors = {it["question"] for it in held if it["task"] == "copycolors"}
     assert not held_colors & {it["question"] for it in oe.domain_split("skills", "train") if it["task"] == "copycolors"}
     assert sum(it["task"] == "copycolors" for it in held) == 10 * len(held_colors)
+
+
+def test_sst2_is_answered_with_the_label_word():
+    from retain.data.formats import load_examples
+
+    ex = load_examples("builtin:sst2", limit=50)
+    answers = {e["messages"][1]["content"] for e in ex}
+    assert answers == {"Answer: negative", "Answer: positive"}
+    assert all(e["messages"][0]["content"].endswith("Answer with one word: negative or positive.") for e in ex)
+    it = oe.sst2()[0]
+    assert oe.answer_keys(it) == [" negative", " positive"]
+    assert oe.answer_keys(oe.basic_skill("arithmetic")[0])[:2] == [" A", " B"]
 
 
 def test_copycolors_options_parse():

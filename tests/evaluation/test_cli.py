@@ -20,6 +20,55 @@ def tuned_folder(tiny_perturbed, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def broken_folders(tiny, tiny_llama_path, tmp_path_factory):
+    """{name: folder} of fine-tuned folders that must be refused before any model runs."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from retain.adapters.config import LoRAConfig
+    from retain.adapters.methods import prepare_model, save_finetuned
+    from retain.evaluation.suite import load_model
+
+    root = tmp_path_factory.mktemp("broken")
+    base, tok = load_model(tiny_llama_path)
+    save_finetuned(prepare_model(base, "lora", lora=LoRAConfig(r=2)), root / "no_weights", tiny_llama_path, tok)
+    (root / "no_weights" / "adapter_model.safetensors").unlink()
+    save_finetuned(prepare_model(load_model(tiny_llama_path)[0], "lora", lora=LoRAConfig(r=2)), root / "shape",
+                   tiny_llama_path, tok)
+    t = load_file(str(root / "shape" / "adapter_model.safetensors"))
+    t["base_model.model.model.layers.0.mlp.up_proj.lora_B.weight"] = torch.zeros(5, 2)
+    save_file(t, str(root / "shape" / "adapter_model.safetensors"))
+    model, _ = tiny
+    (root / "pickle").mkdir()
+    model.config.save_pretrained(root / "pickle")
+    tok.save_pretrained(root / "pickle")
+    torch.save(model.state_dict(), root / "pickle" / "pytorch_model.bin")
+    return root
+
+
+@pytest.mark.parametrize("name, needle", [
+    ("no_weights", "no_weights: no adapter_model weights (*.safetensors); the folder is incomplete"),
+    ("shape", "lora_B.weight has shape (5, 2), the base model expects (128, 2)"),
+    ("pickle", "weights only as pickle (pytorch_model.bin)"),
+])
+def test_tuned_folders_are_checked_before_any_model_runs(tiny_llama_path, broken_folders, tmp_path, capsys,
+                                                         name, needle):
+    out = tmp_path / "eval"
+    rc = main(["eval", "--base", tiny_llama_path, "--tuned", f"[{broken_folders / name}]", "--out", str(out), *SMALL])
+    cap = capsys.readouterr()
+    err = cap.err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
+    assert "calibrating" not in cap.out and not out.exists()
+
+
+def test_pickle_weights_load_with_explicit_opt_in(broken_folders):
+    from retain.evaluation.suite import load_model
+
+    model, _ = load_model(str(broken_folders / "pickle"), allow_pickle=True)
+    assert model.config.num_hidden_layers == 2
+
+
 def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder, tmp_path, capsys):
     out = tmp_path / "eval"
     assert main(["eval", "--base", tiny_llama_path, "--tuned", f"[{tuned_folder}]", "--out", str(out), *SMALL]) == 0

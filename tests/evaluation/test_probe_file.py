@@ -43,3 +43,13 @@ def test_bad_files_name_file_and_line(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(RetainError, match="probe file not found"):
         load_probe_file(tmp_path / "nope.jsonl")
+
+
+def test_not_utf8_or_a_folder_is_one_line(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_bytes(b'{"question": "ok", "answers": ["a"]}\n{"question": "caf\xe9", "answers": ["a"]}\n')
+    with pytest.raises(RetainError) as e:
+        load_probe_file(p)
+    assert str(e.value) == f"{p}:2: not valid UTF-8 (byte 0xe9); re-encode the file as UTF-8"
+    with pytest.raises(RetainError, match="is a folder"):
+        load_probe_file(tmp_path)

@@ -66,6 +66,31 @@ def test_letter_scoring_matches_manual_next_token(tiny):
         assert r["pred"] == int(logits[letters].argmax())
 
 
+def test_label_items_are_scored_by_their_label_words_mixed_with_letter_items(tiny):
+    """A label item (SST-2 style) is scored on the first token of each label word, a letter item on
+    its letters, in one probe; each prediction equals the manual next-token argmax."""
+    import pytest
+
+    from retain.errors import RetainError
+
+    model, tok = tiny
+    label = {"id": "s1", "question": "Review: a dull, joyless film.\nWhat is the sentiment of this review?",
+             "choices": ["negative", "positive"], "answer": 0, "answer_format": "label"}
+    items = [label, {**label, "id": "s2", "answer": 1}, MC_ITEMS[3]]
+    res = score_probe(model, tok, Probe("d", "letter", items), batch_size=8)
+    for it, keys, r in zip(items, [[" negative", " positive"]] * 2 + [[" A", " B"]], res):
+        ids = tok(letter_prompt(tok, it), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0, -1]
+        cand = [tok(k, add_special_tokens=False)["input_ids"][0] for k in keys]
+        assert r["pred"] == int(logits[cand].argmax()) and r["gold"] == it["answer"]
+        assert abs(r["margin"] - float(torch.log_softmax(logits.float(), -1)[cand].diff().item() * (1 if it["answer"] else -1))) < 1e-3
+    assert res[0]["pred"] == res[1]["pred"] and res[0]["correct"] != res[1]["correct"]  # same prompt, other gold
+    same_start = {**label, "choices": ["no", "no way"]}  # " no way" starts with the token " no"
+    with pytest.raises(RetainError, match="s1.*same token"):
+        score_probe(model, tok, Probe("d", "letter", [same_start]))
+
+
 def test_greedy_generation_batched_equals_unbatched(tiny):
     model, tok = tiny
     prompts = ["Question: What is 2+2?\nAnswer:", "Hi", "Question: Name a large ocean on Earth please\nAnswer:"]

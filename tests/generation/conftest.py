@@ -112,3 +112,40 @@ def small_cfg(tmp_path):
         return DecompressConfig(**base)
 
     return make
+
+
+class TinyHFQuestions:
+    """The real ``hf`` backend on a tiny random model, whose question-list replies are mapped to
+    parseable lists (a random model writes no numbered list): each list is drawn from a hash of the text
+    the model sampled, so the questions depend on the sampling seeds exactly as the answers do.
+
+    ``RETAIN_TEST_KILL_AT=k``: SIGKILL this process at the start of its k-th ``chat`` call (resume tests).
+    """
+
+    def __init__(self, bcfg):
+        from retain.generation.backends.hf_backend import HFBackend
+
+        self.hf = HFBackend(bcfg)
+        self.name = self.hf.name
+        self.kill_at = int(os.environ.get("RETAIN_TEST_KILL_AT", "0"))
+        self.calls = 0
+
+    def chat(self, conversations, params):
+        self.calls += 1
+        if self.calls == self.kill_at:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        out = self.hf.chat(conversations, params)
+        for conv, c in zip(conversations, out):
+            m = re.search(r"numbered list of (\d+)", conv[-1]["content"])
+            if m:
+                rng = random.Random(hashlib.sha256(c.text.encode()).hexdigest())
+                qs = [a.format(s=rng.choice(SUBJECTS)) for a in rng.sample(ASPECTS, int(m.group(1)))]
+                c.text = "\n".join(f"{i + 1}. {q}" for i, q in enumerate(qs))
+        return out
+
+
+def make_tiny_hf_backend(bcfg) -> TinyHFQuestions:
+    """Plugin-hook factory (``RETAIN_BACKEND_FACTORY=conftest:make_tiny_hf_backend``)."""
+    return TinyHFQuestions(bcfg)

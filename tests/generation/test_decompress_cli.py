@@ -63,3 +63,24 @@ def test_good_run_prints_summary_and_is_idempotent(tmp_path, capsys, fake_env):
     assert main(["decompress", str(run_dir), *SMALL]) == 0  # finished: nothing regenerated
     assert (run_dir / "nodes.jsonl").read_bytes() == nodes
     assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_full_disk_is_one_line_journal_intact_and_rerun_completes(tmp_path, capsys, fake_env, small_disk):
+    big = ["--levels", "[[12,64],[6,64]]", "--topics", '["a","b","c"]', "--dedup_threshold", "1.0",
+           "--chunk_size", "8", "--progress", "false"]
+    ref = tmp_path / "ref"
+    assert main(["decompress", str(ref), *big]) == 0
+    assert (ref / "nodes.jsonl").stat().st_size > 28_000  # more than the disk below holds
+    disk = small_disk.make("28k")
+    run_dir = disk / "run"
+    capsys.readouterr()
+    assert main(["decompress", str(run_dir), *big]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    assert err[0].endswith(": no space left on device; free space and re-run the same command")
+    assert str(run_dir) in err[0]
+    lines = (run_dir / "nodes.jsonl").read_bytes().split(b"\n")
+    assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])  # only complete records
+    small_disk.grow(disk, "4m")
+    assert main(["decompress", str(run_dir), *big]) == 0
+    assert (run_dir / "sft.jsonl").read_text() == (ref / "sft.jsonl").read_text()

@@ -113,3 +113,35 @@ def test_truncated_last_line_is_ignored_and_repaired(tmp_path, reference):
     decompress(cfg, FakeBackend())
     assert _content(run_dir) == _content(reference)
     assert len(read_jsonl(run_dir / "nodes.jsonl")) == len(read_jsonl(reference / "nodes.jsonl"))
+
+
+def _hf_run(run_dir: Path, model: str, kill_at: int = 0) -> subprocess.CompletedProcess:
+    """`retain decompress` on the real `hf` backend (tiny model); killed at its ``kill_at``-th backend call."""
+    env = _env(0.0)
+    env.update(RETAIN_BACKEND_FACTORY="conftest:make_tiny_hf_backend", RETAIN_TEST_KILL_AT=str(kill_at),
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "retain.cli", "decompress", str(run_dir), "--model", model,
+           "--levels", "[[3,6],[2,6]]", "--topics", '["science","history","cooking"]', "--chunk_size", "2",
+           "--dedup_threshold", "1.0", "--progress", "false", "--backend.batch_size", "4", "--backend.device", "cpu"]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_hf_backend_resume_after_kills_writes_the_uninterrupted_corpus(tmp_path, tiny_llama_path):
+    """8 backend calls (ask L1; answer 2+1; ask L2 2+1; answer 2+2+2): killed at the 3rd call of each of
+    three processes, so each resumes mid-level; seeds follow the node ids, so the sampled text matches."""
+    ref = tmp_path / "ref"
+    done = _hf_run(ref, tiny_llama_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "run"
+    for _ in range(3):
+        killed = _hf_run(run_dir, tiny_llama_path, kill_at=3)
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert 0 < len(read_jsonl(run_dir / "nodes.jsonl")) < len(read_jsonl(ref / "nodes.jsonl"))
+    done = _hf_run(run_dir, tiny_llama_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(read_jsonl(ref / "nodes.jsonl")) == 9
+    assert _content(run_dir) == _content(ref)
+    assert [r["replies"] for r in read_jsonl(run_dir / "questions.jsonl")] == \
+        [r["replies"] for r in read_jsonl(ref / "questions.jsonl")]
+    assert (run_dir / "sft.jsonl").read_text() == (ref / "sft.jsonl").read_text()

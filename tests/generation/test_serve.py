@@ -46,7 +46,7 @@ def user(text: str) -> list[dict[str, str]]:
 def test_chat_completion_shape_n_and_budget():
     with TestClient(create_app(EchoBackend(), model_name="m", max_new_tokens=7)) as client:
         r = client.post("/v1/chat/completions", json={
-            "model": "anything", "n": 3, "temperature": 0.5,
+            "model": "m", "n": 3, "temperature": 0.5,
             "messages": [{"role": "developer", "content": [{"type": "text", "text": "sys"}]},
                          {"role": "user", "content": "hello"}],
         })
@@ -80,6 +80,53 @@ def test_bad_requests_get_400_with_a_clear_message(body, where):
         assert where in r.json()["error"]["message"]
         r = client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_an_unknown_model_name_is_404_model_not_found():
+    with TestClient(create_app(EchoBackend(), model_name="smollm2")) as client:
+        r = client.post("/v1/chat/completions", json={"model": "gpt-9-nonexistent", "messages": user("x")})
+        assert r.status_code == 404
+        assert r.json()["error"]["code"] == "model_not_found" and "gpt-9-nonexistent" in r.json()["error"]["message"]
+        assert client.post("/v1/chat/completions", json={"model": "smollm2", "messages": user("x")}).status_code == 200
+
+
+def test_request_bodies_are_bounded():
+    with TestClient(create_app(EchoBackend(), max_body_bytes=1000)) as client:
+        r = client.post("/v1/chat/completions", json={"messages": user("x" * 2000)})
+        assert r.status_code == 413 and "1000 bytes" in r.json()["error"]["message"]
+        r = client.post("/v1/chat/completions", content=iter([b'{"messages": []}']),
+                        headers={"content-type": "application/json"})  # chunked: no Content-Length
+        assert r.status_code == 411
+        assert client.post("/v1/chat/completions", json={"messages": user("x")}).status_code == 200
+
+
+def test_the_key_is_compared_in_constant_time(monkeypatch):
+    import hmac
+
+    seen = []
+    real = hmac.compare_digest
+    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: seen.append((a, b)) or real(a, b))
+    with TestClient(create_app(EchoBackend(), api_key="k")) as client:
+        assert client.post("/v1/chat/completions", json={"messages": user("x")},
+                           headers={"Authorization": "Bearer k"}).status_code == 200
+    assert seen == [(b"Bearer k", b"Bearer k")]
+
+
+def test_a_prompt_longer_than_the_context_is_400_naming_both_lengths(tiny_llama_path):
+    backend = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, progress=False))
+    assert backend.context_length == 512  # the tiny model's max_position_embeddings
+    with TestClient(create_app(backend, model_name="tiny")) as client:
+        long = user("word " * 600)
+        n = backend.count_tokens(long)
+        r = client.post("/v1/chat/completions", json={"messages": long, "max_tokens": 4})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["param"] == "messages" and f"the prompt is {n} tokens" in err["message"] and "512" in err["message"]
+        mid = user("word " * 400)
+        r = client.post("/v1/chat/completions", json={"messages": mid, "max_tokens": 200})
+        assert r.status_code == 400 and "max_tokens asks for 200 more" in r.json()["error"]["message"]
+        r = client.post("/v1/chat/completions", json={"messages": mid, "max_tokens": 4, "temperature": 0})
+        assert r.status_code == 200
 
 
 def test_concurrent_requests_are_micro_batched_and_grouped_by_params():
@@ -179,6 +226,30 @@ def test_official_openai_client_against_retain_serve(served_tiny):
     assert r.usage.completion_tokens == 10 and r.usage.prompt_tokens > 5
     with pytest.raises(openai.BadRequestError, match="stream"):
         client.chat.completions.create(model="tiny", messages=user("x"), stream=True)
+
+
+@pytest.mark.slow
+def test_served_process_refuses_a_long_prompt_and_an_unknown_model(served_tiny):
+    r = httpx.post(f"{served_tiny}/v1/chat/completions", json={"model": "tiny", "messages": user("word " * 600)}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
+    assert "context window is 512 tokens" in r.json()["error"]["message"]
+    client = openai.OpenAI(base_url=f"{served_tiny}/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.NotFoundError, match="gpt-9-nonexistent") as e:
+        client.chat.completions.create(model="gpt-9-nonexistent", messages=user("x"), max_tokens=2)
+    assert e.value.code == "model_not_found"
+
+
+def test_public_host_warning_goes_to_stderr(monkeypatch, capsys):
+    import uvicorn
+
+    from retain.generation.backends import config as backend_config
+    from retain.generation.serve import ServeConfig, run_serve
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
+    monkeypatch.setattr(backend_config, "make_backend", lambda cfg: EchoBackend())
+    assert run_serve(ServeConfig(host="0.0.0.0", port=free_port())) == 0
+    out, err = capsys.readouterr()
+    assert "warning: serving on 0.0.0.0 without an API key" in err and "warning" not in out
 
 
 @pytest.mark.slow

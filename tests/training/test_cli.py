@@ -31,7 +31,25 @@ def _bad_jsonl(data):
     data["datasets"][0]["path"] = bad
 
 
+def _latin1_jsonl(data):
+    bad = data["datasets"][0]["path"] + ".latin1.jsonl"
+    with open(bad, "wb") as f:
+        f.write(b"".join(json.dumps({"prompt": f"q{i}", "completion": "a"}).encode() + b"\n" for i in range(4)))
+        f.write(b'{"prompt": "\xff", "completion": "a"}\n')
+    data["datasets"][0]["path"] = bad
+
+
+def _latin1_json(data):
+    bad = data["datasets"][0]["path"] + ".latin1.json"
+    with open(bad, "wb") as f:
+        f.write(b'[\n{"prompt": "caf\xe9", "completion": "a"}]\n')
+    data["datasets"][0]["path"] = bad
+
+
 CASES = {
+    "dataset not UTF-8": (_latin1_jsonl, ".latin1.jsonl:5: not valid UTF-8 (byte 0xff); re-encode the file as UTF-8"),
+    "json dataset not UTF-8": (_latin1_json, ".latin1.json:2: not valid UTF-8 (byte 0xe9)"),
+    "dataset is a folder": (lambda d: d["datasets"][0].update(path="/tmp"), "/tmp: is a folder; give the path of a file"),
     "unknown key": (lambda d: d["train"].update(max_step=3), "unknown key 'train.max_step'; did you mean 'train.max_steps'"),
     "missing type under LBC": (lambda d: d["datasets"][1].pop("type"), "datasets[1]"),
     "negative weight": (lambda d: d["datasets"][0].update(weight=-1), "must be a finite number >= 0"),
@@ -48,6 +66,40 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(make_recipe, tmp_pat
     rc, err = _run(capsys, path)
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0], err
     assert not (tmp_path / "run").exists()
+
+
+def test_recipe_not_utf8_or_a_folder(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"model:\n  name: caf\xe9\n")
+    rc, err = _run(capsys, recipe)
+    assert rc == 2 and err == [f"error: {recipe}:2: not valid UTF-8 (byte 0xe9); re-encode the file as UTF-8"]
+    rc, err = _run(capsys, tmp_path)
+    assert rc == 2 and err == [f"error: {tmp_path}: is a folder; give the path of a recipe"]
+
+
+def test_pickle_only_base_is_refused_unless_allowed(make_recipe, tiny_llama_path, tmp_path, capsys):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    base = tmp_path / "pickle_base"
+    shutil.copytree(tiny_llama_path, base)
+    torch.save(load_file(str(base / "model.safetensors")), base / "pytorch_model.bin")
+    (base / "model.safetensors").unlink()
+    path = _write(make_recipe, lambda d: d["model"].update(name=str(base)))
+    rc, err = _run(capsys, path)
+    assert rc == 2 and len(err) == 1 and "weights only as pickle (pytorch_model.bin)" in err[0], err
+    assert "--set model.allow_pickle=true" in err[0] and not (tmp_path / "run").exists()
+    rc = main(["train", str(path), "--max_steps", "1", "--set+", "model.allow_pickle=true"])
+    assert rc == 0 and (tmp_path / "run" / "model").is_dir()
+
+
+def test_resume_without_a_checkpoint_says_so(make_recipe, tmp_path, capsys):
+    path = make_recipe(method="full", write=True)
+    assert main(["train", str(path), "--resume", "--max_steps", "1"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "resume" in line]
+    assert err == [f"warning: --resume: {tmp_path / 'run'} has no checkpoint to resume from; starting a fresh run at step 0"]
 
 
 def test_missing_recipe_and_existing_run(make_recipe, tmp_path, capsys):
@@ -68,3 +120,22 @@ def test_cli_overrides_reach_the_run(make_recipe, tmp_path, capsys):
     rows = (tmp_path / "o" / "train_log.jsonl").read_text().splitlines()
     assert [json.loads(r)["step"] for r in rows] == [2]
     assert "trained full: 2 steps" in capsys.readouterr().out
+
+
+def test_full_disk_is_one_line_log_intact_and_rerun_completes(make_recipe, tmp_path, capsys, small_disk):
+    disk = small_disk.make("300k")  # holds the log and a LoRA checkpoint, not the saved model + tokenizer
+    out = disk / "run"
+    path = make_recipe(method="lora", write=True, train={"output_dir": str(out), "max_steps": 4, "save_every": 2,
+                                                           "keep_final_checkpoint": True})
+    rc, lines = _run(capsys, path)
+    err = [line for line in lines if line.startswith("error:")]  # besides transformers' progress bars
+    assert rc == 2 and len(err) == 1 and not any("Traceback" in line for line in lines), lines
+    assert err[0].startswith(f"error: {out}") and err[0].endswith(
+        ": no space left on device; free space and re-run the same command"), err
+    rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # the log is intact
+    assert not (out / "model").exists() and not list(out.glob(".*.tmp"))
+    small_disk.grow(disk, "64m")
+    rc, err = _run(capsys, path, "--resume")
+    assert rc == 0, err
+    assert (out / "model" / "adapter_model.safetensors").exists() and (out / "train_result.json").exists()

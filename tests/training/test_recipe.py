@@ -60,7 +60,7 @@ def test_yaml_file_floats_overrides_and_round_trip(make_recipe, tmp_path):
     assert load_recipe(again) == r
     with pytest.raises(RetainError, match="expected key.path=value"):
         load_recipe(path, ["nonsense"])
-    with pytest.raises(RetainError, match=f"{path}: unknown key 'train.bach_size'"):
+    with pytest.raises(RetainError, match="--set train.bach_size=2: unknown key 'train.bach_size'"):
         load_recipe(path, ["train.bach_size=2"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name: x\n", encoding="utf-8")
@@ -74,3 +74,19 @@ def test_shipped_recipes_parse_and_state_their_command(path):
     assert first.startswith("# retain train recipes/") and path.name in first
     recipe = load_recipe(path)
     assert recipe.datasets and recipe.train.output_dir.startswith("runs/")
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("optim.learnin_rate=1e-4", "--set optim.learnin_rate=1e-4: unknown key 'optim.learnin_rate'; did you mean 'optim.lr'?"),
+    ("lora.rank=4", "--set lora.rank=4: unknown key 'lora.rank'; did you mean 'lora.r'?"),
+    ("train.max_step=3", "--set train.max_step=3: unknown key 'train.max_step'; did you mean 'train.max_steps'?"),
+    ("datasets.0.path=x", "--set datasets.0.path=x: unknown key 'datasets.0.path'"),
+    ("optim.lr=fast", "--set optim.lr=fast: optim.lr: expected float, got str 'fast'"),
+])
+def test_set_errors_name_the_override_not_the_recipe_file(make_recipe, item, needle):
+    from retain.training.recipe import load_recipe
+
+    path = make_recipe(write=True)
+    with pytest.raises(RetainError) as e:
+        load_recipe(path, [item])
+    assert str(e.value).startswith(needle) and str(path) not in str(e.value), str(e.value)

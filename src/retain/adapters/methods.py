@@ -139,65 +139,49 @@ def _try_tokenizer(name: str):
 
 def folder_kind(folder: str | Path) -> Method:
     """Detect the kind of a fine-tuned folder from its files."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RetainError(f"{folder}: no such folder; give a folder written by `retain train`")
-    if (folder / ADAPTER_CONFIG).exists():
-        meta = read_json(folder / ADAPTER_CONFIG)
-        if meta.get("method") == "loramoe":
-            return "loramoe"
-        if "peft_type" in meta:
-            return "lora"
-        raise RetainError(f"{folder / ADAPTER_CONFIG}: neither 'method': 'loramoe' nor a PEFT 'peft_type'")
-    if (folder / "config.json").exists():
-        return "full"
-    raise RetainError(f"{folder}: no adapter_config.json or config.json; not a fine-tuned model folder")
+    from retain.adapters.check import folder_kind as kind_of
+
+    return kind_of(folder)  # type: ignore[return-value]
 
 
-def load_finetuned(folder: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32):
+def load_finetuned(folder: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32,
+                   allow_pickle: bool = False):
     """Load a folder written by :func:`save_finetuned` -> ``(model, tokenizer)``, in eval mode.
 
-    Adapters go on top of ``base_model`` (default: the one recorded in the folder).
+    Adapters go on top of ``base_model`` (default: the one recorded in the folder). The folder is checked
+    completely first (:func:`retain.adapters.check.check_finetuned_folder`): files, config keys, tensor
+    names and shapes against the base. ``allow_pickle``: accept pickle weights (they can run code).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from retain.adapters.check import check_finetuned_folder, loramoe_config_of, recorded_base
     from retain.assets import resolve_model
 
     folder = Path(folder)
-    kind = folder_kind(folder)
+    kind = check_finetuned_folder(folder, base_model, allow_pickle)
+    safe = None if allow_pickle else True
     if kind == "full":
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=safe)
         tok_src = str(folder) if _has_tokenizer(folder) else resolve_model(base_model or str(folder))
     else:
-        meta = read_json(folder / ADAPTER_CONFIG)
-        base = base_model or meta.get("base_model" if kind == "loramoe" else "base_model_name_or_path")
-        if not base:
-            raise RetainError(f"{folder / ADAPTER_CONFIG}: no base model recorded; pass base_model")
-        base_path = resolve_model(base)
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+        base_path = resolve_model(recorded_base(folder, kind, base_model))
+        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, use_safetensors=safe)
         if kind == "lora":
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(folder))
         else:
-            _load_loramoe(model, folder, meta)
+            _load_loramoe(model, folder, loramoe_config_of(folder, read_json(folder / ADAPTER_CONFIG)))
         tok_src = str(folder) if _has_tokenizer(folder) else base_path
     model.eval()
     return model, AutoTokenizer.from_pretrained(tok_src)
 
 
-def _load_loramoe(model: nn.Module, folder: Path, meta: dict) -> None:
+def _load_loramoe(model: nn.Module, folder: Path, cfg: LoRAMoEConfig) -> None:
     from safetensors.torch import load_file
 
-    fields = {f.name for f in dataclasses.fields(LoRAMoEConfig)}
-    raw = meta.get("config") or {}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise RetainError(f"{folder / ADAPTER_CONFIG}: unknown LoRAMoE config keys {unknown}")
-    inject_loramoe(model, LoRAMoEConfig(**raw))
+    inject_loramoe(model, cfg)
     weights = folder / ADAPTER_WEIGHTS
-    if not weights.exists():
-        raise RetainError(f"{weights}: missing; the adapter folder is incomplete")
     load_adapter_state_dict(model, load_file(str(weights)), source=str(weights))
 
 

@@ -36,7 +36,7 @@ from typing import Any, Iterator, Literal
 
 from retain.data.types import UNKNOWN, WORLD, TASK, parse_sample_type
 from retain.errors import RetainError
-from retain.utils.io import iter_jsonl
+from retain.utils.io import iter_jsonl_lines, read_text
 
 Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
@@ -102,11 +102,9 @@ def load_examples(
 
 
 def _iter_records(path: Path) -> Iterator[tuple[str, dict]]:
-    if not path.exists():
-        raise RetainError(f"{path}: file not found")
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path, "dataset file"))
         except json.JSONDecodeError as e:
             raise RetainError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from None
         if not isinstance(data, list):
@@ -116,15 +114,8 @@ def _iter_records(path: Path) -> Iterator[tuple[str, dict]]:
                 raise RetainError(f"{path}: item {i}: expected a JSON object, got {type(rec).__name__}")
             yield f"{path}: item {i}", rec
         return
-    # JSONL: iter_jsonl names file:line on malformed JSON; we recount lines to name bad records too.
-    lines = _nonblank_line_numbers(path)
-    for lineno, rec in zip(lines, iter_jsonl(path)):
+    for lineno, rec in iter_jsonl_lines(path):  # names file:line on malformed JSON and on bad records
         yield f"{path}:{lineno}", rec
-
-
-def _nonblank_line_numbers(path: Path) -> list[int]:
-    with open(path, encoding="utf-8") as f:
-        return [i for i, line in enumerate(f, start=1) if line.strip()]
 
 
 def _coerce_type(value: Any, where: str) -> int:

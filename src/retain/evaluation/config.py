@@ -109,6 +109,9 @@ class EvalConfig:
     """Torch device, e.g. cpu or cuda."""
     seed: int = 0
     """Seed of the item samples."""
+    allow_pickle: bool = False
+    """Load pickle weights (pytorch_model.bin) where a folder has no safetensors; unpickling can run code,
+    so only for folders you trust."""
 
     def suite(self) -> EvalSuite:
         over: dict = {"probe_files": list(self.probe_files), "seed": self.seed,

@@ -96,16 +96,14 @@ def load_probe_file(path: str | Path) -> Probe:
     ``{"question": str, "answers": [str, ...]}`` (generation, exact match) or
     ``{"question": str, "choices": [str, ...], "answer": int}`` (multiple choice, 0-based index).
     All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``."""
-    from retain.utils.io import iter_jsonl
+    from retain.utils.io import iter_jsonl_lines
 
     path = Path(path)
     items: list[dict] = []
     kind: Kind | None = None
-    if not path.is_file():
+    if not path.exists():
         raise RetainError(f"{path}: probe file not found")
-    with open(path, encoding="utf-8") as f:  # line numbers of the non-empty lines iter_jsonl yields
-        lines = [i for i, line in enumerate(f.readlines(), start=1) if line.strip()]
-    for lineno, obj in zip(lines, iter_jsonl(path)):
+    for lineno, obj in iter_jsonl_lines(path):  # names a folder, bad UTF-8 or bad JSON as file:line
         where = f"{path}:{lineno}"
         q = obj.get("question")
         if not isinstance(q, str) or not q.strip():

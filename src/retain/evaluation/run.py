@@ -1,7 +1,9 @@
 """``retain eval``: base reference once, then every fine-tuned folder; eval.json, eval.md, eval.png.
 
 - Inputs are validated before any model is loaded (missing folders, probe files in a bad format,
-  unknown probe names), so a bad command fails in a second with one line and writes nothing.
+  unknown probe names, and every ``--tuned`` folder completely: files, config keys, tensor names and
+  shapes against its base, safetensors unless ``--allow_pickle``), so a bad command fails in a second
+  or two with one line and writes nothing.
 - The base reference (calibration + drift reference) goes to ``out/`` first, so ``--reference out``
   skips recomputing it next time; every output file is written atomically.
 """
@@ -24,12 +26,16 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
             raise RetainError(f"--probes: unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))}")
     for f in suite.probe_files:
         load_probe_file(f)  # raises file:line on bad format
+    from retain.adapters.check import check_finetuned_folder
+
+    if Path(cfg.base).expanduser().is_dir():
+        check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle)
     for t in cfg.tuned:
         p = Path(t).expanduser()
         if not p.is_dir():
             raise RetainError(f"--tuned {t}: no such folder; give a folder written by retain train")
-        if not ((p / "adapter_config.json").exists() or (p / "config.json").exists()):
-            raise RetainError(f"--tuned {t}: neither adapter_config.json nor config.json inside; not a fine-tuned model folder")
+        # files, config keys, tensor names and shapes against the base: before any model runs
+        check_finetuned_folder(p, allow_pickle=cfg.allow_pickle)
     if suite.domain:
         from retain.data.olmo_eval import DOMAINS
 
@@ -73,7 +79,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    base, tok = load_model(cfg.base, device=cfg.device)
+    base, tok = load_model(cfg.base, device=cfg.device, allow_pickle=cfg.allow_pickle)
     if cfg.reference:
         ref = BaseReference.load(cfg.reference, suite)
     else:
@@ -88,7 +94,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     for t in cfg.tuned:
         print(f"evaluating {t} ...", flush=True)
-        model, ttok = load_model(t, device=cfg.device)
+        model, ttok = load_model(t, device=cfg.device, allow_pickle=cfg.allow_pickle)
         metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
         metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)

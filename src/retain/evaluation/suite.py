@@ -248,14 +248,15 @@ def margin_change(items: dict[str, dict[str, list]], ref: "BaseReference | None"
     return sum(diffs) / len(diffs) if diffs else None
 
 
-def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32):
+def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+               allow_pickle: bool = False):
     """(model, tokenizer) for a base model name / hub id, or any folder ``load_finetuned`` understands
-    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE)."""
+    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE). Safetensors only unless ``allow_pickle``."""
     p = Path(path_or_name).expanduser()
     if p.is_dir():
         from retain.adapters.methods import load_finetuned
 
-        model, tok = load_finetuned(str(p), dtype=dtype)
+        model, tok = load_finetuned(str(p), dtype=dtype, allow_pickle=allow_pickle)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -263,7 +264,7 @@ def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = t
 
         src = resolve_model(path_or_name)
         tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=None if allow_pickle else True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok

@@ -14,13 +14,21 @@
   longest prefix it shares with any cached prompt. A TG client (the ``openai`` backend) sends a parent's
   children and its follow-up request with the same root-to-parent dialogue, so only their new turns are
   prefilled. ``GET /health`` reports the cache's entries, tokens, hits and re-used tokens.
+- Requests are bounded before they cost anything: a body over ``max_body_bytes`` gets HTTP 413 (a body
+  without ``Content-Length`` gets 411), a prompt that does not fit the model's context window with its
+  completion budget gets HTTP 400 naming ``messages`` and both lengths (tokens counted on a private copy
+  of the tokenizer, off the event loop), and a ``model`` other than the served name gets 404
+  ``model_not_found``, as OpenAI and vLLM answer. An empty ``model`` means the served one.
 - Top-level imports are stdlib only, so ``retain --help`` does not pay for torch / fastapi.
-- Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key.
+- Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key (compared
+  in constant time).
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request type inside create_app.
 import asyncio
+import hmac
 import os
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -63,6 +71,8 @@ class ServeConfig:
     layers * 2 * kv_heads * head_dim * dtype bytes (46 KB for SmolLM2-135M in float32: 189 MB for 4,096)."""
     api_key_env: str | None = None
     """If set, the name of an environment variable holding the key clients must send as 'Authorization: Bearer'."""
+    max_body_bytes: int = 2_000_000
+    """Largest request body accepted (bytes); larger -> HTTP 413. 2 MB holds far more text than an 8k context."""
 
 
 @dataclass
@@ -144,8 +154,12 @@ def create_app(
     max_tokens_limit: int = 4096,
     max_queue: int = 4096,
     api_key: str | None = None,
+    max_body_bytes: int = 2_000_000,
 ):
-    """Build the FastAPI app over ``backend`` (any :class:`Backend`; tests pass a fake one)."""
+    """Build the FastAPI app over ``backend`` (any :class:`Backend`; tests pass a fake one).
+
+    The context-window check needs ``backend.context_length`` and ``backend.count_tokens(messages)``
+    (the ``hf`` backend has both); a backend without them is not checked."""
     from contextlib import asynccontextmanager
 
     from fastapi import FastAPI, Request
@@ -169,8 +183,9 @@ def create_app(
     app = FastAPI(title="retain serve", lifespan=lifespan)
     app.state.batcher = batcher
 
-    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None) -> JSONResponse:
-        body = {"error": {"message": message, "type": kind, "param": param, "code": None}}
+    def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,
+              code: str | None = None) -> JSONResponse:
+        body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
         return JSONResponse(body, status_code=status, headers={"Retry-After": "1"} if status == 429 else None)
 
     @app.exception_handler(RequestValidationError)
@@ -181,11 +196,25 @@ def create_app(
             return error(400, "body: not valid JSON")
         return error(400, f"{where or 'body'}: {e.get('msg', 'invalid')}", param=where or None)
 
+    expected = f"Bearer {api_key}".encode() if api_key else None
+
     @app.middleware("http")
-    async def auth(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/") and request.headers.get("authorization") != f"Bearer {api_key}":
-            return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+    async def auth_and_size(request: Request, call_next):
+        if expected is not None and request.url.path.startswith("/v1/"):
+            sent = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(sent, expected):  # constant time: no timing hint about the key
+                return error(401, "missing or wrong API key (Authorization: Bearer ...)", "authentication_error")
+        if request.method == "POST":
+            length = request.headers.get("content-length")
+            if length is None:
+                return error(411, "body: send a Content-Length header (chunked request bodies are not accepted)")
+            if not length.isdigit() or int(length) > max_body_bytes:
+                return error(413, f"body: {length} bytes exceeds this server's limit of {max_body_bytes} bytes "
+                                  "(retain serve --max_body_bytes)")
         return await call_next(request)
+
+    context = getattr(backend, "context_length", None)
+    count_tokens = getattr(backend, "count_tokens", None)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -204,11 +233,26 @@ def create_app(
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest):
+        if req.model and req.model != name:
+            return error(404, f"The model `{req.model}` does not exist; this server serves `{name}`",
+                         param="model", code="model_not_found")
         budget = req.budget(max_new_tokens)
         if budget > max_tokens_limit:
             return error(400, f"max_tokens: {budget} exceeds this server's limit {max_tokens_limit}", param="max_tokens")
         params = SamplingParams(max_new_tokens=budget, temperature=req.temperature, top_p=req.top_p, seed=req.seed)
         messages = [m.as_dict() for m in req.messages]
+        if context and count_tokens is not None:
+            try:
+                n_prompt = await asyncio.to_thread(count_tokens, messages)
+            except RetainError as e:
+                return error(400, str(e), param="messages")
+            if n_prompt >= context:
+                return error(400, f"messages: the prompt is {n_prompt} tokens, the model's context window is {context} "
+                                  "tokens; shorten the conversation", param="messages")
+            if n_prompt + budget > context:
+                return error(400, f"messages: the prompt is {n_prompt} tokens and max_tokens asks for {budget} more, "
+                                  f"over the model's context window of {context} tokens; shorten the conversation "
+                                  "or lower max_tokens", param="messages")
         try:
             outs = await batcher.submit([messages] * req.n, params)
         except OverflowError:
@@ -254,8 +298,9 @@ def run_serve(cfg: ServeConfig) -> int:
 
     from retain.generation.backends.config import BackendConfig, make_backend
 
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or not (0 < cfg.port < 65536) or cfg.prefix_cache_tokens < 0:
-        raise RetainError("serve: batch_size and max_new_tokens must be >= 1, port in 1..65535 and "
+    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or not (0 < cfg.port < 65536) or cfg.prefix_cache_tokens < 0 \
+            or cfg.max_body_bytes < 1:
+        raise RetainError("serve: batch_size, max_new_tokens and max_body_bytes must be >= 1, port in 1..65535 and "
                           f"prefix_cache_tokens >= 0; got {cfg}")
     _check_port_free(cfg.host, cfg.port)
     api_key = None
@@ -269,9 +314,10 @@ def run_serve(cfg: ServeConfig) -> int:
     ))
     name = cfg.served_model_name or cfg.model
     app = create_app(backend, name, cfg.batch_size, cfg.max_wait_ms, cfg.max_new_tokens, cfg.max_tokens_limit,
-                     cfg.max_queue, api_key)
+                     cfg.max_queue, api_key, cfg.max_body_bytes)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use the model")
+        print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use the model",
+              file=sys.stderr, flush=True)
     print(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.batch_size}, "
           f"prefix_cache_tokens={cfg.prefix_cache_tokens})", flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")

@@ -13,6 +13,10 @@ Algorithm (levels ``[(N_1, L_1), ..., (N_D, L_D)]``), for depth d = 1..D:
 4. **Answer** every kept question of the level (chunked backend calls, max new tokens L_d), filter the
    answers, append the nodes to ``nodes.jsonl``. Dropped nodes are recorded but not expanded.
 
+Reproducible resume: each backend call's seed is derived from the ids of the nodes it serves
+(:func:`call_seed`), and chunks are cut from the same ordered work list, so a resumed run makes the
+same calls with the same seeds as an uninterrupted one and (with the ``hf`` backend) writes the same corpus.
+
 Crash safety: a record is one JSON line, written and fsync'd per chunk; node ids are deterministic
 (``"3.1.2"`` = 2nd child of the 1st child of root question 3), so on resume the journal tells exactly
 which parents still need questions and which questions still need answers. A line cut by ``kill -9``
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -36,14 +39,16 @@ from retain.generation.config import DecompressConfig
 from retain.generation.dedup import KEPT, SURPLUS, QuestionIndex
 from retain.generation.filters import PARSE_FAILED, answer_drop_reasons
 from retain.generation.prompts import parse_questions
-from retain.utils.io import iter_jsonl
+from retain.utils.io import append_text, iter_jsonl
 
 QUESTIONS, NODES = "questions.jsonl", "nodes.jsonl"
 MIN_LIST = 3
 
 
 class Journal:
-    """Append-only JSONL file; each :meth:`append` writes complete lines and fsyncs them."""
+    """Append-only JSONL file; each :meth:`append` writes one chunk's complete lines in one write and
+    fsyncs them (:func:`retain.utils.io.append_text`: on a full disk the file is cut back, one line
+    names it, and re-running the same command continues from the last complete chunk)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -52,20 +57,18 @@ class Journal:
             if data and not data.endswith(b"\n"):
                 with open(path, "r+b") as f:
                     f.truncate(data.rfind(b"\n") + 1)
-        self._f = open(path, "a", encoding="utf-8")
+        else:
+            path.touch()
 
     def read(self) -> list[dict]:
         return list(iter_jsonl(self.path, allow_truncated_tail=True)) if self.path.exists() else []
 
     def append(self, rows: list[dict]) -> None:
-        if not rows:
-            return
-        self._f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if rows:
+            append_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def close(self) -> None:
-        self._f.close()
+        pass  # nothing held open between appends
 
 
 def child_id(parent_id: str | None, k: int) -> str:
@@ -81,8 +84,14 @@ def parent_of(node_id: str) -> str | None:
     return node_id.rpartition(".")[0] or None
 
 
-def _seed(cfg: DecompressConfig, depth: int, phase: int, chunk: int) -> int:
-    return (cfg.seed * 1_000_003 + depth * 7919 + phase * 104_729 + chunk) % (2**31)
+def call_seed(cfg: DecompressConfig, depth: int, phase: int, ids: list[str | None]) -> int:
+    """Seed of one backend call, from the ids of the nodes it serves (the parents asked, or the questions
+    answered) and not from its position in this session's work list: a resumed run calls the backend
+    with the same seeds as an uninterrupted one, so the ``hf`` backend writes the same corpus."""
+    import hashlib
+
+    key = f"{cfg.seed}|{depth}|{phase}|" + ",".join("root" if i is None else i for i in ids)
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") % (2**31)
 
 
 class TreeGrower:
@@ -137,7 +146,7 @@ class TreeGrower:
                     requests.append((pos, conv, n))
             max_n = max(n for _, _, n in requests)
             params = SamplingParams(max_new_tokens=self.cfg.question_tokens * max_n, temperature=self.cfg.temperature,
-                                    top_p=self.cfg.top_p, seed=_seed(self.cfg, depth, 0, c0))
+                                    top_p=self.cfg.top_p, seed=call_seed(self.cfg, depth, 0, parents))
             replies = self._chat([conv for _, conv, _ in requests], params)
             t1 = time.perf_counter()
             records = [self._question_record(pid, depth, want, params) for pid in parents]
@@ -184,7 +193,7 @@ class TreeGrower:
         for c0 in range(0, len(todo), self.cfg.chunk_size):
             chunk = todo[c0 : c0 + self.cfg.chunk_size]
             t0 = time.perf_counter()
-            p = SamplingParams(**{**params.to_dict(), "seed": _seed(self.cfg, depth, 1, c0)})
+            p = SamplingParams(**{**params.to_dict(), "seed": call_seed(self.cfg, depth, 1, [q["id"] for q in chunk])})
             convs = [self._dialogue(parent_of(q["id"])) + [{"role": "user", "content": q["question"]}] for q in chunk]
             replies = self._chat(convs, p)
             rows = []

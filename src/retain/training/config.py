@@ -29,6 +29,9 @@ class ModelConfig:
     """'auto' (cuda if available), 'cpu' or 'cuda'. Under torchrun each rank uses cuda:LOCAL_RANK."""
     trust_remote_code: bool = False
     """Allow model code from the hub (off unless you trust the model)."""
+    allow_pickle: bool = False
+    """Load pickle weights (pytorch_model.bin) when the model has no safetensors; unpickling can run code,
+    so only for a model you trust."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass (less memory, ~30% slower)."""
 

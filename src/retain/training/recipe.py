@@ -6,7 +6,8 @@
 - YAML 1.1 reads ``2e-4`` (no dot) as a string; a float field accepts such strings, so recipes can be
   written the way people write learning rates.
 - Overrides (``--set optim.lr=1e-4``) are parsed as YAML values and applied to the raw mapping before
-  validation, so they get the same checks as the file.
+  validation, so they get the same checks as the file; an unknown key or a bad value given with
+  ``--set`` is reported against ``--set``, not the recipe file.
 """
 
 from __future__ import annotations
@@ -26,11 +27,12 @@ from retain.training.config import Recipe
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override, type-check and validate a recipe file."""
+    from retain.utils.io import read_text
+
     path = Path(path)
-    if not path.exists():
-        raise RetainError(f"{path}: recipe not found")
+    text = read_text(path, "recipe")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -42,7 +44,17 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         return recipe_from_dict(data)
     except RetainError as e:
-        raise RetainError(f"{path}: {e}") from None
+        bad = _override_at_fault(str(e), overrides or [])
+        raise RetainError(f"--set {bad}: {e}" if bad else f"{path}: {e}") from None
+
+
+def _override_at_fault(message: str, overrides: list[str]) -> str | None:
+    """The ``--set`` item whose key the error names (so the recipe file is not blamed for it)."""
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if message.startswith((f"{key}:", f"{key}[")) or f"'{key}'" in message:
+            return item
+    return None
 
 
 def recipe_from_dict(data: dict) -> Recipe:
@@ -55,7 +67,13 @@ def apply_override(data: dict, item: str) -> None:
     key, sep, raw = item.partition("=")
     if not sep or not key.strip():
         raise RetainError(f"--set {item!r}: expected key.path=value, e.g. optim.lr=1e-4")
-    parts = key.strip().split(".")
+    key = key.strip()
+    valid = schema_keys(Recipe)
+    if key not in valid:
+        close = suggest_key(key, valid)
+        hint = f"did you mean '{close}'?" if close else "see the recipe keys in retain.training.config"
+        raise RetainError(f"--set {item}: unknown key '{key}'; {hint}")
+    parts = key.split(".")
     node = data
     for p in parts[:-1]:
         node = node.setdefault(p, {})
@@ -106,12 +124,33 @@ def from_dict(cls: type, data: Any, path: str) -> Any:
 
 
 def _suggest(key: str, valid: list[str]) -> list[str]:
-    """Closest valid key by spelling, else by initials (``learning_rate`` -> ``lr``)."""
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if close:
-        return close
-    initials = "".join(part[:1] for part in key.lower().split("_") if part)
-    return [v for v in valid if v == initials][:1]
+    close = suggest_key(key, valid)
+    return [close] if close else []
+
+
+def suggest_key(key: str, valid: list[str]) -> str | None:
+    """The valid (dotted) key ``key`` most likely meant: a key of the same section named by the
+    initials of the last part (``optim.learnin_rate`` -> ``optim.lr``, ``lora.rank`` -> ``lora.r``),
+    else the closest by spelling over the whole dotted key (difflib)."""
+    section, _, leaf = key.rpartition(".")
+    initials = "".join(part[:1] for part in leaf.lower().split("_") if part)
+    if len(leaf) > len(initials):
+        same = [v for v in valid if v.rpartition(".") == (section, ".", initials) or (not section and v == initials)]
+        if same:
+            return same[0]
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def schema_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of a dataclass tree (``optim``, ``optim.lr``, ...): what ``--set`` may name."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            out += schema_keys(hints[f.name], f"{prefix}{f.name}.")
+    return out
 
 
 def _join(path: str, key: Any) -> str:

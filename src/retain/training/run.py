@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -42,7 +43,7 @@ class TrainResult:
     method: str
     steps: int
     final_loss: float
-    """Mean LM loss (nats per assistant token) over the last 10 logged steps."""
+    """LM loss (nats per assistant token) of the final step (the same whether or not the run was resumed)."""
     wall_time_s: float
     """Training-loop seconds (all sessions of a resumed run; model loading excluded)."""
     tokens_per_s: float
@@ -73,18 +74,28 @@ def load_mixture(recipe: Recipe):
     return mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
 
 
+def check_base(recipe: Recipe) -> str:
+    """The base model's path, its weights checked (safetensors unless ``model.allow_pickle``)."""
+    from retain.adapters.check import check_weights
+    from retain.assets import resolve_model
+
+    path = resolve_model(recipe.model.name)
+    if Path(path).is_dir():
+        check_weights(path, recipe.model.allow_pickle, opt_in="--set model.allow_pickle=true")
+    return path
+
+
 def load_base(recipe: Recipe, device):
     """Base model (``recipe.model``) and its tokenizer, on ``device``."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retain.assets import resolve_model
-
-    path = resolve_model(recipe.model.name)
+    path = check_base(recipe)
     dtype = getattr(torch, recipe.model.dtype)
     kw = {"trust_remote_code": recipe.model.trust_remote_code}
     tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kw).to(device)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, use_safetensors=None if recipe.model.allow_pickle else True, **kw).to(device)
     return model, tok
 
 
@@ -162,6 +173,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         return TrainResult(**read_json(out / "train_result.json"))
     mixture = load_mixture(recipe)
     _check_output_dir(out, resume)
+    if model is None:
+        check_base(recipe)  # a pickle-only or incomplete base folder fails here, in one line
 
     from accelerate import PartialState
 
@@ -201,6 +214,9 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     ckpts = complete_checkpoints(out) if resume else []
     saved = check_resume(ckpts[-1], meta) if ckpts else None
     start = saved["step"] if saved else 0
+    if resume and not ckpts and is_main:
+        print(f"warning: --resume: {out} has no checkpoint to resume from; starting a fresh run at step 0",
+              file=sys.stderr, flush=True)
     log_path = out / "train_log.jsonl"
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -230,10 +246,10 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
 
     rows = read_log(log_path) if is_main else []
-    last = callback.rows or rows[-10:]
+    last = callback.rows or rows
     result = TrainResult(
         output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=trainer.state.global_step,
-        final_loss=sum(r["lm_loss"] for r in last) / max(1, len(last)),
+        final_loss=last[-1]["lm_loss"] if last else float("nan"),
         wall_time_s=round(callback.elapsed, 3),
         tokens_per_s=round(callback.session_tokens / callback.session_seconds, 2) if callback.session_seconds else 0.0,
         trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,

@@ -249,7 +249,8 @@ def read_log(path: Path, max_step: int | None = None) -> list[dict]:
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one row and flush: the log is a running record, rewritten atomically on resume."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(row) + "\n")
-        f.flush()
+    """Append one row and fsync: the log is a running record, rewritten atomically on resume. A full disk
+    is one line naming the file, and no partial row is left (:func:`retain.utils.io.append_text`)."""
+    from retain.utils.io import append_text
+
+    append_text(path, json.dumps(row) + "\n")

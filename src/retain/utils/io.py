@@ -2,12 +2,16 @@
 
 - Every file a command produces is written to a temp file in the same directory and ``os.replace``-d
   into place, so a crash never leaves a half-written output.
-- JSONL readers raise :class:`RetainError` naming ``file:line`` on malformed input.
+- Readers raise :class:`RetainError` naming ``file:line`` on malformed input: bad JSON, bytes that are
+  not UTF-8 (``data.jsonl:5: not valid UTF-8 (byte 0xff)``), a folder where a file is expected.
+- A full disk while writing is one line naming the path (:func:`no_space`), never a traceback; the
+  temp file is removed and the target keeps its previous content.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -41,14 +45,92 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as e:
+        full = isinstance(e, Exception) and (is_no_space(e) or _disk_full(path.parent))  # before cleanup frees space
         if tmp_path.is_dir():
             import shutil
 
             shutil.rmtree(tmp_path, ignore_errors=True)
         elif tmp_path.exists():
             tmp_path.unlink()
+        if full:
+            raise no_space(path) from None
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    """True when ``folder``'s file system has (almost) no space left: how a write failure that does not
+    say why (torch.save's "PytorchStreamWriter failed writing file") is recognised as a full disk."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 1 << 20
+
+
+def is_no_space(e: BaseException) -> bool:
+    """True for a full disk: ``OSError(ENOSPC)``, or a library error that wraps it (safetensors' Rust
+    ``IoError(Os { code: 28, kind: StorageFull })``, torch's ``PytorchStreamWriter failed writing``)."""
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(e)
+    return "No space left on device" in text or "StorageFull" in text or "code: 28," in text
+
+
+def no_space(path: str | os.PathLike) -> RetainError:
+    """The one-line error for a full disk while writing ``path``."""
+    return RetainError(f"{path}: no space left on device; free space and re-run the same command")
+
+
+def append_text(path: str | os.PathLike, text: str) -> None:
+    """Append ``text`` (complete lines) to ``path`` and fsync: all of it or none of it.
+
+    A journal's records are appended with this. On a full disk the file is cut back to its previous
+    length (so no partial line is left behind) and :func:`no_space` is raised.
+    """
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            if not is_no_space(e):
+                raise
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise no_space(path) from None
+    finally:
+        os.close(fd)
+
+
+def read_text(path: str | os.PathLike, what: str = "file", *, torn_tail_ok: bool = False) -> str:
+    """The UTF-8 text of ``path``; a missing file, a folder or bytes that are not UTF-8 raise one
+    :class:`RetainError` line naming ``file:line`` and the offending byte.
+
+    ``torn_tail_ok``: a last line without a newline that is not UTF-8 (a multi-byte character cut by a
+    kill) is dropped instead."""
+    path = Path(path)
+    if path.is_dir():
+        raise RetainError(f"{path}: is a folder; give the path of a {what}")
+    if not path.exists():
+        raise RetainError(f"{path}: {what} not found")
+    data = path.read_bytes()
+    if torn_tail_ok and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        try:
+            data[cut:].decode("utf-8")
+        except UnicodeDecodeError:
+            data = data[:cut]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise RetainError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); re-encode the file as "
+                          "UTF-8") from None
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
@@ -73,10 +155,9 @@ def write_jsonl_atomic(path: str | os.PathLike, rows: Iterable[dict]) -> int:
 
 def read_json(path: str | os.PathLike) -> Any:
     path = Path(path)
-    if not path.exists():
-        raise RetainError(f"{path}: file not found")
+    text = read_text(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RetainError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix the file") from None
 
@@ -87,11 +168,15 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
     Raises ``RetainError("file:line: ...")`` on a malformed line. With ``allow_truncated_tail`` a
     malformed *last* line without a trailing newline (an append interrupted by a crash) is skipped.
     """
+    for _, obj in iter_jsonl_lines(path, allow_truncated_tail=allow_truncated_tail):
+        yield obj
+
+
+def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
+    """As :func:`iter_jsonl`, with each record's 1-based line number: ``(line, dict)``."""
     path = Path(path)
-    if not path.exists():
-        raise RetainError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
+    parts = read_text(path, torn_tail_ok=allow_truncated_tail).split("\n")  # not splitlines(): JSON strings may hold U+2028 or \x85
+    lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
     for i, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -103,7 +188,7 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
             raise RetainError(f"{path}:{i}: invalid JSON ({e.msg}); fix or remove this line") from None
         if not isinstance(obj, dict):
             raise RetainError(f"{path}:{i}: expected a JSON object per line, got {type(obj).__name__}")
-        yield obj
+        yield i, obj
 
 
 def read_jsonl(path: str | os.PathLike, **kw: Any) -> list[dict]:

@@ -21,7 +21,7 @@ class BackendConfig:
     `retain serve`, vLLM, SGLang, llama.cpp server, TGI)."""
     model: str = "smollm2"
     """'smollm2' (bundled), a local HF folder or a hub id for 'hf'; the server's model name for 'openai'
-    ('smollm2' is sent as-is; `retain serve` accepts any name)."""
+    ('smollm2' is sent as-is; `retain serve` answers only its served name, 404 model_not_found otherwise)."""
     base_url: str = "http://127.0.0.1:8000/v1"
     """'openai' only: the server's base URL, ending in /v1."""
     api_key_env: str = "OPENAI_API_KEY"

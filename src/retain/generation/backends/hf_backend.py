@@ -33,6 +33,8 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -64,7 +66,11 @@ def load_model(cfg: BackendConfig) -> tuple[Any, Any]:
 
     from retain.assets import resolve_model
 
+    from retain.adapters.check import check_weights
+
     path = resolve_model(cfg.model)
+    if Path(path).is_dir():
+        check_weights(path, opt_in=None)  # safetensors only: a pickle is one line, not a loader traceback
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
@@ -101,10 +107,32 @@ class HFBackend:
         self.sharing = self.cfg.prefix_sharing and _plain_dynamic_cache(self.model)
         self.prefix_cache = PrefixCache(self.cfg.prefix_cache_tokens)
         self._weights_version = _weights_version(self.model)
+        self._count_tok, self._count_lock = None, threading.Lock()  # see count_tokens
         self.stats = {"prompt_tokens": 0, "prefilled_tokens": 0}
         """Prompt tokens asked for, and those actually run through the model (the rest came from shared KV)."""
 
     # -- prompt side ------------------------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """The model's context window in tokens (``max_position_embeddings``), when its config says."""
+        n = getattr(self.model.config, "max_position_embeddings", None)
+        return int(n) if isinstance(n, int) and n > 0 else None
+
+    def count_tokens(self, conversation: Messages) -> int:
+        """Prompt tokens of ``conversation``, on a private tokenizer copy: safe from any thread while the
+        model's own thread generates (``retain serve`` counts on the event loop's side)."""
+        import copy
+
+        with self._count_lock:
+            if self._count_tok is None:
+                self._count_tok = copy.deepcopy(self.tokenizer)
+            try:
+                ids = self._count_tok.apply_chat_template(list(conversation), add_generation_prompt=True,
+                                                          tokenize=True, return_dict=False)
+            except Exception as e:  # jinja raises TemplateError / TypeError on malformed messages
+                raise RetainError(f"messages: chat template failed ({e})") from None
+        return len(ids)
+
     def _stop_token_ids(self) -> list[int]:
         tok, ids = self.tokenizer, set()
         for src in (tok.eos_token_id, getattr(self.model.generation_config, "eos_token_id", None)):
