@@ -163,7 +163,9 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         CHECKPOINTS, RetainTrainer, RunLogCallback, StreamDataset, check_resume, complete_checkpoints, read_log,
         total_steps,
     )
-    from retain.utils.io import read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic
+    from retain.utils.io import (
+        _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
+    )
     from retain.utils.seed import seed_everything
 
     recipe.validate()
@@ -223,7 +225,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         write_text_atomic(out / "recipe.yaml", dump_recipe(recipe))
         # Drop rows logged after the checkpoint we resume from: those steps run again.
         write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
-        if ckpts:  # a checkpoint torn by a kill, or newer than the one we resume from
+        if resume and (out / CHECKPOINTS).is_dir():  # torn by a kill or a full disk, or newer than ckpts[-1]
             for p in (out / CHECKPOINTS).iterdir():
                 if p.name.startswith("checkpoint-") and p not in ckpts:
                     shutil.rmtree(p, ignore_errors=True)
@@ -233,7 +235,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     trainer = RetainTrainer(
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g),
-        data_collator=Collator(pad_token_id(tok)), processing_class=tok, callbacks=[callback],
+        # No processing_class: checkpoints hold weights and optimizer state only (the tokenizer goes to model/).
+        data_collator=Collator(pad_token_id(tok)), callbacks=[callback],
         base_model=recipe.model.name,
     )
     callback.trainer = trainer
@@ -243,7 +246,12 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout: train_log.jsonl has them
-    trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
+    try:
+        trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
+    except Exception as e:  # a checkpoint write on a full disk: one line; --resume skips the torn folder
+        if is_no_space(e) or (isinstance(e, RuntimeError) and _disk_full(out)):
+            raise no_space(out / CHECKPOINTS) from None
+        raise
 
     rows = read_log(log_path) if is_main else []
     last = callback.rows or rows
