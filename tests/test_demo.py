@@ -42,6 +42,7 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
         iv = moe["vs_base"][m]
         assert iv is not None and iv["lo"] <= iv["diff"] <= iv["hi"]
     assert full["vs_full"] is None and moe["vs_full"]["domain"] is not None
+    assert moe["vs_lora"] is None  # the smoke run has no LoRA row
     assert " ± " in report and "method vs full FT" in report
     assert len(moe["loss_curve"]) == moe["steps"]
     assert {"load model", "base calibration", "train full", "evaluate loramoe_tg"} <= set(summary["stages"])

@@ -63,3 +63,22 @@ def test_a_one_label_model_is_flagged_not_called_learning():
     full, moe = verdicts(rows)
     assert "96 % of its answers are one option (balanced accuracy 50.0 %): a label-prior shift" in moe
     assert "label-prior" not in full
+
+
+def test_methods_are_also_compared_with_lora_in_words_and_a_table():
+    rows = _rows(_iv(0.10, 0.02, 0.18))
+    lora = {**rows[1], "name": "lora", "label": "LoRA", "vs_full": {k: _iv(0.0, -0.01, 0.01) for k in
+                                                                   ("domain", "retention", "margin", "drift")}}
+    rows[2]["vs_lora"] = {"domain": _iv(-0.08, -0.15, -0.01), "retention": _iv(0.02, -0.03, 0.07),
+                          "margin": _iv(0.0, -0.01, 0.01), "drift": _iv(0.2, 0.1, 0.3)}
+    rows = [rows[0], rows[1], lora, rows[2]]
+    moe = verdicts(rows)[2]
+    assert "vs LoRA, domain: learned less (-8.0 [-15.0, -1.0] pts)" in moe
+    assert "vs LoRA, retention: no detectable difference (+2.0 [-3.0, +7.0] pts)" in moe
+    assert "vs LoRA, drift: drifted more" in moe
+    assert "vs LoRA" not in verdicts(rows)[1]  # LoRA is not compared with itself
+    summary = {"rows": rows, "config": {"profile": "default", "model": "smollm2", "domain": "sst2"},
+               "profile": {"steps": 3, "batch_size": 8, "max_length": 192, "tg_levels": [[2, 8]], "tg_share": 0.25,
+                           "lr": {"full": 1e-4}}, "total_seconds": 60, "known": {"sciq": 10}}
+    md = demo_markdown(summary)
+    assert "| method vs LoRA | domain (pts) |" in md and "| LoRAMoE + LBC + TG | -8.0 [-15.0, -1.0] |" in md

@@ -213,17 +213,21 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
 
 
 def add_comparisons(rows: list[dict[str, Any]], ref) -> None:
-    """Give every fine-tuned row ``vs_base`` and ``vs_full`` (paired 95 % intervals per metric, see
-    :mod:`retain.evaluation.compare`); rows are updated in place."""
+    """Give every fine-tuned row ``vs_base``, and every row but the baseline itself ``vs_full`` and
+    ``vs_lora`` (paired 95 % intervals per metric, see :mod:`retain.evaluation.compare`; None where
+    that baseline did not run); rows are updated in place."""
     from retain.evaluation.compare import compare
+    from retain.reports import BASELINES
 
     by = {r["name"]: r for r in rows}
-    base, full = by.get("base"), by.get("full")
+    base = by.get("base")
     for r in rows:
         if r["name"] == "base":
             continue
         r["vs_base"] = compare(r, base, ref.known, ref.mc_probes, b_is_base=True) if base else None
-        r["vs_full"] = compare(r, full, ref.known, ref.mc_probes) if full and r is not full else None
+        for name in BASELINES:
+            other = by.get(name)
+            r[f"vs_{name}"] = compare(r, other, ref.known, ref.mc_probes) if other and r is not other else None
 
 
 def run_demo(cfg: DemoConfig) -> int:

@@ -1,11 +1,12 @@
 """The demo's comparison: two tables (rich + markdown), ``report.md`` and a three-panel plot.
 
 - Every number shown comes from the rows the run wrote (``demo.json``); nothing is recomputed here,
-  the intervals included (:func:`retain.demo.add_comparisons` stores them in each row as ``vs_base``
-  and ``vs_full``).
+  the intervals included (:func:`retain.demo.add_comparisons` stores them in each row as ``vs_base``,
+  ``vs_full`` and ``vs_lora``).
 - Table 1, per method: domain score with its gain over the base, known-fact retention, the change of
   the known items' margins, KL drift, each with ``±`` the half-width of its paired 95 % interval
-  against the base. Table 2: every method against plain full fine-tuning, intervals as ``[lo, hi]``.
+  against the base. Tables 2 and 3: every method against plain full fine-tuning, and every other
+  method against plain LoRA (the two baselines of both papers), intervals as ``[lo, hi]``.
 - The wording rule (:func:`retain.evaluation.stats.verdict`): a sentence says "more", "less",
   "gained" or "lost" only when the 95 % interval of that difference excludes 0; otherwise it says
   "no detectable difference".
@@ -28,7 +29,12 @@ label on 94-100 % of held-out items; see docs/domain.md)."""
 
 HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retention %", "margin change (nats/char)",
           "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
-VS_FULL_HEADER = ["method vs full FT", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
+BASELINES = {"full": "full FT", "lora": "LoRA"}
+"""The reference methods every other method is compared with (row key ``vs_<name>``)."""
+
+
+def vs_header(ref: str) -> list[str]:
+    return [f"method vs {BASELINES[ref]}", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
 
 
 def _pct(x: float | None) -> str:
@@ -59,10 +65,11 @@ def demo_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
     return cells
 
 
-def vs_full_cells(rows: list[dict[str, Any]]) -> list[list[str]]:
+def vs_cells(rows: list[dict[str, Any]], ref: str = "full") -> list[list[str]]:
+    """Rows of the table "each method minus ``ref``" (``ref`` a key of :data:`BASELINES`)."""
     cells = []
     for r in rows:
-        vf = r.get("vs_full")
+        vf = r.get(f"vs_{ref}")
         if not vf:
             continue
         cells.append([r["label"], fmt_interval(interval(vf.get("domain")), 100),
@@ -94,14 +101,15 @@ def print_demo_table(rows: list[dict[str, Any]]) -> None:
     for c in demo_cells(rows):
         t.add_row(*[c[i] for i in keep])
     con.print(t)
-    cells = vs_full_cells(rows)
-    if cells:
-        t2 = Table(title="each method minus full fine-tuning: difference [95 % interval]")
-        for h in VS_FULL_HEADER:
-            t2.add_column(h, justify="left" if h.startswith("method") else "right")
-        for c in cells:
-            t2.add_row(*c)
-        con.print(t2)
+    for ref, label in BASELINES.items():
+        cells = vs_cells(rows, ref)
+        if cells:
+            t2 = Table(title=f"each method minus {label}: difference [95 % interval]")
+            for h in vs_header(ref):
+                t2.add_column(h, justify="left" if h.startswith("method") else "right")
+            for c in cells:
+                t2.add_row(*c)
+            con.print(t2)
 
 
 def _iv_words(row: dict | None, scale: float, unit: str, digits: int, more: str, less: str,
@@ -119,7 +127,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     for r in rows:
         if r["name"] == "base":
             continue
-        vb, vf = r.get("vs_base") or {}, r.get("vs_full") or {}
+        vb = r.get("vs_base") or {}
         collapse = (r.get("domain") or {}).get("majority_share")
         warn = (f" — but {100 * collapse:.0f} % of its answers are one option (balanced accuracy "
                 f"{100 * r['domain'].get('balanced_accuracy', 0):.1f} %): a label-prior shift, not learning"
@@ -132,12 +140,15 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",
                                     same="no detectable change"),
         ]
-        if vf and "full" in by:
+        for ref, label in BASELINES.items():
+            vf = r.get(f"vs_{ref}")
+            if not vf or ref not in by:
+                continue
             parts += [
-                "vs full FT, domain: " + _iv_words(vf.get("domain"), 100, "pts", 1, "learned more", "learned less"),
-                "vs full FT, retention: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
-                "vs full FT, margins: " + _iv_words(vf.get("margin"), 1, "nats/char", 3, "kept more", "kept less"),
-                "vs full FT, drift: " + _iv_words(vf.get("drift"), 1, "nats/token", 3, "drifted more", "drifted less"),
+                f"vs {label}, domain: " + _iv_words(vf.get("domain"), 100, "pts", 1, "learned more", "learned less"),
+                f"vs {label}, retention: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
+                f"vs {label}, margins: " + _iv_words(vf.get("margin"), 1, "nats/char", 3, "kept more", "kept less"),
+                f"vs {label}, drift: " + _iv_words(vf.get("drift"), 1, "nats/token", 3, "drifted more", "drifted less"),
             ]
         out.append(f"**{r['label']}**: " + "; ".join(parts) + ".")
     return out
@@ -169,9 +180,9 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         "It is continuous, so it does not churn at chance like a 0/1 outcome.",
         "- **KL drift**: mean per-token KL(base ‖ tuned) on the base's own replies to general chat prompts.",
         "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples) of the difference from the "
-        "base; `[lo, hi]` below are intervals of the difference from full fine-tuning.",
+        "base; `[lo, hi]` below are intervals of the difference from full fine-tuning, then from LoRA.",
         "",
-        _md(VS_FULL_HEADER, vs_full_cells(rows)) if vs_full_cells(rows) else "",
+        *[_md(vs_header(ref), vs_cells(rows, ref)) + "\n" for ref in BASELINES if vs_cells(rows, ref)],
         "## What the numbers say",
         "",
         "A difference is called a gain, a loss, more or less only when its 95 % interval excludes 0.",
