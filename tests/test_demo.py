@@ -51,6 +51,12 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     before = (out / "full" / "demo_result.json").read_text()
     assert run_demo(cfg) == 0
     assert (out / "full" / "demo_result.json").read_text() == before
+    # ... and reports the stage times recorded when those stages ran, not the seconds of skipping them.
+    again_summary = json.loads((out / "demo.json").read_text())
+    for k in ("base calibration", "train full", "evaluate loramoe_tg"):
+        assert again_summary["stages"][k] == summary["stages"][k] and k in again_summary["stages_done_earlier"]
+    assert again_summary["total_seconds"] >= sum(summary["stages"][k] for k in again_summary["stages_done_earlier"])
+    assert "done by an earlier invocation" in (out / "report.md").read_text()
     # A finished training whose evaluation was lost is reused, not trained again, and scores the same.
     log_before = (out / "full" / "train_log.jsonl").read_text()
     (out / "full" / "demo_result.json").unlink()

@@ -252,9 +252,17 @@ def run_demo(cfg: DemoConfig) -> int:
     device = str(resolve_device(cfg.device))
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
+    # A re-run skips finished stages; their times are the ones recorded when they ran.
+    prev_stages = read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {}
+    reused: list[str] = []
 
-    def stage(label: str, since: float) -> None:
+    def stage(label: str, since: float, done_earlier: bool = False) -> None:
         """Record and print one stage's wall time (also in demo.json and report.md)."""
+        if done_earlier and label in prev_stages:
+            stages[label] = prev_stages[label]
+            reused.append(label)
+            con.print(f"[dim]{label}: done earlier ({stages[label]:.0f} s when it ran)[/]")
+            return
         stages[label] = round(time.perf_counter() - since, 1)
         con.print(f"[dim]{label}: {stages[label]:.0f} s[/]")
 
@@ -267,19 +275,21 @@ def run_demo(cfg: DemoConfig) -> int:
     con.rule("1/3 base model: calibration (known facts) and drift reference")
     ref_dir = out / "reference"
     t0 = time.perf_counter()
-    if (ref_dir / "calibration.json").exists():
+    calibrated = (ref_dir / "calibration.json").exists()
+    if calibrated:
         ref = BaseReference.load(ref_dir, suite)
     else:
         ref = BaseReference.build(base, tok, suite)
         ref.save(ref_dir)
-    stage("base calibration", t0)
+    stage("base calibration", t0, done_earlier=calibrated)
     rows: list[dict[str, Any]] = [{"name": "base", "label": "base model", **ref.base_metrics,
                                    "trainable_params": 0, "train_seconds": 0.0}]
 
     con.rule("2/3 TG self-decompression")
     t0 = time.perf_counter()
+    tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
     tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
-    stage("TG self-decompression", t0)
+    stage("TG self-decompression", t0, done_earlier=tg_done)
 
     con.rule("3/3 fine-tune and evaluate")
     for name in methods:
@@ -287,6 +297,8 @@ def run_demo(cfg: DemoConfig) -> int:
         if result_file.exists():
             rows.append(read_json(result_file))
             con.print(f"{name}: done earlier ({result_file})")
+            stage(f"train {name}", 0.0, done_earlier=True)
+            stage(f"evaluate {name}", 0.0, done_earlier=True)
             continue
         con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
@@ -313,10 +325,11 @@ def run_demo(cfg: DemoConfig) -> int:
         del model, result
 
     add_comparisons(rows, ref)
-    total = time.perf_counter() - t_start
+    # Wall time of this invocation, plus the recorded times of the stages it skipped.
+    total = time.perf_counter() - t_start + sum(stages[k] for k in reused)
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
                "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
-               "total_seconds": round(total, 1), "stages": stages,
+               "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,
                "known": {k: len(v) for k, v in ref.known.items()}}
     write_json_atomic(out / "demo.json", summary)
     from retain.reports import demo_markdown, plot_demo, print_demo_table

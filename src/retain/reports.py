@@ -162,7 +162,9 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         "# retain demo report",
         "",
         f"Command: `retain demo --profile {cfg['profile']}` · model `{cfg['model']}` · domain `{cfg['domain']}` · "
-        f"total {summary['total_seconds'] / 60:.1f} min",
+        f"total {summary['total_seconds'] / 60:.1f} min"
+        + (f" ({len(summary['stages_done_earlier'])} stages done by an earlier invocation in this folder, counted "
+           "at the times they took then)" if summary.get("stages_done_earlier") else ""),
         "",
         f"Budget per method: {prof['steps']} optimizer steps × batch {prof['batch_size']} (max {prof['max_length']} "
         f"tokens), the same data for every method; TG tree levels {prof['tg_levels']} "
