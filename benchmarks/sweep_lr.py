@@ -73,7 +73,7 @@ def main() -> None:
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
     from retain.evaluation.suite import label_balance, load_model
-    from retain.reports import COLLAPSE_SHARE
+    from retain.evaluation.report import COLLAPSE_SHARE
     from retain.data.formats import load_examples
     from retain.data.olmo_eval import domain_split, format_mc_prompt
     from retain.training.run import train

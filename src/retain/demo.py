@@ -217,7 +217,7 @@ def add_comparisons(rows: list[dict[str, Any]], ref) -> None:
     ``vs_lora`` (paired 95 % intervals per metric, see :mod:`retain.evaluation.compare`; None where
     that baseline did not run); rows are updated in place."""
     from retain.evaluation.compare import compare
-    from retain.reports import BASELINES
+    from retain.evaluation.report import BASELINES
 
     by = {r["name"]: r for r in rows}
     base = by.get("base")
@@ -332,7 +332,7 @@ def run_demo(cfg: DemoConfig) -> int:
                "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,
                "known": {k: len(v) for k, v in ref.known.items()}}
     write_json_atomic(out / "demo.json", summary)
-    from retain.reports import demo_markdown, plot_demo, print_demo_table
+    from retain.evaluation.report import demo_markdown, plot_demo, print_demo_table
 
     print_demo_table(rows)
     plot_demo(rows, out / "demo.png")
