@@ -32,10 +32,9 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
