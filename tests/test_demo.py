@@ -66,6 +66,22 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     assert again["retention"] == full["retention"] and again["domain_score"] == full["domain_score"]
 
 
+def test_a_bad_tg_corpus_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import retain.evaluation.suite as suite
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the input check")
+
+    monkeypatch.setattr(suite, "load_model", no_load)
+    with pytest.raises(RetainError, match="--tg_corpus .*missing.jsonl: file not found"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), tg_corpus=str(tmp_path / "missing.jsonl")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(RetainError, match="bad.jsonl:1: .*assistant"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), tg_corpus=str(bad)))
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
 def test_demo_bad_input(tmp_path):
     with pytest.raises(RetainError, match="unknown method 'nope'"):
         DemoConfig(out=str(tmp_path), methods=["nope"]).resolved_methods()

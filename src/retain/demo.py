@@ -242,6 +242,13 @@ def run_demo(cfg: DemoConfig) -> int:
 
     prof = cfg.resolved_profile()
     methods = cfg.resolved_methods()
+    if cfg.tg_corpus:  # checked (exists, readable, every record valid) before any model is loaded
+        from retain.data.formats import load_examples
+
+        if not Path(cfg.tg_corpus).is_file():
+            raise RetainError(f"--tg_corpus {cfg.tg_corpus}: file not found; run `retain decompress DIR` first "
+                              "or drop the flag")
+        load_examples(cfg.tg_corpus, format="messages")
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
