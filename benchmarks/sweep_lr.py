@@ -73,7 +73,7 @@ def main() -> None:
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
     from retain.evaluation.suite import label_balance, load_model
-    from retain.reports import COLLAPSE_SHARE
+    from retain.evaluation.report import COLLAPSE_SHARE
     from retain.data.formats import load_examples
     from retain.data.olmo_eval import domain_split, format_mc_prompt
     from retain.training.run import train
@@ -160,8 +160,8 @@ def main() -> None:
         return balance(r)["balanced_accuracy"] if "pred" in r else sum(r["correct"]) / len(r["correct"])
 
     b = balance(state["base"])
-    print(f"\n| run | dev acc % | vs base (95 % CI, points) | balanced % | majority % | final loss | train s |"
-          f"\n|---|---|---|---|---|---|---|")
+    print("\n| run | dev acc % | vs base (95 % CI, points) | balanced % | majority % | final loss | train s |"
+          "\n|---|---|---|---|---|---|---|")
     print(f"| base | {100 * sum(base_c) / len(base_c):.1f} | – | {100 * b['balanced_accuracy']:.1f} | "
           f"{100 * b['majority_share']:.0f} | – | – |")
     chosen = {}

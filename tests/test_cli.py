@@ -27,6 +27,15 @@ def test_top_level_help_lists_all_commands():
         assert name in r.stdout
 
 
+def test_a_broken_command_module_is_an_error_not_a_missing_command(monkeypatch):
+    """A command whose config cannot be imported must fail loudly (it used to vanish from the CLI)."""
+    from retain import cli
+
+    monkeypatch.setitem(cli.COMMANDS, "demo", ("retain.no_such_module:Nope", *cli.COMMANDS["demo"][1:]))
+    with pytest.raises(ModuleNotFoundError, match="retain.no_such_module"):
+        cli.build_parser()
+
+
 def test_bad_option_is_one_line_and_exit_2(capsys):
     assert main(["demo", "--profile", "enormous"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

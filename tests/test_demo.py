@@ -42,6 +42,7 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
         iv = moe["vs_base"][m]
         assert iv is not None and iv["lo"] <= iv["diff"] <= iv["hi"]
     assert full["vs_full"] is None and moe["vs_full"]["domain"] is not None
+    assert moe["vs_lora"] is None  # the smoke run has no LoRA row
     assert " ± " in report and "method vs full FT" in report
     assert len(moe["loss_curve"]) == moe["steps"]
     assert {"load model", "base calibration", "train full", "evaluate loramoe_tg"} <= set(summary["stages"])
@@ -50,6 +51,12 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     before = (out / "full" / "demo_result.json").read_text()
     assert run_demo(cfg) == 0
     assert (out / "full" / "demo_result.json").read_text() == before
+    # ... and reports the stage times recorded when those stages ran, not the seconds of skipping them.
+    again_summary = json.loads((out / "demo.json").read_text())
+    for k in ("base calibration", "train full", "evaluate loramoe_tg"):
+        assert again_summary["stages"][k] == summary["stages"][k] and k in again_summary["stages_done_earlier"]
+    assert again_summary["total_seconds"] >= sum(summary["stages"][k] for k in again_summary["stages_done_earlier"])
+    assert "done by an earlier invocation" in (out / "report.md").read_text()
     # A finished training whose evaluation was lost is reused, not trained again, and scores the same.
     log_before = (out / "full" / "train_log.jsonl").read_text()
     (out / "full" / "demo_result.json").unlink()
@@ -57,6 +64,22 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     assert (out / "full" / "train_log.jsonl").read_text() == log_before
     again = json.loads((out / "full" / "demo_result.json").read_text())
     assert again["retention"] == full["retention"] and again["domain_score"] == full["domain_score"]
+
+
+def test_a_bad_tg_corpus_is_refused_before_any_model_loads(tmp_path, monkeypatch):
+    import retain.evaluation.suite as suite
+
+    def no_load(*a, **k):
+        raise AssertionError("a model was loaded before the input check")
+
+    monkeypatch.setattr(suite, "load_model", no_load)
+    with pytest.raises(RetainError, match="--tg_corpus .*missing.jsonl: file not found"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), tg_corpus=str(tmp_path / "missing.jsonl")))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(RetainError, match="bad.jsonl:1: .*assistant"):
+        run_demo(DemoConfig(out=str(tmp_path / "o"), tg_corpus=str(bad)))
+    assert not (tmp_path / "o").exists()  # nothing written
 
 
 def test_demo_bad_input(tmp_path):

@@ -18,7 +18,6 @@ import dataclasses
 import importlib
 import os
 import sys
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from retain.errors import RetainError
@@ -78,10 +77,7 @@ def build_parser(commands: Sequence[str] | None = None):
     for name in commands or COMMANDS:
         cfg_spec, _, help_text = COMMANDS[name]
         sp = ArgumentParser(description=help_text, exit_on_error=False)
-        try:
-            cfg_cls = _load(cfg_spec)
-        except (ImportError, AttributeError):
-            continue  # command not built yet in this checkout
+        cfg_cls = _load(cfg_spec)  # a broken module is an error, never a silently missing command
         sp.add_class_arguments(cfg_cls, nested_key=None, as_positional=True, fail_untyped=False)
         sub.add_subcommand(name, sp, help=help_text)
     return parser
@@ -116,13 +112,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     wanted = [a for a in argv if a in COMMANDS][:1] or None
     try:
         if wanted:
-            try:
-                cfg_cls = _load(COMMANDS[wanted[0]][0])
-            except (ImportError, AttributeError):
-                cfg_cls = None
-            if cfg_cls is not None:
-                argv = _bare_bool_flags(argv, cfg_cls)
-                _check_config_files(argv, cfg_cls)
+            cfg_cls = _load(COMMANDS[wanted[0]][0])
+            argv = _bare_bool_flags(argv, cfg_cls)
+            _check_config_files(argv, cfg_cls)
         parser = build_parser(wanted)
         try:
             ns = parser.parse_args(argv)

@@ -32,10 +32,9 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -213,17 +212,21 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
 
 
 def add_comparisons(rows: list[dict[str, Any]], ref) -> None:
-    """Give every fine-tuned row ``vs_base`` and ``vs_full`` (paired 95 % intervals per metric, see
-    :mod:`retain.evaluation.compare`); rows are updated in place."""
+    """Give every fine-tuned row ``vs_base``, and every row but the baseline itself ``vs_full`` and
+    ``vs_lora`` (paired 95 % intervals per metric, see :mod:`retain.evaluation.compare`; None where
+    that baseline did not run); rows are updated in place."""
     from retain.evaluation.compare import compare
+    from retain.evaluation.report import BASELINES
 
     by = {r["name"]: r for r in rows}
-    base, full = by.get("base"), by.get("full")
+    base = by.get("base")
     for r in rows:
         if r["name"] == "base":
             continue
         r["vs_base"] = compare(r, base, ref.known, ref.mc_probes, b_is_base=True) if base else None
-        r["vs_full"] = compare(r, full, ref.known, ref.mc_probes) if full and r is not full else None
+        for name in BASELINES:
+            other = by.get(name)
+            r[f"vs_{name}"] = compare(r, other, ref.known, ref.mc_probes) if other and r is not other else None
 
 
 def run_demo(cfg: DemoConfig) -> int:
@@ -239,6 +242,13 @@ def run_demo(cfg: DemoConfig) -> int:
 
     prof = cfg.resolved_profile()
     methods = cfg.resolved_methods()
+    if cfg.tg_corpus:  # checked (exists, readable, every record valid) before any model is loaded
+        from retain.data.formats import load_examples
+
+        if not Path(cfg.tg_corpus).is_file():
+            raise RetainError(f"--tg_corpus {cfg.tg_corpus}: file not found; run `retain decompress DIR` first "
+                              "or drop the flag")
+        load_examples(cfg.tg_corpus, format="messages")
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
@@ -248,9 +258,17 @@ def run_demo(cfg: DemoConfig) -> int:
     device = str(resolve_device(cfg.device))
     t_start = time.perf_counter()
     stages: dict[str, float] = {}
+    # A re-run skips finished stages; their times are the ones recorded when they ran.
+    prev_stages = read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {}
+    reused: list[str] = []
 
-    def stage(label: str, since: float) -> None:
+    def stage(label: str, since: float, done_earlier: bool = False) -> None:
         """Record and print one stage's wall time (also in demo.json and report.md)."""
+        if done_earlier and label in prev_stages:
+            stages[label] = prev_stages[label]
+            reused.append(label)
+            con.print(f"[dim]{label}: done earlier ({stages[label]:.0f} s when it ran)[/]")
+            return
         stages[label] = round(time.perf_counter() - since, 1)
         con.print(f"[dim]{label}: {stages[label]:.0f} s[/]")
 
@@ -263,19 +281,21 @@ def run_demo(cfg: DemoConfig) -> int:
     con.rule("1/3 base model: calibration (known facts) and drift reference")
     ref_dir = out / "reference"
     t0 = time.perf_counter()
-    if (ref_dir / "calibration.json").exists():
+    calibrated = (ref_dir / "calibration.json").exists()
+    if calibrated:
         ref = BaseReference.load(ref_dir, suite)
     else:
         ref = BaseReference.build(base, tok, suite)
         ref.save(ref_dir)
-    stage("base calibration", t0)
+    stage("base calibration", t0, done_earlier=calibrated)
     rows: list[dict[str, Any]] = [{"name": "base", "label": "base model", **ref.base_metrics,
                                    "trainable_params": 0, "train_seconds": 0.0}]
 
     con.rule("2/3 TG self-decompression")
     t0 = time.perf_counter()
+    tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
     tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
-    stage("TG self-decompression", t0)
+    stage("TG self-decompression", t0, done_earlier=tg_done)
 
     con.rule("3/3 fine-tune and evaluate")
     for name in methods:
@@ -283,6 +303,8 @@ def run_demo(cfg: DemoConfig) -> int:
         if result_file.exists():
             rows.append(read_json(result_file))
             con.print(f"{name}: done earlier ({result_file})")
+            stage(f"train {name}", 0.0, done_earlier=True)
+            stage(f"evaluate {name}", 0.0, done_earlier=True)
             continue
         con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
@@ -309,13 +331,14 @@ def run_demo(cfg: DemoConfig) -> int:
         del model, result
 
     add_comparisons(rows, ref)
-    total = time.perf_counter() - t_start
+    # Wall time of this invocation, plus the recorded times of the stages it skipped.
+    total = time.perf_counter() - t_start + sum(stages[k] for k in reused)
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
                "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
-               "total_seconds": round(total, 1), "stages": stages,
+               "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,
                "known": {k: len(v) for k, v in ref.known.items()}}
     write_json_atomic(out / "demo.json", summary)
-    from retain.reports import demo_markdown, plot_demo, print_demo_table
+    from retain.evaluation.report import demo_markdown, plot_demo, print_demo_table
 
     print_demo_table(rows)
     plot_demo(rows, out / "demo.png")

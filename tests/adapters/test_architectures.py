@@ -31,6 +31,47 @@ def loop_forward(layer: LoRAMoELinear, x: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def test_each_expert_draws_its_own_dropout_mask_when_asked():
+    """dropout_per_expert, as in the authors' code (one lora_dropout(x) call per expert): in training,
+    expert e's update is A_e applied to its own masked copy of x; in eval the fused path equals the
+    no-dropout loop; the default shares one mask."""
+    torch.manual_seed(0)
+    layer = LoRAMoELinear(nn.Linear(16, 8), num_experts=4, rank=2, alpha=4.0, dropout=0.5, dropout_per_expert=True)
+    nn.init.normal_(layer.lora_B)
+    seen = []
+
+    class Recording(nn.Dropout):
+        def forward(self, h):
+            out = super().forward(h)
+            seen.append(out)
+            return out
+
+    layer.dropout = Recording(0.5)
+    x = torch.randn(3, 5, 16)
+    layer.train()
+    got = layer(x)
+    assert [t.shape for t in seen] == [x.shape] * 4  # one dropout call (mask) per expert
+    h = torch.stack(seen, dim=-2)  # (3, 5, E, 16)
+    keep = h != 0
+    g = torch.softmax(x @ layer.router.T, dim=-1)
+    want = layer.base_layer(x)
+    for e in range(4):
+        a, b = layer.lora_A[2 * e:2 * e + 2], layer.lora_B[:, 2 * e:2 * e + 2]
+        want = want + g[..., e:e + 1] * layer.scaling * ((h[..., e, :] @ a.T) @ b.T)
+        assert torch.allclose(h[..., e, :], x * keep[..., e, :] / 0.5)  # expert e's own mask of x
+    assert torch.allclose(got, want, atol=1e-5)
+    # the experts' masks differ (a shared mask would make every expert see the same input)
+    assert not torch.equal(keep[..., 0, :], keep[..., 1, :])
+    layer.eval()
+    assert torch.allclose(layer(x), loop_forward(layer, x), atol=1e-5)
+    # dropout_per_expert=False: one mask shared by the experts (one dropout call on x)
+    seen.clear()
+    layer.train()
+    layer.dropout_per_expert = False
+    layer(x)
+    assert [t.shape for t in seen] == [x.shape]
+
+
 def test_targets_found(arch):
     model = build_tiny(arch)
     assert find_targets(model, None) == list(expected_targets(arch))

@@ -87,6 +87,10 @@ def test_lbc_ignores_padding_tokens(batch):
     with sample_types(model, [1, 0]):
         model(input_ids=ids, attention_mask=torch.ones_like(mask))
     assert lbc_loss(model).item() != pytest.approx(losses[0], rel=1e-3)
+    # an attention_mask given positionally, model(ids, mask), is seen by the padding mask too
+    with sample_types(model, [1, 0]):
+        model(padded, mask)
+    assert lbc_loss(model).item() == pytest.approx(losses[0], rel=1e-5)
 
 
 def test_lbc_none_without_types_and_rejects_bad_input(batch):

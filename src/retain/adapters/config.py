@@ -28,6 +28,12 @@ class LoRAMoEConfig:
     """LoRA scaling numerator: each expert's update is scaled by alpha / rank."""
     dropout: float = 0.05
     """Dropout on the adapter input (the frozen path sees the undropped input)."""
+    dropout_per_expert: bool = False
+    """True: each expert draws its own dropout mask, as the authors' code and MoE-PEFT do (one
+    ``lora_dropout(x)`` call per expert). False (default): one mask shared by the experts and one stacked
+    matmul. Measured on this 2-core CPU, SmolLM2-135M with the default LoRAMoE (6 experts x rank 4 on the
+    FFN), batch 8 x 128 tokens: 13.4 vs 8.2 s per training step (1.64x), hence the default. Inference
+    is the same either way (no dropout)."""
     target_modules: Optional[list[str]] = None
     """Module-name suffixes to adapt (e.g. [gate_proj, up_proj, down_proj, q_proj]); None = the FFN
     projections of the architecture."""

@@ -110,17 +110,17 @@ def world_share(stats: dict, type_name: str) -> list[float]:
 
 
 def markdown_table(stats: dict) -> str:
+    """Per layer, each sample type's router-mass share on the world group (and the world - task gap)."""
+    from retain.utils.tables import md_table
+
     types = list(stats["types"])
-    head = "| layer | " + " | ".join(f"{t} -> world group" for t in types)
-    lines = [head + (" | gap (world - task) |" if {"world", "task"} <= set(types) else " |")]
-    lines.append("|" + "---|" * (len(lines[0].split("|")) - 2))
+    gap = {"world", "task"} <= set(types)
     shares = {t: world_share(stats, t) for t in types}
+    cells = []
     for i, name in enumerate(stats["layers"]):
-        cells = [f"{shares[t][i]:.3f}" for t in types]
-        if {"world", "task"} <= set(types):
-            cells.append(f"{shares['world'][i] - shares['task'][i]:+.3f}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+        cells.append([name, *(f"{shares[t][i]:.3f}" for t in types)]
+                     + ([f"{shares['world'][i] - shares['task'][i]:+.3f}"] if gap else []))
+    return md_table(["layer", *(f"{t} -> world group" for t in types)] + (["gap (world - task)"] if gap else []), cells)
 
 
 def heatmap(stats: dict, path: Path) -> None:

@@ -228,10 +228,7 @@ def validate_messages(messages: list[dict], where: str) -> None:
 
 
 def _load_builtin(name: str, forced: int | None, limit: int | None) -> list[dict]:
-    try:
-        from retain.data.olmo_eval import domain_sft_examples
-    except ImportError as e:  # evaluation helper's module missing in this checkout
-        raise RetainError(f"builtin:{name}: built-in datasets are unavailable ({e})") from None
+    from retain.data.olmo_eval import domain_sft_examples
     rows = domain_sft_examples(name, split="train", n=limit)
     out = []
     for i, r in enumerate(rows):

@@ -27,7 +27,3 @@ def parse_sample_type(name: str | None) -> int:
         raise RetainError(f"sample type {name!r}: expected 'world' or 'task' (or leave it out)")
     return _NAMES[key]
 
-
-def sample_type_name(value: int) -> str | None:
-    """Inverse of :func:`parse_sample_type`: 1 → "world", 0 → "task", -1 → None."""
-    return {WORLD: "world", TASK: "task"}.get(value)

@@ -1,95 +1,392 @@
-"""Render evaluation results: a markdown table (also printed with rich) and a bar chart, from eval.json rows.
+"""The one report module: typed result rows, tables (markdown and rich), worded verdicts and plots, for
+both ``retain demo`` (``demo.json``) and ``retain eval`` (``eval.json``).
 
-A row is ``{"model": label, "path": str, **evaluate(...)}``. The plot is drawn from these rows only
-(every number plotted is one the run wrote).
+- A :class:`Row` is one model's results. The demo and ``retain eval`` write the same keys, except the
+  name: a demo row has ``name`` (the method key) and ``label``; an eval row has ``model`` (its label) and
+  ``path``. :meth:`Row.from_dict` reads both, so every function here takes rows of either command.
+- Every number shown comes from the rows the run wrote; nothing is recomputed here, the paired 95 %
+  intervals included (``vs_base``, ``vs_full``, ``vs_lora``: :func:`retain.evaluation.compare.compare`
+  entries stored by :func:`retain.demo.add_comparisons` and ``retain eval``).
+- Tables: per model, domain score with its gain over the base, known-fact retention, the change of the
+  known items' margins and KL drift, each with ``±`` the half-width of its paired 95 % interval
+  against the base; then every method against plain full fine-tuning, and every other method against
+  plain LoRA (the two baselines of both papers), intervals as ``[lo, hi]``.
+- The wording rule (:func:`retain.evaluation.stats.verdict`): a sentence says "more", "less",
+  "gained" or "lost" only when the 95 % interval of that difference excludes 0; otherwise it says
+  "no detectable difference". A model that gives one option on :data:`COLLAPSE_SHARE` of the domain
+  items or more is flagged as a label-prior shift rather than called learning.
+- Plots: the demo's three panels (learned vs kept with error bars, KL drift with error bars, training
+  loss) and ``retain eval``'s bars (scores, KL drift). Written atomically.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any, Iterable
 
-from retain.evaluation.stats import fmt_pm
+from retain.evaluation.compare import interval
+from retain.evaluation.stats import fmt_interval, fmt_pm, verdict
+from retain.utils.tables import md_table, print_rich_table
+
+COLLAPSE_SHARE = 0.8
+"""A model that gives one option on at least this share of the domain items is flagged: on a task with
+few options its accuracy is then mostly the class prior (measured: SST-2 fine-tunes that answered one
+label on 94-100 % of held-out items; see docs/domain.md)."""
+
+BASELINES = {"full": "full FT", "lora": "LoRA"}
+"""The reference methods every other method is compared with (row key ``vs_<name>``)."""
 
 
-def _fmt(x, pct: bool = True, digits: int = 3) -> str:
-    if x is None:
+@dataclass
+class Row:
+    """One model's results. Fractions are in [0, 1]; margins in nats/char; KL in nats/token; seconds wall."""
+
+    name: str
+    """Method key (demo: ``full``, ``loramoe_tg``, ...) or model path (``retain eval``); ``base`` for the base."""
+    label: str
+    """Shown in tables and plots."""
+    domain_score: float | None = None
+    retention: float | None = None
+    margin_change: float | None = None
+    kl_drift: float | None = None
+    probe_accuracy: float | None = None
+    probes: dict[str, dict] = field(default_factory=dict)
+    """Per probe: ``{"accuracy", "known", "retained", ...}``."""
+    domain: dict | None = None
+    """``{"name", "n", "accuracy", "balanced_accuracy", "majority_share"}``."""
+    seconds: float = 0.0
+    """Evaluation time."""
+    lr: float | None = None
+    trainable_params: int | None = None
+    train_seconds: float | None = None
+    loss_curve: list[float] = field(default_factory=list)
+    """Training loss per optimizer step (nats per assistant token)."""
+    vs_base: dict | None = None
+    vs_full: dict | None = None
+    vs_lora: dict | None = None
+
+    @property
+    def is_base(self) -> bool:
+        return self.name == "base" or self.label == "base"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Row":
+        """A demo row (``name``/``label``) or an eval row (``model``/``path``); other keys are ignored."""
+        name = d.get("name") or ("base" if d.get("model") == "base" else d.get("path") or d.get("model") or "?")
+        label = d.get("label") or d.get("model") or name
+        known = {f.name for f in fields(cls)} - {"name", "label"}
+        kw = {k: v for k, v in d.items() if k in known and v is not None}
+        return cls(name=str(name), label=str(label), **kw)
+
+
+def as_rows(rows: Iterable[Row | dict[str, Any]]) -> list[Row]:
+    return [r if isinstance(r, Row) else Row.from_dict(r) for r in rows]
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def _params(n: int | None) -> str:
+    if not n:
         return "–"
-    return f"{100 * x:.1f}" if pct else f"{x:.{digits}f}"
+    return f"{n / 1e6:.2f}M" if n >= 1e5 else f"{n / 1e3:.1f}k"
 
 
-def table_rows(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: headline metrics (± = half-width of the paired 95 % interval of the difference
-    from the base), then one accuracy column per probe."""
-    probe_names = list(dict.fromkeys(n for r in rows for n in r["probes"]))
-    domain = next((r["domain"]["name"] for r in rows if r.get("domain")), None)
-    header = ["model", f"domain ({domain}) %" if domain else "domain %", "known-fact retention %",
-              "margin change (nats/char)", "probe acc %", "KL drift (nats/token)"]
-    header += [f"{n} %" for n in probe_names] + ["seconds"]
+# ---------------------------------------------------------------------------------------------
+# The demo: methods side by side
+# ---------------------------------------------------------------------------------------------
+
+HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retention %", "margin change (nats/char)",
+          "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
+
+
+def vs_header(ref: str) -> list[str]:
+    return [f"method vs {BASELINES[ref]}", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
+
+
+def demo_cells(rows: Iterable[Row | dict]) -> list[list[str]]:
+    cells = []
+    for r in as_rows(rows):
+        vb = r.vs_base or {}
+        dom = interval(vb.get("domain"))
+        cells.append([
+            r.label, _pct(r.domain_score),
+            "–" if dom is None else f"{100 * dom.diff:+.1f} ± {100 * dom.half_width:.1f}",
+            fmt_pm(r.retention, vb.get("retention"), 100, 1),
+            fmt_pm(r.margin_change, vb.get("margin"), 1, 3),
+            fmt_pm(r.kl_drift, vb.get("drift"), 1, 3),
+            _pct(r.probe_accuracy), f"{r.lr:g}" if r.lr else "–", _params(r.trainable_params),
+            f"{r.train_seconds or 0:.0f}", f"{r.seconds:.0f}",
+        ])
+    return cells
+
+
+def vs_cells(rows: Iterable[Row | dict], ref: str = "full") -> list[list[str]]:
+    """Rows of the table "each method minus ``ref``" (``ref`` a key of :data:`BASELINES`)."""
+    cells = []
+    for r in as_rows(rows):
+        vf = getattr(r, f"vs_{ref}")
+        if not vf:
+            continue
+        cells.append([r.label, fmt_interval(interval(vf.get("domain")), 100),
+                      fmt_interval(interval(vf.get("retention")), 100), fmt_interval(interval(vf.get("margin")), 1, 3),
+                      fmt_interval(interval(vf.get("drift")), 1, 3)])
+    return cells
+
+
+def markdown_table(rows: Iterable[Row | dict]) -> str:
+    return md_table(HEADER, demo_cells(rows))
+
+
+def print_demo_table(rows: Iterable[Row | dict]) -> None:
+    rows = as_rows(rows)
+    keep = [HEADER.index(h) for h in ("method", "domain score %", "gain vs base (pts)", "known-fact retention %",
+                                      "margin change (nats/char)", "KL drift (nats/tok)", "lr", "train s")]
+    print_rich_table("retain demo: what each fine-tune learned and kept (± = 95 % paired interval vs the base)",
+                     [HEADER[i] for i in keep], [[c[i] for i in keep] for c in demo_cells(rows)])
+    for ref, label in BASELINES.items():
+        cells = vs_cells(rows, ref)
+        if cells:
+            print_rich_table(f"each method minus {label}: difference [95 % interval]", vs_header(ref), cells)
+
+
+def _iv_words(row: dict | None, scale: float, unit: str, digits: int, more: str, less: str,
+              same: str = "no detectable difference") -> str:
+    iv = interval(row)
+    if iv is None:
+        return f"{same} (not measured)"
+    return f"{verdict(iv, more=more, less=less, same=same)} ({fmt_interval(iv, scale, digits)} {unit})"
+
+
+def verdicts(rows: Iterable[Row | dict]) -> list[str]:
+    """One measured sentence per fine-tuned model; every comparative word follows the 95 % interval rule."""
+    rows = as_rows(rows)
+    names = {r.name for r in rows}
+    out = []
+    for r in rows:
+        if r.is_base:
+            continue
+        vb = r.vs_base or {}
+        collapse = (r.domain or {}).get("majority_share")
+        warn = (f" — but {100 * collapse:.0f} % of its answers are one option (balanced accuracy "
+                f"{100 * r.domain.get('balanced_accuracy', 0):.1f} %): a label-prior shift, not learning"
+                if collapse is not None and collapse >= COLLAPSE_SHARE else "")
+        parts = [
+            "domain score: " + _iv_words(vb.get("domain"), 100, "pts vs base", 1, "learned (gain over the base)",
+                                         "got worse than the base") + warn,
+            "known facts: " + _iv_words(vb.get("retention"), 100, "pts vs base", 1, "gained",
+                                        "forgot some (retention below 100 %)", same="no detectable forgetting"),
+            "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",
+                                    same="no detectable change"),
+        ]
+        for ref, label in BASELINES.items():
+            vf = getattr(r, f"vs_{ref}")
+            if not vf or ref not in names:
+                continue
+            parts += [
+                f"vs {label}, domain: " + _iv_words(vf.get("domain"), 100, "pts", 1, "learned more", "learned less"),
+                f"vs {label}, retention: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
+                f"vs {label}, margins: " + _iv_words(vf.get("margin"), 1, "nats/char", 3, "kept more", "kept less"),
+                f"vs {label}, drift: " + _iv_words(vf.get("drift"), 1, "nats/token", 3, "drifted more", "drifted less"),
+            ]
+        out.append(f"**{r.label}**: " + "; ".join(parts) + ".")
+    return out
+
+
+def probe_table(rows: Iterable[Row | dict], first: str = "method") -> str:
+    """Per probe: accuracy % and (kept/known)."""
+    rows = as_rows(rows)
+    names = list(dict.fromkeys(n for r in rows for n in r.probes))
     cells = []
     for r in rows:
-        vb = r.get("vs_base") or {}
-        line = [r["model"], fmt_pm(r["domain_score"], vb.get("domain"), 100, 1),
-                fmt_pm(r["retention"], vb.get("retention"), 100, 1), fmt_pm(r.get("margin_change"), vb.get("margin"), 1, 3),
-                _fmt(r["probe_accuracy"]), fmt_pm(r["kl_drift"], vb.get("drift"), 1, 4)]
-        for n in probe_names:
-            p = r["probes"].get(n)
-            if p is None:
+        line = [r.label]
+        for n in names:
+            p = r.probes.get(n)
+            if not p:
                 line.append("–")
                 continue
-            cell = _fmt(p["accuracy"])
+            c = _pct(p.get("accuracy"))
             if p.get("known") is not None:
-                cell += f" ({p['retained']}/{p['known']} kept)"
-            line.append(cell)
-        line.append(f"{r.get('seconds', 0):.0f}")
+                c += f" ({p.get('retained')}/{p.get('known')})"
+            line.append(c)
         cells.append(line)
-    return header, cells
+    return md_table([first] + [f"{n} % (kept/known)" for n in names], cells).rstrip("\n")
 
 
-def markdown_table(rows: list[dict]) -> str:
-    header, cells = table_rows(rows)
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    out += ["| " + " | ".join(c) + " |" for c in cells]
-    return "\n".join(out) + "\n"
+def demo_markdown(summary: dict[str, Any]) -> str:
+    rows, prof, cfg = as_rows(summary["rows"]), summary["profile"], summary["config"]
+    known = summary.get("known") or {}
+    stages = summary.get("stages") or {}
+    lines = [
+        "# retain demo report",
+        "",
+        f"Command: `retain demo --profile {cfg['profile']}` · model `{cfg['model']}` · domain `{cfg['domain']}` · "
+        f"total {summary['total_seconds'] / 60:.1f} min"
+        + (f" ({len(summary['stages_done_earlier'])} stages done by an earlier invocation in this folder, counted "
+           "at the times they took then)" if summary.get("stages_done_earlier") else ""),
+        "",
+        f"Budget per method: {prof['steps']} optimizer steps × batch {prof['batch_size']} (max {prof['max_length']} "
+        f"tokens), the same data for every method; TG tree levels {prof['tg_levels']} "
+        f"({summary.get('tg_seconds', 0):.0f} s to generate), TG share {prof['tg_share']:.0%} of each TG run's mixture.",
+        "",
+        f"Learning rates {prof['lr']}: {prof.get('lr_rule') or 'fixed per profile'}",
+        "",
+        markdown_table(rows),
+        "- **domain score**: accuracy on held-out domain items (never trained on); the gain is paired against "
+        "the base, item by item.",
+        f"- **known-fact retention**: of the {sum(known.values())} probe items the base model answered correctly "
+        f"with a margin ({', '.join(f'{k} {v}' for k, v in known.items())}), the share still answered correctly.",
+        "- **margin change**: on the known items, the mean change of the gold answer's lead over the best wrong "
+        "answer (acc_norm score, nats per character); negative = the model moved away from what the base knew. "
+        "It is continuous, so it does not churn at chance like a 0/1 outcome.",
+        "- **KL drift**: mean per-token KL(base ‖ tuned) on the base's own replies to general chat prompts.",
+        "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples) of the difference from the "
+        "base; `[lo, hi]` below are intervals of the difference from full fine-tuning, then from LoRA.",
+        "",
+        *[md_table(vs_header(ref), vs_cells(rows, ref)) + "\n" for ref in BASELINES if vs_cells(rows, ref)],
+        "## What the numbers say",
+        "",
+        "A difference is called a gain, a loss, more or less only when its 95 % interval excludes 0.",
+        "",
+    ]
+    lines += [f"- {v}" for v in verdicts(rows)] or ["- (no fine-tuned row)"]
+    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), ""]
+    if stages:
+        lines += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
+    lines += ["![demo](demo.png)", ""]
+    return "\n".join(lines)
 
 
-def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _save(fig, path: str | Path) -> None:
+    import matplotlib.pyplot as plt
 
-    header, cells = table_rows(rows)
-    t = Table(title="retain eval")
-    for h in header:
-        t.add_column(h)
-    for c in cells:
-        t.add_row(*c)
-    Console().print(t)
+    from retain.utils.io import atomic_path
+
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
 
 
-def plot(rows: list[dict], path: str | Path) -> None:
-    """Grouped bars (domain score, retention, probe accuracy, %) per model + KL drift on a twin panel."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from retain.utils.io import atomic_path
+    return plt
 
-    metrics = [("domain_score", "domain"), ("retention", "retention"), ("probe_accuracy", "probe acc")]
+
+def plot_demo(rows: Iterable[Row | dict], path: str | Path) -> None:
+    """Left: domain score vs retention with 95 % error bars. Middle: KL drift with error bars.
+    Right: training-loss curves."""
+    plt = _pyplot()
+    rows = as_rows(rows)
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
+    tuned = [r for r in rows if not r.is_base]
+    for i, r in enumerate(rows):
+        if r.domain_score is None or r.retention is None:
+            continue
+        vb = r.vs_base or {}
+        dom, ret = interval(vb.get("domain")), interval(vb.get("retention"))
+        x, y = 100 * r.retention, 100 * r.domain_score
+        xerr = None if ret is None else [[100 * (ret.diff - ret.lo)], [100 * (ret.hi - ret.diff)]]
+        yerr = None if dom is None else [[100 * (dom.diff - dom.lo)], [100 * (dom.hi - dom.diff)]]
+        ax1.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3, label=r.label)
+    ax1.set_xlabel("known-fact retention % (kept)")
+    ax1.set_ylabel("domain score % (learned)")
+    ax1.set_title("learned vs kept (95 % paired intervals vs base)")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=7)
+    _drift_bars(ax2, rows, tuned)
+    for r in tuned:
+        if r.loss_curve:
+            ax3.plot(range(1, len(r.loss_curve) + 1), r.loss_curve, color=f"C{rows.index(r)}",
+                     label=f"{r.label} (lr {r.lr or 0:g})")
+    ax3.set_xlabel("optimizer step")
+    ax3.set_ylabel("training loss (nats/assistant token)")
+    ax3.set_title("training loss")
+    ax3.grid(alpha=0.3)
+    if any(r.loss_curve for r in tuned):
+        ax3.legend(fontsize=7)
+    _save(fig, path)
+
+
+def _drift_bars(ax, rows: list[Row], shown: list[Row]) -> None:
+    """KL drift per model with its 95 % interval vs the base as error bars; colours follow ``rows``."""
+    kls = [r.kl_drift or 0 for r in shown]
+    errs = []
+    for r, kl in zip(shown, kls):
+        iv = interval((r.vs_base or {}).get("drift"))
+        errs.append([0, 0] if iv is None else [kl - iv.lo, iv.hi - kl])
+    ax.bar(range(len(shown)), kls, yerr=[[e[0] for e in errs], [e[1] for e in errs]] if errs else None,
+           color=[f"C{rows.index(r)}" for r in shown], capsize=3)
+    ax.set_xticks(range(len(shown)), [r.label for r in shown], rotation=20, ha="right", fontsize=8)
+    ax.set_ylabel("KL(base ‖ tuned), nats/token")
+    ax.set_title("drift from the base model (lower = closer)")
+    ax.set_ylim(bottom=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# retain eval: models side by side, one column per probe
+# ---------------------------------------------------------------------------------------------
+
+def eval_cells(rows: Iterable[Row | dict]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells: headline metrics (± = half-width of the paired 95 % interval of the difference
+    from the base), then one accuracy column per probe."""
+    rows = as_rows(rows)
+    probe_names = list(dict.fromkeys(n for r in rows for n in r.probes))
+    domain = next((r.domain["name"] for r in rows if r.domain), None)
+    header = ["model", f"domain ({domain}) %" if domain else "domain %", "known-fact retention %",
+              "margin change (nats/char)", "probe acc %", "KL drift (nats/token)"]
+    header += [f"{n} %" for n in probe_names] + ["seconds"]
+    cells = []
+    for r in rows:
+        vb = r.vs_base or {}
+        line = [r.label, fmt_pm(r.domain_score, vb.get("domain"), 100, 1), fmt_pm(r.retention, vb.get("retention"), 100, 1),
+                fmt_pm(r.margin_change, vb.get("margin"), 1, 3), _pct(r.probe_accuracy),
+                fmt_pm(r.kl_drift, vb.get("drift"), 1, 4)]
+        for n in probe_names:
+            p = r.probes.get(n)
+            if p is None:
+                line.append("–")
+                continue
+            cell = _pct(p["accuracy"])
+            if p.get("known") is not None:
+                cell += f" ({p['retained']}/{p['known']} kept)"
+            line.append(cell)
+        line.append(f"{r.seconds:.0f}")
+        cells.append(line)
+    return header, cells
+
+
+def eval_markdown_table(rows: Iterable[Row | dict]) -> str:
+    return md_table(*eval_cells(rows))
+
+
+def print_eval_table(rows: Iterable[Row | dict]) -> None:
+    print_rich_table("retain eval", *eval_cells(rows))
+
+
+def plot_eval(rows: Iterable[Row | dict], path: str | Path) -> list[str]:
+    """Grouped bars (domain score when measured, retention, probe accuracy, %) per model, and KL drift
+    with its 95 % interval on a second panel. Returns the bar groups drawn."""
+    plt = _pyplot()
+    rows = as_rows(rows)
+    metrics = [("domain_score", "domain")] if any(r.domain_score is not None for r in rows) else []
+    metrics += [("retention", "retention"), ("probe_accuracy", "probe acc")]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4), gridspec_kw={"width_ratios": [3, 1]})
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
-        vals = [100 * (r[k] or 0) for k, _ in metrics]
-        ax.bar([j + i * width for j in range(len(metrics))], vals, width, label=r["model"])
+        vals = [100 * (getattr(r, k) or 0) for k, _ in metrics]
+        ax.bar([j + i * width for j in range(len(metrics))], vals, width, label=r.label, color=f"C{i}")
     ax.set_xticks([j + width * (len(rows) - 1) / 2 for j in range(len(metrics))], [m for _, m in metrics])
     ax.set_ylabel("%")
     ax.set_ylim(0, 105)
     ax.legend(fontsize=8)
     ax.set_title("higher is better")
-    ax2.bar(range(len(rows)), [r["kl_drift"] or 0 for r in rows], color=[f"C{i}" for i in range(len(rows))])
-    ax2.set_xticks(range(len(rows)), [r["model"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax2.set_title("KL(base ‖ model), nats/token\nlower = closer to base", fontsize=9)
-    ax2.set_ylim(bottom=0)
-    fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    _drift_bars(ax2, rows, rows)
+    _save(fig, path)
+    return [m for _, m in metrics]

@@ -73,7 +73,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
     import torch
 
-    from retain.evaluation.report import markdown_table, plot, print_table
+    from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
     from retain.evaluation.suite import BaseReference, evaluate, load_model
     from retain.utils.io import write_json_atomic, write_text_atomic
 
@@ -103,10 +103,10 @@ def run_eval(cfg: EvalConfig) -> int:
     if not rows:
         raise RetainError("nothing to report: give --tuned folders or drop --skip_base")
     write_json_atomic(out / "eval.json", {"suite": asdict(suite), "base": cfg.base, "rows": rows})
-    table = markdown_table(rows)
+    table = eval_markdown_table(rows)
     known = ", ".join(f"{k}: {len(v)}" for k, v in ref.known.items())
     write_text_atomic(out / "eval.md", f"# retain eval\n\n{table}\nKnown items (base calibration): {known}.\n")
-    plot(rows, out / "eval.png")
-    print_table(rows)
+    plot_eval(rows, out / "eval.png")
+    print_eval_table(rows)
     print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
     return 0

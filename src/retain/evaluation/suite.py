@@ -25,7 +25,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -269,6 +268,3 @@ def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = t
         tok.pad_token = tok.eos_token
     return model.to(device).eval(), tok
 
-
-def summarize(metrics: dict) -> str:
-    return json.dumps({k: metrics[k] for k in ("domain_score", "retention", "probe_accuracy", "kl_drift")})

@@ -18,17 +18,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
-from retain.generation.tree import NODES, id_key, parent_of
-from retain.utils.io import iter_jsonl, write_json_atomic, write_jsonl_atomic
+from retain.generation.tree import NODES, id_key, parent_of, read_journal
+from retain.utils.io import write_json_atomic, write_jsonl_atomic
 
 FILES = {"sft": "sft.jsonl", "sharegpt": "sharegpt.json", "pt": "pt.jsonl"}
 
 
 def kept_nodes(run_dir: Path) -> dict[str, dict]:
     """Kept nodes by id, in tree order (first record per id wins, as in the journal reader)."""
-    nodes: dict[str, dict] = {}
-    for rec in iter_jsonl(run_dir / NODES, allow_truncated_tail=True):
-        nodes.setdefault(rec["id"], rec)
+    nodes = read_journal(run_dir / NODES, "id")
     kept = {i: n for i, n in nodes.items() if not n["dropped"]}
     # A kept node whose ancestor was dropped cannot exist (dropped nodes are not expanded), but be safe.
     kept = {i: n for i, n in kept.items() if all(a in kept for a in _ancestors(i))}

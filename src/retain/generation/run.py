@@ -34,8 +34,8 @@ from retain.errors import RetainError
 from retain.generation.backends.base import Backend
 from retain.generation.backends.config import BackendConfig
 from retain.generation.config import DecompressConfig, ExportConfig, nodes_per_level
-from retain.generation.tree import NODES, QUESTIONS, TreeGrower
-from retain.utils.io import iter_jsonl, read_json, write_json_atomic
+from retain.generation.tree import NODES, QUESTIONS, TreeGrower, read_journal
+from retain.utils.io import read_json, write_json_atomic
 
 CONFIG, MANIFEST, LOCK = "config.json", "manifest.json", ".lock"
 BACKEND_FACTORY_ENV = "RETAIN_BACKEND_FACTORY"
@@ -174,12 +174,7 @@ def _question_index(cfg: DecompressConfig):
 
 def level_counts(run_dir: Path, cfg: DecompressConfig) -> list[dict]:
     """Per-level counts recomputed from the journals (exact after any crash)."""
-    asked = {}
-    for r in iter_jsonl(run_dir / QUESTIONS, allow_truncated_tail=True) if (run_dir / QUESTIONS).exists() else []:
-        asked.setdefault(r["parent_id"], r)
-    nodes = {}
-    for r in iter_jsonl(run_dir / NODES, allow_truncated_tail=True) if (run_dir / NODES).exists() else []:
-        nodes.setdefault(r["id"], r)
+    asked, nodes = read_journal(run_dir / QUESTIONS, "parent_id"), read_journal(run_dir / NODES, "id")
     levels = cfg.resolved_levels()
     out = []
     for d, ((n, max_tokens), configured) in enumerate(zip(levels, nodes_per_level(levels)), start=1):

@@ -60,15 +60,21 @@ class Journal:
         else:
             path.touch()
 
-    def read(self) -> list[dict]:
-        return list(iter_jsonl(self.path, allow_truncated_tail=True)) if self.path.exists() else []
-
     def append(self, rows: list[dict]) -> None:
         if rows:
             append_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
     def close(self) -> None:
         pass  # nothing held open between appends
+
+
+def read_journal(path: Path, key: str) -> dict[str, dict]:
+    """Records of a journal by ``rec[key]``; the first record per key wins (a chunk re-run after a crash
+    appends its records again). A missing file reads as empty; a line torn by a crash is skipped."""
+    out: dict[str, dict] = {}
+    for rec in iter_jsonl(path, allow_truncated_tail=True) if path.exists() else []:
+        out.setdefault(rec[key], rec)
+    return out
 
 
 def child_id(parent_id: str | None, k: int) -> str:
@@ -101,12 +107,9 @@ class TreeGrower:
         self.cfg, self.backend, self.run_dir, self.index = cfg, backend, run_dir, index
         self.levels = cfg.resolved_levels()
         self.q_journal, self.n_journal = Journal(run_dir / QUESTIONS), Journal(run_dir / NODES)
-        self.asked: dict[str | None, dict] = {}  # parent id -> its questions record (first wins)
-        for rec in self.q_journal.read():
-            self.asked.setdefault(rec["parent_id"], rec)
-        self.nodes: dict[str, dict] = {}
-        for rec in self.n_journal.read():
-            self.nodes.setdefault(rec["id"], rec)
+        # parent id -> its questions record, node id -> node (first record wins, in journal order)
+        self.asked: dict[str | None, dict] = read_journal(self.q_journal.path, "parent_id")
+        self.nodes: dict[str, dict] = read_journal(self.n_journal.path, "id")
         # Rebuild the dedup index in journal order (= the order an uninterrupted run kept them in).
         self.qids: list[str] = []  # aligned with index.texts
         kept = [(q["id"], q["question"]) for rec in self.asked.values() for q in rec["questions"]]

@@ -11,6 +11,11 @@ the intermediate u = A h by g_e and applying B once is the mixture:
 Two matrix products whatever E is; no Python loop over experts (the loop lives in the tests as the
 reference). The gate broadcast uses a (E, r) view of u instead of materialising repeat_interleave(g).
 
+- Dropout: by default one mask shared by the experts (the single stacked product above). With
+  ``dropout_per_expert`` each expert sees its own mask, as in the authors' code (one ``lora_dropout(x)``
+  call per expert) and MoE-PEFT: u_e = A_e dropout_e(x), one small product per expert, 1.64x slower
+  per training step on SmolLM2-135M on a CPU (``LoRAMoEConfig.dropout_per_expert``).
+
 - Init as in the paper/PEFT: A and W_r Kaiming-uniform (a = sqrt(5)), B zeros, so the adapted model is
   exactly the base model at step 0.
 - The frozen ``base_layer`` (``nn.Linear`` or transformers' ``Conv1D``) is called as is, so its weight
@@ -36,7 +41,7 @@ class LoRAMoELinear(nn.Module):
     """Wraps one frozen Linear/Conv1D with ``num_experts`` rank-``rank`` LoRA experts and a router."""
 
     def __init__(self, base_layer: nn.Module, num_experts: int, rank: int, alpha: float, dropout: float,
-                 name: str = "", state=None):
+                 name: str = "", state=None, dropout_per_expert: bool = False):
         super().__init__()
         self.base_layer = base_layer
         self.in_features, self.out_features = linear_shape(base_layer)
@@ -51,6 +56,7 @@ class LoRAMoELinear(nn.Module):
         self.lora_B = nn.Parameter(torch.zeros(self.out_features, num_experts * rank, **kw))
         self.router = nn.Parameter(torch.empty(num_experts, self.in_features, **kw))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout_per_expert = dropout_per_expert
         self.reset_adapter()
 
     def reset_adapter(self) -> None:
@@ -68,8 +74,13 @@ class LoRAMoELinear(nn.Module):
         g = self.gates(x)  # (..., E) fp32
         if self.state is not None and self.state.recording:
             self.state.record(self, g)
-        h = self.dropout(x).to(self.lora_A.dtype)
-        u = F.linear(h, self.lora_A)  # (..., E*r)
+        if self.training and self.dropout_per_expert and isinstance(self.dropout, nn.Dropout):
+            # One dropout mask per expert, as the authors' code (and MoE-PEFT) draws it: each expert's
+            # lora_dropout(x) is a separate call there. u_e = A_e dropout_e(x): (..., r) each.
+            xa = x.to(self.lora_A.dtype)
+            u = torch.cat([F.linear(self.dropout(xa), a_e) for a_e in self.lora_A.split(self.rank)], dim=-1)
+        else:  # one mask for all experts (or none: eval / dropout 0): one stacked matmul
+            u = F.linear(self.dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., E*r)
         gs = (g * self.scaling).to(u.dtype)
         u = (u.unflatten(-1, (self.num_experts, self.rank)) * gs.unsqueeze(-1)).flatten(-2)
         return y + F.linear(u, self.lora_B).to(y.dtype)

@@ -6,7 +6,7 @@
 - One :class:`LoRAMoEState` per model, shared by its layers (a plain object, not a submodule, so it never
   reaches ``state_dict``). :func:`sample_types` turns recording on and registers a forward pre-hook
   (``with_kwargs=True``) on the model it is given; the hook takes ``attention_mask`` from the forward's
-  kwargs and clears the previous forward's records. Each layer then keeps a reference to its router
+  arguments (keyword or positional, bound to the forward's signature) and clears the previous forward's records. Each layer then keeps a reference to its router
   probabilities g (B, T, E) (small: E numbers per token); :func:`lbc_loss` reduces them to Q (E, B) after
   the forward. Reducing outside the forward keeps non-reentrant gradient checkpointing valid (its
   recomputation replays the same ops); reentrant checkpointing runs the forward without grad, so the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 from typing import Iterator, Sequence
 
 import torch
@@ -101,7 +102,7 @@ def inject_loramoe(model: nn.Module, config: LoRAMoEConfig) -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
         layer = LoRAMoELinear(base, config.num_experts, config.rank, config.alpha, config.dropout,
-                              name=name, state=state)
+                              name=name, state=state, dropout_per_expert=config.dropout_per_expert)
         layer.train(base.training)
         setattr(parent, child, layer)
     return model
@@ -124,8 +125,18 @@ def sample_types(model: nn.Module, types: torch.Tensor | Sequence[int] | None) -
     types = torch.as_tensor(types, dtype=torch.long).reshape(-1)
     check_types(types)
 
+    try:  # attention_mask may come positionally (model(ids, mask)): map args to the forward's names
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        signature = None
+
     def capture(_module, args, kwargs):
         mask = kwargs.get("attention_mask")
+        if mask is None and args and signature is not None:
+            try:
+                mask = signature.bind_partial(*args, **kwargs).arguments.get("attention_mask")
+            except TypeError:
+                mask = None
         if mask is not None and mask.dim() != 2:
             raise RetainError(f"sample_types: attention_mask must be (batch, seq), got shape {tuple(mask.shape)}")
         state.mask = mask

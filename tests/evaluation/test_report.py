@@ -1,8 +1,10 @@
-"""The demo report: intervals shown as ± and [lo, hi], and words that follow the intervals."""
+"""The report module: intervals shown as ± and [lo, hi], words that follow the intervals, and one row
+type read from both the demo's and retain eval's rows."""
 
 from __future__ import annotations
 
-from retain.reports import demo_markdown, markdown_table, plot_demo, verdicts
+from retain.evaluation.report import (Row, demo_markdown, eval_markdown_table, markdown_table, plot_demo, plot_eval,
+                                     verdicts)
 
 
 def _iv(diff, lo, hi, n=100):
@@ -63,3 +65,41 @@ def test_a_one_label_model_is_flagged_not_called_learning():
     full, moe = verdicts(rows)
     assert "96 % of its answers are one option (balanced accuracy 50.0 %): a label-prior shift" in moe
     assert "label-prior" not in full
+
+
+def test_methods_are_also_compared_with_lora_in_words_and_a_table():
+    rows = _rows(_iv(0.10, 0.02, 0.18))
+    lora = {**rows[1], "name": "lora", "label": "LoRA", "vs_full": {k: _iv(0.0, -0.01, 0.01) for k in
+                                                                   ("domain", "retention", "margin", "drift")}}
+    rows[2]["vs_lora"] = {"domain": _iv(-0.08, -0.15, -0.01), "retention": _iv(0.02, -0.03, 0.07),
+                          "margin": _iv(0.0, -0.01, 0.01), "drift": _iv(0.2, 0.1, 0.3)}
+    rows = [rows[0], rows[1], lora, rows[2]]
+    moe = verdicts(rows)[2]
+    assert "vs LoRA, domain: learned less (-8.0 [-15.0, -1.0] pts)" in moe
+    assert "vs LoRA, retention: no detectable difference (+2.0 [-3.0, +7.0] pts)" in moe
+    assert "vs LoRA, drift: drifted more" in moe
+    assert "vs LoRA" not in verdicts(rows)[1]  # LoRA is not compared with itself
+    summary = {"rows": rows, "config": {"profile": "default", "model": "smollm2", "domain": "sst2"},
+               "profile": {"steps": 3, "batch_size": 8, "max_length": 192, "tg_levels": [[2, 8]], "tg_share": 0.25,
+                           "lr": {"full": 1e-4}}, "total_seconds": 60, "known": {"sciq": 10}}
+    md = demo_markdown(summary)
+    assert "| method vs LoRA | domain (pts) |" in md and "| LoRAMoE + LBC + TG | -8.0 [-15.0, -1.0] |" in md
+
+
+def test_one_row_type_reads_demo_and_eval_rows_and_both_renderers_take_either(tmp_path):
+    demo_row = _rows(_iv(0.1, 0.02, 0.18))[1]
+    eval_row = {"model": "ft-a", "path": "runs/a/model", **{k: v for k, v in demo_row.items() if k not in ("name", "label")}}
+    eval_base = {"model": "base", "path": "smollm2", **{k: v for k, v in _rows(None)[0].items() if k not in ("name", "label")}}
+    a, b, base = Row.from_dict(demo_row), Row.from_dict(eval_row), Row.from_dict(eval_base)
+    assert (a.name, a.label, b.name, b.label) == ("full", "full FT", "runs/a/model", "ft-a")
+    assert base.is_base and not b.is_base and b.vs_base == a.vs_base and b.loss_curve == [2.0, 1.0, 0.5]
+    # The same numbers through both tables: the eval table shows ± against the base too.
+    table = eval_markdown_table([eval_base, eval_row])
+    assert "| ft-a | 45.0 ± 7.0 | 80.0 ± 10.0 | -0.050 ± 0.020 | 35.0 | 0.5000 ± 0.1000 | 45.0 (8/10 kept) |" in table
+    assert "LoRAMoE" not in table and "| full FT |" in markdown_table([a])
+    # An eval run without a domain has no empty "domain" bar group, and the plot renders.
+    no_domain = [{**r, "domain_score": None} for r in (eval_base, eval_row)]
+    assert "| – |" in eval_markdown_table(no_domain)
+    assert plot_eval(no_domain, tmp_path / "eval.png") == ["retention", "probe acc"]
+    assert plot_eval([eval_base, eval_row], tmp_path / "eval2.png")[0] == "domain"
+    assert (tmp_path / "eval.png").stat().st_size > 5000
