@@ -1,8 +1,10 @@
-"""Multimodal fixtures: a tiny random LLaVA (seconds) and a folder of small PNGs."""
+"""Multimodal fixtures: a tiny random LLaVA (seconds); ``image_dir`` from tests/data."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.data.conftest import image_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="session")
@@ -11,16 +13,3 @@ def tiny_mllm(smollm2_path):
     from retain.multimodal.model import tiny_mllm as build
 
     return build(smollm2_path)
-
-
-@pytest.fixture
-def image_dir(tmp_path):
-    """A folder with red.png, blue.png (16 x 16 RGB) and broken.png (not an image)."""
-    from PIL import Image
-
-    d = tmp_path / "imgs"
-    d.mkdir()
-    Image.new("RGB", (16, 16), (255, 0, 0)).save(d / "red.png")
-    Image.new("RGB", (16, 24), (0, 0, 255)).save(d / "blue.png")
-    (d / "broken.png").write_bytes(b"not a png")
-    return d
