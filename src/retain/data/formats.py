@@ -26,6 +26,21 @@ Design:
   :func:`retain.data.olmo_eval.domain_sft_examples`; held-out items are never part of it.
 - ``sample_type`` given to :func:`load_examples` applies to every record; otherwise a record's own
   ``sample_type`` field (1 / 0 / -1 or "world" / "task") is kept, else ``UNKNOWN``.
+
+Images (image-text-to-text models; the same loader, nothing changes for text records):
+
+- LLaVA JSON: a ShareGPT record with ``"image": "x.png"`` (or a list) and one ``<image>`` placeholder per
+  image in the turns. Chat ``messages`` whose content is a list of parts, as transformers chat templates
+  and OpenAI take them: ``{"type": "text", "text": ...}``, ``{"type": "image", "image"|"path"|"url": ...}``,
+  ``{"type": "image_url", "image_url": {"url": ...}}``; a part without a path takes the next entry of the
+  record's top-level ``"images"`` list (TRL's vision datasets). Parts become one string, joined by
+  newlines, an image part becoming ``<image>``.
+- An example with images gets ``"images": [absolute paths]`` beside its ``messages`` (placeholders in
+  the text, in order). Relative paths resolve against ``image_folder`` (default: the data file's folder).
+- Checked before anything loads a model, each as one ``file:line`` error: a missing or unreadable image
+  (PIL ``verify``), a remote URL, and a ``<image>`` count that differs from the number of images. With
+  ``image_folder`` given (a multimodal run) text-only records are checked too: a stray ``<image>`` in a
+  TG sample is an error here rather than a shape error mid-training.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from retain.errors import RetainError
 from retain.utils.io import iter_jsonl_lines, read_text
 
 Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
+IMAGE_PLACEHOLDER = "<image>"
 FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
 BUILTIN_PREFIX = "builtin:"
 
@@ -65,12 +81,15 @@ def detect_format(record: dict) -> str | None:
 
 
 def load_examples(
-    path: str, format: Format = "auto", sample_type: int | str | None = None, limit: int | None = None
+    path: str, format: Format = "auto", sample_type: int | str | None = None, limit: int | None = None,
+    image_folder: str | None = None,
 ) -> list[dict]:
     """Read ``path`` (``.jsonl``/``.json`` file or ``builtin:<name>``) into validated chat examples.
 
     ``sample_type``: ``"world"``/``"task"``/1/0/-1 applied to every example; None keeps a record's own
     ``sample_type`` field (or UNKNOWN). ``limit``: keep the first ``limit`` records (file order).
+    ``image_folder``: where relative image paths resolve (default: the file's folder); giving it also
+    checks text-only records for stray ``<image>`` placeholders.
     """
     forced = _coerce_type(sample_type, where=str(path)) if sample_type is not None else None
     if str(path).startswith(BUILTIN_PREFIX):
@@ -78,6 +97,8 @@ def load_examples(
     if format != "auto" and format not in FORMATS:
         raise RetainError(f"{path}: unknown format {format!r}; use auto, {', '.join(FORMATS)}")
     fmt = None if format == "auto" else format
+    if image_folder is not None and not Path(image_folder).is_dir():
+        raise RetainError(f"image_folder {image_folder}: not a folder; point it at the folder the image paths start from")
     out: list[dict] = []
     for where, record in _iter_records(Path(path)):
         if limit is not None and len(out) >= limit:
@@ -95,7 +116,14 @@ def load_examples(
         messages = _CONVERTERS[fmt](record, where)
         validate_messages(messages, where)
         st = forced if forced is not None else _coerce_type(record.get("sample_type"), where)
-        out.append({"messages": messages, "sample_type": st})
+        example = {"messages": messages, "sample_type": st}
+        images = _record_images(record, where)
+        if images or image_folder is not None:
+            check_placeholders(messages, len(images), where)
+        if images:
+            base = Path(image_folder) if image_folder is not None else Path(path).parent
+            example["images"] = [resolve_image(p, base, where) for p in images]
+        out.append(example)
     if not out:
         raise RetainError(f"{path}: no examples; the file is empty")
     return out
@@ -147,8 +175,96 @@ def _from_messages(rec: dict, where: str) -> list[dict]:
     for j, m in enumerate(msgs):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise RetainError(f"{where}: messages[{j}] must be an object with 'role' and 'content'")
-        out.append({"role": m["role"], "content": _text(m["content"], where, f"messages[{j}].content")})
+        content = m["content"]
+        if isinstance(content, list):
+            content = _parts_text(content, where, f"messages[{j}].content")
+        out.append({"role": m["role"], "content": _text(content, where, f"messages[{j}].content")})
     return out
+
+
+_IMAGE_PARTS = ("image", "image_url")
+
+
+def _part_image(part: dict) -> Any:
+    """The path a content part names (None for a bare ``{"type": "image"}``)."""
+    if part.get("type") == "image_url":
+        url = part.get("image_url")
+        return url.get("url") if isinstance(url, dict) else url
+    for key in ("image", "path", "url"):
+        if part.get(key) is not None:
+            return part[key]
+    return None
+
+
+def _parts_text(parts: list, where: str, key: str) -> str:
+    pieces = []
+    for k, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") not in ("text", *_IMAGE_PARTS):
+            raise RetainError(f"{where}: {key}[{k}] must be a {{'type': 'text' | 'image' | 'image_url', ...}} part")
+        pieces.append(IMAGE_PLACEHOLDER if part["type"] in _IMAGE_PARTS else _text(part.get("text"), where, f"{key}[{k}].text"))
+    return "\n".join(pieces)
+
+
+def _record_images(rec: dict, where: str) -> list[str]:
+    """Image paths of a record in placeholder order: LLaVA's ``image`` (string or list), image content
+    parts (their own path, else the next of the record's ``images``), or ``images`` alone."""
+    listed = rec.get("images", rec.get("image"))
+    if listed is None:
+        listed = []
+    elif isinstance(listed, str):
+        listed = [listed]
+    elif not isinstance(listed, list):
+        raise RetainError(f"{where}: 'images' / 'image' must be a path or a list of paths")
+    queue = list(listed)
+    from_parts: list[Any] = []
+    found_parts = False
+    for m in rec.get("messages") or []:
+        content = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(content, list):
+            continue
+        for part in content:
+            if isinstance(part, dict) and part.get("type") in _IMAGE_PARTS:
+                found_parts = True
+                own = _part_image(part)
+                if own is None:
+                    if not queue:
+                        raise RetainError(f"{where}: an image part names no file and 'images' has none left; "
+                                          "give the part a path or list the file in 'images'")
+                    own = queue.pop(0)
+                from_parts.append(own)
+    images = from_parts + queue if found_parts else listed
+    for i, p in enumerate(images):
+        if not isinstance(p, str) or not p.strip():
+            raise RetainError(f"{where}: image {i} must be a file path string, got {p!r}")
+    return images
+
+
+def check_placeholders(messages: list[dict], n_images: int, where: str) -> None:
+    """Raise unless the conversation holds exactly one ``<image>`` per image."""
+    n = sum(m["content"].count(IMAGE_PLACEHOLDER) for m in messages)
+    if n != n_images:
+        raise RetainError(
+            f"{where}: {n} '{IMAGE_PLACEHOLDER}' placeholder(s) in the text but {n_images} image(s); "
+            f"put one '{IMAGE_PLACEHOLDER}' where each image goes" + ("" if n_images else " or remove it")
+        )
+
+
+def resolve_image(path: str, base: Path, where: str) -> str:
+    """Absolute path of an image file that exists and PIL can read; else a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path.startswith(("http://", "https://", "data:")):
+        raise RetainError(f"{where}: image {path[:60]!r}: only local files are read; download it and give its path")
+    p = Path(path.removeprefix("file://")).expanduser()
+    full = p if p.is_absolute() else base / p
+    if not full.is_file():
+        raise RetainError(f"{where}: image {path!r} not found at {full}; fix the path or set image_folder")
+    try:
+        with Image.open(full) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise RetainError(f"{where}: image {full} cannot be read ({type(e).__name__}: {e}); replace or remove it") from None
+    return str(full.resolve())
 
 
 def _from_sharegpt(rec: dict, where: str) -> list[dict]:

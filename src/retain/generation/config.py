@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from retain.errors import RetainError
 from retain.generation.backends.config import BackendConfig
@@ -74,6 +75,13 @@ class DecompressConfig:
     dedup_threshold: float = 0.92
     """Drop a question whose cosine similarity to a kept question (whole tree) is >= this; 1.0 = exact duplicates only.
     0.92 = just above every distinct same-subject question pair measured (benchmarks/bench_dedup.py --calibrate)."""
+    dedup_index: Literal["auto", "exact", "approx"] = "auto"
+    """Semantic dedup search: exact (every kept question), approx (faiss IVF candidates, each verified exactly:
+    no false drops, may miss a few duplicates; needs `pip install 'retain[ann]'`), or auto = exact below
+    --dedup_approx_above questions, approx above when faiss is installed."""
+    dedup_approx_above: int = 200_000
+    """With --dedup_index auto: kept + candidate questions from which the approximate index is used
+    (measured crossover: benchmarks/bench_dedup.py)."""
     embedder: str = "minilm"
     """Sentence embedder for semantic dedup: 'minilm' (bundled all-MiniLM-L6-v2) or a local HF encoder folder."""
     temperature: float = 0.7
@@ -107,6 +115,10 @@ class DecompressConfig:
             raise RetainError("--levels: empty; give at least one [N, L] pair")
         if not 0.0 < self.dedup_threshold <= 1.0:
             raise RetainError(f"--dedup_threshold {self.dedup_threshold}: must be in (0, 1]")
+        if self.dedup_index not in ("auto", "exact", "approx"):
+            raise RetainError(f"--dedup_index {self.dedup_index}: unknown; choose auto, exact or approx")
+        if self.dedup_approx_above < 0:
+            raise RetainError(f"--dedup_approx_above {self.dedup_approx_above}: must be >= 0")
         if not self.topics:
             raise RetainError("--topics: empty; give at least one topic")
         checks = [("oversample", self.oversample >= 0), ("max_list_size", self.max_list_size >= 1),
@@ -131,6 +143,8 @@ class DecompressConfig:
         for k in ("run_dir", "backend", "progress", "chunk_size", "preset", "levels"):
             d.pop(k)
         d["levels"] = [list(x) for x in self.resolved_levels()]
+        if d["dedup_index"] == "auto" and d["dedup_approx_above"] == 200_000:
+            del d["dedup_index"], d["dedup_approx_above"]  # the defaults: run dirs written before them still resume
         return d
 
     def fingerprint_hash(self) -> str:

@@ -31,15 +31,19 @@ have min 0.368 / median 0.644 / max 0.913 (the max is "When did World War II end
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from retain.errors import RetainError
 from retain.generation.prompts import normalize_question
 
 KEPT, SURPLUS, DUP_EXACT, DUP_SEMANTIC = "kept", "surplus", "duplicate_exact", "duplicate_semantic"
+APPROX_ABOVE = 200_000
+"""'auto' index: below this many rows (kept + candidates) the exact path runs; see the module docstring."""
 
 
 class Embedder:
@@ -88,8 +92,15 @@ class SemanticIndex:
     """Greedy cosine dedup against a growing set of kept unit vectors (rows of :attr:`kept`)."""
 
     def __init__(self, threshold: float, dim: int, block: int = 2048, rank: int = 48,
-                 margin: float = 0.02, exact_below: int = 4_000_000, ref_block: int = 8192):
+                 margin: float = 0.02, exact_below: int = 4_000_000, ref_block: int = 8192,
+                 index: str = "auto", approx_above: int = APPROX_ABOVE, ann: dict | None = None):
         self.threshold, self.block, self.rank, self.margin = threshold, block, rank, margin
+        if index not in ("auto", "exact", "approx"):
+            raise ValueError(f"index {index!r}: use auto, exact or approx")
+        self.index, self.approx_above, self.ann_options = index, approx_above, dict(ann or {})
+        """'exact', 'approx' (faiss candidates, verified exactly) or 'auto' (approx once kept + candidates
+        reach ``approx_above`` rows and faiss is installed); ``ann``: options of :class:`~retain.generation.ann.KeptAnn`."""
+        self._ann = None  # a KeptAnn over the kept rows, once the approximate path is on
         self.ref_block = ref_block
         """Kept rows compared per tile: the largest temporary is block x ref_block (64 MB fp32 at the defaults)."""
         self.exact_below = exact_below
@@ -99,6 +110,7 @@ class SemanticIndex:
         self.size = 0
         self._basis: torch.Tensor | None = None  # (d, r), set once pruning is first used
         self._basis_at = 0
+        self._warned = False
 
     @property
     def kept(self) -> torch.Tensor:
@@ -123,14 +135,16 @@ class SemanticIndex:
         out: list[tuple[str, int | None, float | None]] = []
         prune = n * (self.size + n) >= self.exact_below and x.shape[1] > 2 * (self.rank + 1)
         self._reserve(self.size + n)
-        if prune:
+        if self._ann is None and self._wants_ann(self.size + n):
+            self._start_ann(x)
+        if prune and self._ann is None:
             self._refit_basis(x)
         for s in range(0, n, self.block):
             xb = x[s : s + self.block]
-            ab = None if self._basis is None else self._augment(xb)
-            prev_idx, prev_sim = self._match_kept(xb, ab, prune)
+            ab = None if self._basis is None or self._ann is not None else self._augment(xb)
+            prev_idx, prev_sim = self._match_ann(xb) if self._ann is not None else self._match_kept(xb, ab, prune)
             conflicts: dict[int, list[tuple[int, float]]] = {}  # block row -> earlier block rows similar to it
-            for i, j, c in self._pairs(xb, xb, ab, ab, prune, lower=True):
+            for i, j, c in self._pairs(xb, xb, ab, ab, prune and ab is not None, lower=True):
                 conflicts.setdefault(i, []).append((j, c))
             new_row: dict[int, int] = {}  # block row -> its kept row
             for i in range(xb.shape[0]):
@@ -165,7 +179,46 @@ class SemanticIndex:
         self._kept[self.size : need] = x
         if aug is not None:
             self._aug[self.size : need] = aug
+        if self._ann is not None:
+            self._ann.add(x.numpy())
         self.size = need
+
+    def _wants_ann(self, total: int) -> bool:
+        from retain.generation import ann
+
+        if self.index == "exact" or (self.index == "auto" and total < self.approx_above):
+            return False
+        if ann.available():
+            return True
+        if self.index == "approx":
+            raise RetainError("--dedup_index approx: faiss is not installed; pip install 'retain[ann]' (or faiss-cpu)")
+        if not self._warned:
+            print(f"retain: dedup of {total:,} questions on the exact path (quadratic); pip install 'retain[ann]' "
+                  "for the approximate index", file=sys.stderr)
+            self._warned = True
+        return False
+
+    def _start_ann(self, x: torch.Tensor) -> None:
+        """Build the IVF index on a seeded sample of (kept ∪ candidates) and load the kept rows into it."""
+        from retain.generation.ann import KeptAnn
+
+        gen = torch.Generator().manual_seed(0)
+        sample = torch.cat([t[torch.randperm(t.shape[0], generator=gen)[:100_000]] for t in (self.kept, x)])
+        self._ann = KeptAnn(sample.numpy(), expected=self.size + x.shape[0], **self.ann_options)
+        for s in range(0, self.size, 65536):
+            self._ann.add(self._kept[s : min(s + 65536, self.size)].numpy())
+
+    def _match_ann(self, xb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`_match_kept`, over the index's candidates only: each verified in fp32 (k per row)."""
+        cand = torch.from_numpy(self._ann.search(xb.numpy()))  # type: ignore[union-attr]  # (B, k)
+        ok = cand >= 0
+        cos = torch.einsum("bd,bkd->bk", xb, self._kept[cand.clamp(min=0)])  # exact cosine of each candidate
+        hit = ok & (cos >= self.threshold)
+        # the earliest kept row among the verified hits, as the exact path reports
+        first = torch.where(hit, cand, torch.full_like(cand, torch.iinfo(torch.int64).max)).argmin(1)
+        idx = torch.where(hit.any(1), cand.gather(1, first[:, None])[:, 0], -1)
+        sim = cos.gather(1, first[:, None])[:, 0]
+        return idx.numpy(), sim.numpy().astype(np.float32)
 
     def _refit_basis(self, x: torch.Tensor) -> None:
         """Top-r uncentered principal directions of (kept ∪ candidates); refit when the data doubled."""
@@ -243,6 +296,9 @@ class QuestionIndex:
 
     threshold: float
     embed: object | None = None
+    index: str = "auto"
+    """Semantic search: 'exact', 'approx' or 'auto' (see :class:`SemanticIndex`)."""
+    approx_above: int = APPROX_ABOVE
     texts: list[str] = field(default_factory=list)
     _keys: dict[str, int] = field(default_factory=dict)
     _semantic: SemanticIndex | None = None
@@ -289,7 +345,8 @@ class QuestionIndex:
 
     def _index_for(self, emb: np.ndarray) -> SemanticIndex:
         if self._semantic is None:
-            self._semantic = SemanticIndex(self.threshold, emb.shape[1])
+            self._semantic = SemanticIndex(self.threshold, emb.shape[1], index=self.index,
+                                           approx_above=self.approx_above)
         return self._semantic
 
     def _exact_only(self, keys: list[str], group, cap) -> list[tuple[str, int | None, float | None]]:

@@ -164,7 +164,8 @@ def _question_index(cfg: DecompressConfig):
     if cfg.dedup_threshold >= 1.0:
         return QuestionIndex(cfg.dedup_threshold)
     try:
-        return QuestionIndex(cfg.dedup_threshold, load_embedder(cfg.embedder))
+        return QuestionIndex(cfg.dedup_threshold, load_embedder(cfg.embedder), index=cfg.dedup_index,
+                             approx_above=cfg.dedup_approx_above)
     except OSError as e:
         raise RetainError(f"--embedder {cfg.embedder}: cannot load ({str(e).splitlines()[0]}); use 'minilm' or a local encoder folder") from None
 
