@@ -58,3 +58,17 @@ def test_collator_pads_right_and_carries_sample_types(tok):
     assert b["sample_type"].tolist() == [0, 1] and b["sample_type"].dtype == torch.long
     assert b["attention_mask"][0].sum() == n0 and (b["labels"][0, n0:] == IGNORE_INDEX).all()
     assert (b["input_ids"][0, n0:] == tok.pad_token_id).all()
+
+
+def test_plain_text_is_labelled_on_every_token_and_ends_with_eos(tok):
+    from retain.data.collate import encode_text
+
+    f = encode_text(tok, "The sky is blue.", max_length=64)
+    assert f["labels"] == f["input_ids"] and f["input_ids"][-1] == tok.eos_token_id
+    assert tok.decode(f["input_ids"], skip_special_tokens=True) == "The sky is blue."
+    assert len(encode_text(tok, "word " * 200, max_length=16)["input_ids"]) == 16
+    feats, dropped = encode_examples(tok, [{"text": "Hello there.", "sample_type": 1},
+                                           {"messages": [{"role": "user", "content": "hi"},
+                                                         {"role": "assistant", "content": "yo"}]}], 64)
+    assert dropped == 0 and feats[0]["sample_type"] == 1 and feats[0]["labels"] == feats[0]["input_ids"]
+    assert feats[1]["labels"][0] == -100  # chat: only the assistant reply is labelled

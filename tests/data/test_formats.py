@@ -100,3 +100,20 @@ def test_builtin_names_resolve_to_the_train_split():
     assert [m["role"] for m in ex[0]["messages"]][-1] == "assistant"
     with pytest.raises(RetainError):
         load_examples("builtin:no_such_domain")
+
+
+def test_plain_text_records_for_continued_pretraining(tmp_path):
+    """{"text": ...} (TG-PT's pt.jsonl): auto-detected, sample types kept, empty text refused by line."""
+    from retain.data.formats import load_examples
+
+    p = tmp_path / "pt.jsonl"
+    p.write_text('{"text": "What is a star?\\nA ball of plasma.", "sample_type": "world"}\n{"text": "Second."}\n')
+    ex = load_examples(str(p))
+    assert ex == [{"text": "What is a star?\nA ball of plasma.", "sample_type": 1}, {"text": "Second.", "sample_type": -1}]
+    assert load_examples(str(p), sample_type="world")[1]["sample_type"] == 1
+    p.write_text('{"text": "ok"}\n{"text": "  "}\n')
+    with pytest.raises(RetainError, match=r"pt.jsonl:2: 'text' is empty"):
+        load_examples(str(p))
+    p.write_text('{"text": "ok"}\n{"messages": []}\n')
+    with pytest.raises(RetainError, match=r"pt.jsonl:2: .*'text'"):
+        load_examples(str(p))

@@ -97,3 +97,26 @@ def test_gradient_checkpointing_gives_the_same_step(make_recipe, tmp_path, metho
 def test_bf16_autocast_trains(make_recipe):
     res = train(recipe_from_dict(make_recipe(method="lora", train={"max_steps": 2, "bf16_autocast": True})))
     assert res.steps == 2 and 0 < res.final_loss < 20
+
+
+def test_plain_text_trains_mixed_with_chat_and_its_loss_covers_every_token(make_recipe, tmp_path):
+    """TG-PT: a {"text"} file (format auto-detected) mixes with chat data as the world type."""
+    pt = tmp_path / "pt.jsonl"
+    pt.write_text("".join(json.dumps({"text": f"Fact {i}: the sky is blue and grass is green."}) + "\n" for i in range(8)))
+    task = make_recipe()["datasets"][0]
+    recipe = recipe_from_dict(make_recipe(method="full", datasets=[task, {"path": str(pt), "weight": 1, "type": "world"}],
+                                          train={"max_steps": 3}))
+    res = train(recipe)
+    assert sorted(res.counts.values()) == [8, 16] and any(k.endswith("pt.jsonl") and v == 8 for k, v in res.counts.items())
+    rows = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and all(r["lm_loss"] > 0 for r in rows)
+    # every text token is labelled: the text-only run trains on more tokens per example than its chat prompt would
+    only = recipe_from_dict(make_recipe(method="full", datasets=[{"path": str(pt), "format": "text"}],
+                                        train={"max_steps": 1, "output_dir": str(tmp_path / "run2"), "batch_size": 8}))
+    train(only)
+    row = json.loads((tmp_path / "run2" / "train_log.jsonl").read_text().splitlines()[0])
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(make_recipe()["model"]["name"])
+    per_doc = len(tok("Fact 0: the sky is blue and grass is green.", add_special_tokens=True)["input_ids"]) + 1
+    assert row["tokens"] >= 8 * (per_doc - 1)  # every token but the first of each document has a label

@@ -76,15 +76,26 @@ def encode_chat(tokenizer: Any, messages: list[dict], max_length: int) -> dict[s
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
+def encode_text(tokenizer: Any, text: str, max_length: int) -> dict[str, list[int]]:
+    """Plain text for continued pre-training: the tokenizer's own special tokens (BOS where it has one),
+    the text, then EOS to end the document; labels = ids (loss on every token), truncated to ``max_length``."""
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None and (not ids or ids[-1] != tokenizer.eos_token_id):
+        ids.append(tokenizer.eos_token_id)
+    ids = ids[:max_length]
+    return {"input_ids": ids, "labels": list(ids)}
+
+
 def encode_examples(
     tokenizer: Any, examples: Sequence[dict], max_length: int
 ) -> tuple[list[dict[str, Any]], int]:
-    """Encode every example; returns (features, number dropped for having no assistant token left)."""
+    """Encode every example (chat: loss on assistant tokens; ``{"text"}``: on every token); returns
+    (features, number dropped for having no labelled token left after position 0)."""
     if max_length < 2:
         raise RetainError(f"train.max_length={max_length}: must be >= 2")
     feats, dropped = [], 0
     for ex in examples:
-        f = encode_chat(tokenizer, ex["messages"], max_length)
+        f = encode_text(tokenizer, ex["text"], max_length) if "text" in ex else encode_chat(tokenizer, ex["messages"], max_length)
         if all(label == IGNORE_INDEX for label in f["labels"][1:]):  # position 0 is never predicted
             dropped += 1
             continue

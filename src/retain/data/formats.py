@@ -1,7 +1,8 @@
 """Load user training data in the common chat-SFT formats into one shape.
 
 Every loader returns ``[{"messages": [{"role", "content"}, ...], "sample_type": int}, ...]``
-(roles ``system`` | ``user`` | ``assistant``), the shape the collator and the trainer consume.
+(roles ``system`` | ``user`` | ``assistant``), the shape the collator and the trainer consume, or for
+plain text ``[{"text": str, "sample_type": int}, ...]`` (loss on every token).
 
 Formats (one JSON object per line in ``.jsonl``; a JSON list of objects in ``.json``):
 
@@ -14,6 +15,9 @@ Formats (one JSON object per line in ``.jsonl``; a JSON list of objects in ``.js
   ``instruction`` followed by a blank line and ``input`` when there is one.
 - ``prompt_completion`` — ``{"prompt": "...", "completion": "..."}``; either side may also be a list of
   messages (TRL's conversational prompt/completion).
+- ``text`` — plain text for continued pre-training, ``{"text": "..."}`` (TRL's "language modeling"
+  format; the TG-PT export ``pt.jsonl``): no chat template, the loss is on every token
+  (:func:`retain.data.collate.encode_text`). It mixes with chat data in one recipe.
 
 Design:
 
@@ -53,9 +57,9 @@ from retain.data.types import UNKNOWN, WORLD, TASK, parse_sample_type
 from retain.errors import RetainError
 from retain.utils.io import iter_jsonl_lines, read_text
 
-Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"]
+Format = Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"]
 IMAGE_PLACEHOLDER = "<image>"
-FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion")
+FORMATS = ("messages", "sharegpt", "alpaca", "prompt_completion", "text")
 BUILTIN_PREFIX = "builtin:"
 
 _ROLES = ("system", "user", "assistant")
@@ -77,6 +81,8 @@ def detect_format(record: dict) -> str | None:
         return "alpaca"
     if "prompt" in record and "completion" in record:
         return "prompt_completion"
+    if "text" in record:
+        return "text"
     return None
 
 
@@ -108,14 +114,20 @@ def load_examples(
             if fmt is None:
                 raise RetainError(
                     f"{where}: cannot tell the format from keys {sorted(record)}; expected 'messages', "
-                    "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca) or 'prompt'+'completion'"
+                    "'conversations' (ShareGPT), 'instruction'+'output' (Alpaca), 'prompt'+'completion' or 'text'"
                 )
         missing = [k for k in _REQUIRED[fmt] if k not in record]
         if missing:
             raise RetainError(f"{where}: record lacks {missing} for format '{fmt}' (all records must share one format)")
+        st = forced if forced is not None else _coerce_type(record.get("sample_type"), where)
+        if fmt == "text":
+            text = _text(record["text"], where, "text")
+            if not text.strip():
+                raise RetainError(f"{where}: 'text' is empty; remove the record or fill it in")
+            out.append({"text": text, "sample_type": st})
+            continue
         messages = _CONVERTERS[fmt](record, where)
         validate_messages(messages, where)
-        st = forced if forced is not None else _coerce_type(record.get("sample_type"), where)
         example = {"messages": messages, "sample_type": st}
         images = _record_images(record, where)
         if images or image_folder is not None:
@@ -324,7 +336,7 @@ _CONVERTERS = {
     "prompt_completion": _from_prompt_completion,
 }
 _REQUIRED = {"messages": ("messages",), "sharegpt": ("conversations",), "alpaca": ("instruction", "output"),
-             "prompt_completion": ("prompt", "completion")}
+             "prompt_completion": ("prompt", "completion"), "text": ("text",)}
 
 
 def validate_messages(messages: list[dict], where: str) -> None:

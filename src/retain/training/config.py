@@ -42,8 +42,8 @@ class DatasetSpec:
 
     path: str
     """A .jsonl / .json file, or 'builtin:<name>' (e.g. builtin:skills or builtin:medmcqa, the train split of an offline set)."""
-    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion"] = "auto"
-    """Record format; 'auto' detects it from the first record's keys."""
+    format: Literal["auto", "messages", "sharegpt", "alpaca", "prompt_completion", "text"] = "auto"
+    """Record format; 'auto' detects it from the first record's keys. 'text' ({"text": ...}, e.g. TG-PT's pt.jsonl): loss on every token."""
     weight: Optional[float] = None
     """Share of the final mixture (normalised over datasets). Leave out everywhere to use each example once."""
     type: Optional[Literal["world", "task"]] = None
