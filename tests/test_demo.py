@@ -113,3 +113,14 @@ def test_demo_trains_on_the_sweeps_examples_and_never_on_its_dev_split(tmp_path)
         assert spec.limit == len(items) - prof.dev_items
         trained = {e["messages"][0]["content"] for e in load_examples(spec.path, limit=spec.limit)}
         assert len(trained) == spec.limit and not trained & dev
+
+
+def test_kl_anchored_methods_carry_the_profile_lambda_and_others_do_not(tmp_path):
+    from pathlib import Path
+
+    from retain.demo import METHODS, PROFILES, build_recipe
+
+    prof, cfg = PROFILES["smoke"], DemoConfig(out=str(tmp_path), domain="sst2")
+    lam = {n: build_recipe(cfg, prof, n, Path("tg.jsonl"), tmp_path).train.kl_anchor for n in METHODS}
+    assert lam["full_kl"] == lam["lora_kl"] == prof.kl_anchor > 0
+    assert all(v == 0.0 for n, v in lam.items() if n not in ("full_kl", "lora_kl"))

@@ -114,6 +114,10 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     report_to: list[str] = field(default_factory=list)
     """Logging integrations of the HF Trainer (tensorboard, wandb, ...); empty = train_log.jsonl only."""
+    kl_anchor: float = 0.0
+    """λ of KL-anchored fine-tuning: adds λ · KL(base ‖ model) per training token to the loss (0 = off).
+    Base logits: adapters disabled (lora, loramoe) or a frozen copy of the base (full: one more model in
+    memory). Logged as kl_loss (nats/token). See retain.training.anchor."""
 
 
 @dataclass
@@ -162,6 +166,8 @@ class Recipe:
             raise RetainError(f"train.epochs={t.epochs}: must be > 0")
         if t.save_every < 0:
             raise RetainError(f"train.save_every={t.save_every}: must be >= 0")
+        if t.kl_anchor < 0:
+            raise RetainError(f"train.kl_anchor={t.kl_anchor}: must be >= 0 (0 turns the anchor off)")
         if not self.optim.lr > 0:
             raise RetainError(f"optim.lr={self.optim.lr}: must be > 0")
         if not 0 <= self.optim.warmup_ratio < 1:

@@ -128,6 +128,38 @@ class RetainTrainer(LoRAMoETrainer):
         self.recipe = recipe
         super().__init__(*args, compute_loss_func=token_loss, **kwargs)
         self._loss_shifts_labels = True  # token_loss predicts labels[:, 1:]: count those for num_items_in_batch
+        self.anchor = None
+        self._kl = None  # running sum of the logged KL since the last log row
+        if recipe.train.kl_anchor > 0:
+            from retain.training.anchor import KLAnchor
+
+            self.anchor = KLAnchor(self.accelerator.unwrap_model(self.model), recipe.method, recipe.train.kl_anchor)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """LM loss (+ LBC, from the parent) + λ · KL(base ‖ model) on the labelled tokens when anchored."""
+        if self.anchor is None or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        from retain.training.anchor import kl_sum
+
+        labels = inputs["labels"]
+        base_logits = self.anchor.base_logits(self.accelerator.unwrap_model(model), inputs)
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        n = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE_INDEX).sum()
+        kl = kl_sum(outputs.logits, base_logits, labels) / n
+        # Scaled like the LM loss (see LoRAMoETrainerMixin.compute_loss): per token of the whole step.
+        steps = getattr(self, "current_gradient_accumulation_steps", self.args.gradient_accumulation_steps)
+        part = kl.detach().float() / (1 if self._loss_is_scaled(num_items_in_batch) else steps)
+        self._kl = part if self._kl is None else self._kl + part
+        loss = loss + self.anchor.weight * kl
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs and self._kl is not None:  # collective on every rank, as the parent's reduce
+            steps = max(1, self.state.global_step - (self._parts_from_step or 0))
+            logs["kl_loss"] = self.accelerator.reduce(self._kl, reduction="mean").item() / steps
+            self._kl = None
+        super().log(logs, start_time)
 
     def _get_train_sampler(self, train_dataset=None):
         # StreamDataset is already in training order (seeded per epoch); accelerate shards its batches.
@@ -197,6 +229,7 @@ class RunLogCallback(TrainerCallback):
         lbc = logs.get("lbc_loss")
         self.session_tokens = state.num_input_tokens_seen - (self._tokens_at_start or 0)
         row = {"step": state.global_step, "loss": lm + (lbc or 0.0), "lm_loss": lm, "lbc_loss": lbc,
+               **({"kl_loss": logs["kl_loss"]} if "kl_loss" in logs else {}),
                "lr": logs.get("learning_rate"), "grad_norm": logs.get("grad_norm"),
                "tokens": int(state.num_input_tokens_seen), "elapsed": round(self.elapsed, 3)}
         self.rows = (self.rows + [row])[-10:]

@@ -15,6 +15,7 @@ from retain.adapters.loramoe.layer import LoRAMoELinear
 from retain.adapters.loramoe.model import (
     LoRAMoEState,
     adapter_state_dict,
+    adapters_disabled,
     inject_loramoe,
     last_router_mass,
     lbc_loss,
@@ -25,6 +26,6 @@ from retain.adapters.loramoe.model import (
 )
 
 __all__ = [
-    "LoRAMoELinear", "LoRAMoEState", "adapter_state_dict", "inject_loramoe", "last_router_mass", "lbc_loss",
+    "LoRAMoELinear", "LoRAMoEState", "adapter_state_dict", "adapters_disabled", "inject_loramoe", "last_router_mass", "lbc_loss",
     "load_adapter_state_dict", "loramoe_config", "loramoe_layers", "sample_types",
 ]

@@ -71,6 +71,8 @@ class LoRAMoELinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_layer(x)
+        if self.state is not None and self.state.disabled:
+            return y
         g = self.gates(x)  # (..., E) fp32
         if self.state is not None and self.state.recording:
             self.state.record(self, g)

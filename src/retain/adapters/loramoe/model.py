@@ -41,6 +41,7 @@ class LoRAMoEState:
     def __init__(self, config: LoRAMoEConfig):
         self.config = config
         self.recording = False
+        self.disabled = False  # :func:`adapters_disabled`: every layer returns its base layer's output
         self.types: torch.Tensor | None = None  # (B,) long
         self.mask: torch.Tensor | None = None  # (B, T) from the latest forward's kwargs
         # (layer name, g (B, T, E) fp32, attention mask (B, T) or None) of the latest forward
@@ -149,6 +150,22 @@ def sample_types(model: nn.Module, types: torch.Tensor | Sequence[int] | None) -
     finally:
         handle.remove()
         state.recording, state.mask = False, None
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: nn.Module) -> Iterator[None]:
+    """Inside this block every LoRAMoE layer returns its frozen base layer's output (no router, no
+    record): the model is exactly the base model, as PEFT's ``disable_adapter()`` for LoRA."""
+    state = _state(model)
+    if state is None:
+        yield
+        return
+    before = state.disabled
+    state.disabled = True
+    try:
+        yield
+    finally:
+        state.disabled = before
 
 
 def lbc_loss(model: nn.Module) -> torch.Tensor | None:
