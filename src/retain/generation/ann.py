@@ -41,7 +41,7 @@ class KeptAnn:
     [16, 8192] and to ``m / 39`` (faiss wants >= 39 training points per cell).
     """
 
-    def __init__(self, sample: np.ndarray, expected: int, dim: int = 64, nlist: int = 0, nprobe: int = 32,
+    def __init__(self, sample: np.ndarray, expected: int, dim: int = 64, nlist: int = 0, nprobe: int = 64,
                  k: int = 8, threads: int = 0):
         import faiss
 

@@ -16,6 +16,12 @@
   ``>= threshold - margin``; ``margin`` (0.02) exceeds the bf16 rounding error of a dot product of unit
   vectors (< 2^-8 + 2^-9 ≈ 0.006), so no pair at or above the threshold is ever pruned: the result equals
   brute force. Small inputs skip the pruning (plain fp32 products).
+- Approximate path (``index='approx'``, or ``'auto'`` from ``approx_above`` rows on, with faiss installed):
+  the kept rows also go into an IVF index (:mod:`retain.generation.ann`) and each candidate is compared in
+  fp32 with only the k kept rows the index proposes, not with every kept row; within a block the check
+  stays exact. A drop still needs a verified cosine >= threshold, so nothing is dropped wrongly; a
+  duplicate whose kept twin the index does not propose is kept (recall < 100 %, measured in
+  ``benchmarks/bench_dedup.py``).
 - Embeddings: all-MiniLM-L6-v2 through transformers ``AutoModel`` + attention-masked mean pooling + L2
   normalization, which is exactly the sentence-transformers pipeline of that model (its ``modules.json``:
   Transformer -> Pooling(mean) -> Normalize). sentence-transformers itself is not a dependency of retain.
@@ -203,7 +209,7 @@ class SemanticIndex:
         from retain.generation.ann import KeptAnn
 
         gen = torch.Generator().manual_seed(0)
-        sample = torch.cat([t[torch.randperm(t.shape[0], generator=gen)[:100_000]] for t in (self.kept, x)])
+        sample = torch.cat([t[torch.randperm(t.shape[0], generator=gen)[:200_000]] for t in (self.kept, x)])
         self._ann = KeptAnn(sample.numpy(), expected=self.size + x.shape[0], **self.ann_options)
         for s in range(0, self.size, 65536):
             self._ann.add(self._kept[s : min(s + 65536, self.size)].numpy())
