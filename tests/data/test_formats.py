@@ -71,7 +71,7 @@ def test_limit_keeps_first_records(tmp_path):
         (['{"messages": [{"role": "user", "content": "q"}]}'], 1, "no assistant turn"),
         (['{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}'], 1, "robot"),
         (['{"conversations": [{"from": "alien", "value": "q"}]}'], 1, "alien"),
-        (['{"text": "plain"}'], 1, "cannot tell the format"),
+        (['{"body": "plain"}'], 1, "cannot tell the format"),
         (['{"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]}'], 1, "string"),
         (['{"prompt": "a", "completion": "b", "sample_type": "wrld"}'], 1, "wrld"),
     ],
