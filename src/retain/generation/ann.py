@@ -7,7 +7,10 @@
   ``nprobe`` nearest cells and returns its ``k`` best rows by projected inner product. These are
   *candidates*: the caller verifies each in fp32 on the full vectors, so a drop always rests on a real
   cosine >= threshold (no false drops). What the index can miss is a kept duplicate that fell in a cell
-  it did not probe; that costs recall only (a duplicate kept), never a wrong drop.
+  it did not probe; that costs recall only (a duplicate kept), never a wrong drop. Measured at 1M
+  questions with 50,000 planted near-duplicates (``benchmarks/bench_dedup.py --n 1000000 --threads 1
+  --fit 64,32``): 99.82 % found, 0 false drops, 347 CPU s on one thread, where the exact pass is
+  extrapolated to ~20,000.
 - Why faiss-cpu (over usearch and hnswlib): an IVF add is one nearest-centroid lookup, so the index
   grows with the kept set at little cost, where an HNSW graph insert is a search of its own (in our
   trial at 100k, faiss's HNSW build took longer than the whole IVF pass and found 91 % of the planted
