@@ -106,6 +106,7 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     (["--tuned", "[/no/such/folder]"], "no such folder"),
     (["--probes", "{nope: 3}"], "unknown probe 'nope'"),
     (["--domain", "gsm8k"], "choose one of skills, .*medmcqa, medqa.*or none"),
+    (["--device", "gpu9"], r"--device gpu9: .*use auto, cpu, cuda or cuda:N"),
 ])
 def test_bad_input_fails_cleanly_and_writes_nothing(tiny_llama_path, tmp_path, capsys, args, match):
     import re
@@ -118,3 +119,13 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tiny_llama_path, tmp_path, c
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1 and re.search(match, err), err
     assert not out.exists()
+
+
+def test_device_defaults_to_auto_like_every_other_command(tiny_llama_path):
+    from retain.evaluation.config import EvalConfig
+    from retain.evaluation.suite import load_model
+
+    assert EvalConfig(base=tiny_llama_path).device == "auto"
+    model, _ = load_model(tiny_llama_path, device="auto")
+    want = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    assert next(model.parameters()).device.type == want

@@ -105,8 +105,8 @@ class EvalConfig:
     """Folder of local lm-eval task YAMLs (offline: built-in tasks need their data already cached)."""
     lm_eval_limit: int | None = None
     """Items per lm-eval task (None = all)."""
-    device: str = "cpu"
-    """Torch device, e.g. cpu or cuda."""
+    device: str = "auto"
+    """'auto' (cuda when available, else cpu, as every other command), 'cpu', 'cuda', 'cuda:N'."""
     seed: int = 0
     """Seed of the item samples."""
     allow_pickle: bool = False

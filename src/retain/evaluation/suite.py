@@ -250,7 +250,11 @@ def margin_change(items: dict[str, dict[str, list]], ref: "BaseReference | None"
 def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
                allow_pickle: bool = False):
     """(model, tokenizer) for a base model name / hub id, or any folder ``load_finetuned`` understands
-    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE). Safetensors only unless ``allow_pickle``."""
+    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE). Safetensors only unless ``allow_pickle``.
+    ``device``: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N' (the backends' device rule)."""
+    from retain.generation.backends.hf_backend import resolve_device
+
+    target = resolve_device(device, key="--device")  # a bad device fails before any weight loads
     p = Path(path_or_name).expanduser()
     if p.is_dir():
         from retain.adapters.methods import load_finetuned
@@ -266,5 +270,5 @@ def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = t
         model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=None if allow_pickle else True)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
-    return model.to(device).eval(), tok
+    return model.to(target).eval(), tok
 

@@ -50,14 +50,15 @@ _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torc
 _MARKER = "RETAIN_EOT_PROBE"
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+def resolve_device(device: str, key: str = "--backend.device") -> torch.device:
+    """The one device rule: 'auto' -> cuda when available, else cpu; anything else is passed to
+    ``torch.device``. ``key`` names the option in the error."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         return torch.device(device)
     except RuntimeError as e:
-        raise RetainError(f"--backend.device {device}: {e}; use auto, cpu, cuda or cuda:N") from None
+        raise RetainError(f"{key} {device}: {e}; use auto, cpu, cuda or cuda:N") from None
 
 
 def load_model(cfg: BackendConfig) -> tuple[Any, Any]:
