@@ -38,17 +38,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 GRID = {"full": [3e-5, 1e-4, 3e-4], "lora": [3e-4, 1e-3, 3e-3], "loramoe": [3e-4, 1e-3, 3e-3]}
 
 
-def dev_items(domain: str, n_dev: int) -> list[dict]:
-    """The dev split: last ``n_dev`` items of the seeded (seed 0) shuffle of the train split."""
-    import random
-
-    from retain.data.olmo_eval import domain_split
-
-    items = domain_split(domain, "train")
-    random.Random(0).shuffle(items)  # the same shuffle as domain_sft_examples(seed=0)
-    return items[-n_dev:]
-
-
 def per_task(items: list[dict], results: list[dict]) -> dict[str, float]:
     by: dict[str, list[bool]] = collections.defaultdict(list)
     for it, r in zip(items, results):
@@ -75,7 +64,7 @@ def main() -> None:
     from retain.evaluation.suite import label_balance, load_model
     from retain.evaluation.report import COLLAPSE_SHARE
     from retain.data.formats import load_examples
-    from retain.data.olmo_eval import domain_split, format_mc_prompt
+    from retain.data.olmo_eval import dev_split, domain_split, format_mc_prompt
     from retain.training.run import train
     from retain.training.trainer import read_log
     from retain.utils.io import write_json_atomic
@@ -93,11 +82,10 @@ def main() -> None:
         prof.steps = args.steps
     if args.dev is None:
         args.dev = prof.dev_items
-    if args.dev != prof.dev_items:  # build_recipe keeps the profile's dev tail out; keep this one out too
-        prof.dev_items = args.dev
+    prof.dev_items = args.dev  # build_recipe keeps this dev tail out of the training data
     cfg = DemoConfig(out=str(out), domain=args.domain)
     base, tok = load_model("smollm2")
-    dev = Probe(f"dev:{args.domain}", "letter", dev_items(args.domain, args.dev))
+    dev = Probe(f"dev:{args.domain}", "letter", dev_split(args.domain, args.dev))
     dev_prompts = {format_mc_prompt(it) for it in dev.items}  # label items included (SST-2)
     n_train = len(domain_split(args.domain, "train"))
 

@@ -57,6 +57,11 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
         assert again_summary["stages"][k] == summary["stages"][k] and k in again_summary["stages_done_earlier"]
     assert again_summary["total_seconds"] >= sum(summary["stages"][k] for k in again_summary["stages_done_earlier"])
     assert "done by an earlier invocation" in (out / "report.md").read_text()
+    # Without the earlier record (demo.json lost), a skipped stage counts this invocation's seconds.
+    (out / "demo.json").unlink()
+    assert run_demo(cfg) == 0
+    lost = json.loads((out / "demo.json").read_text())
+    assert lost["stages"]["train full"] < 60 and "train full" not in lost["stages_done_earlier"]
     # A finished training whose evaluation was lost is reused, not trained again, and scores the same.
     log_before = (out / "full" / "train_log.jsonl").read_text()
     (out / "full" / "demo_result.json").unlink()
@@ -88,26 +93,25 @@ def test_demo_bad_input(tmp_path):
     with pytest.raises(RetainError, match="--profile"):
         DemoConfig(out=str(tmp_path), profile="huge").resolved_profile()  # type: ignore[arg-type]
     with pytest.raises(RetainError, match="--tg_corpus"):
-        from retain.demo import PROFILES, make_tg_corpus
+        from retain.demo import check_tg_corpus
 
-        make_tg_corpus(DemoConfig(tg_corpus=str(tmp_path / "missing.jsonl")), PROFILES["smoke"], tmp_path, None, None)
+        check_tg_corpus(str(tmp_path / "missing.jsonl"))
 
 
 def test_demo_trains_on_the_sweeps_examples_and_never_on_its_dev_split(tmp_path):
     """The default profile's domain training set is the train side minus the dev tail on which
     benchmarks/sweep_lr.py chose the learning rates: no dev prompt is ever in a demo recipe's data."""
-    import random
     from pathlib import Path
 
     from retain.data.formats import load_examples
-    from retain.data.olmo_eval import domain_split, format_mc_prompt
+    from retain.data.olmo_eval import dev_split, domain_split, format_mc_prompt
     from retain.demo import PROFILES, build_recipe
 
     prof = PROFILES["default"]
     cfg = DemoConfig(out=str(tmp_path), domain="sst2")
     items = domain_split("sst2", "train")
-    random.Random(0).shuffle(items)  # the sweep's dev split: the tail of this shuffle
-    dev = {format_mc_prompt(it) for it in items[-prof.dev_items:]}
+    dev = {format_mc_prompt(it) for it in dev_split("sst2", prof.dev_items)}  # the sweep's dev split
+    assert len(dev) == prof.dev_items
     for name in ("full", "lora", "full_tg", "loramoe_tg"):
         spec = build_recipe(cfg, prof, name, Path("tg.jsonl"), tmp_path).datasets[0]
         assert spec.limit == len(items) - prof.dev_items

@@ -170,13 +170,22 @@ def _console():
     return Console(stderr=True)
 
 
+def check_tg_corpus(path: str) -> Path:
+    """A given ``--tg_corpus``: it exists and every record is a valid chat example (``file:line``
+    errors). Run before any model loads."""
+    from retain.data.formats import load_examples
+
+    if not Path(path).is_file():
+        raise RetainError(f"--tg_corpus {path}: file not found; run `retain decompress DIR` first or drop the flag")
+    load_examples(path, format="messages")
+    return Path(path)
+
+
 def make_tg_corpus(cfg: DemoConfig, prof: DemoProfile, out: Path, model, tok) -> Path:
-    """Stage 1: TG self-decompression with the in-memory base model → ``out/tg/sft.jsonl``."""
+    """Stage 1: TG self-decompression with the in-memory base model → ``out/tg/sft.jsonl``; a given
+    ``--tg_corpus`` (checked by :func:`check_tg_corpus` when the run starts) is used as it is."""
     if cfg.tg_corpus:
-        path = Path(cfg.tg_corpus)
-        if not path.exists():
-            raise RetainError(f"--tg_corpus {path}: file not found; run `retain decompress DIR` first or drop the flag")
-        return path
+        return Path(cfg.tg_corpus)
     from retain.generation.backends.hf_backend import HFBackend
     from retain.generation.config import DecompressConfig
     from retain.generation.run import decompress
@@ -250,13 +259,8 @@ def run_demo(cfg: DemoConfig) -> int:
 
     prof = cfg.resolved_profile()
     methods = cfg.resolved_methods()
-    if cfg.tg_corpus:  # checked (exists, readable, every record valid) before any model is loaded
-        from retain.data.formats import load_examples
-
-        if not Path(cfg.tg_corpus).is_file():
-            raise RetainError(f"--tg_corpus {cfg.tg_corpus}: file not found; run `retain decompress DIR` first "
-                              "or drop the flag")
-        load_examples(cfg.tg_corpus, format="messages")
+    if cfg.tg_corpus:
+        check_tg_corpus(cfg.tg_corpus)
     out = Path(cfg.out)
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
@@ -311,8 +315,9 @@ def run_demo(cfg: DemoConfig) -> int:
         if result_file.exists():
             rows.append(read_json(result_file))
             con.print(f"{name}: done earlier ({result_file})")
-            stage(f"train {name}", 0.0, done_earlier=True)
-            stage(f"evaluate {name}", 0.0, done_earlier=True)
+            now = time.perf_counter()  # no recorded time (demo.json lost): this invocation's ~0 s
+            stage(f"train {name}", now, done_earlier=True)
+            stage(f"evaluate {name}", now, done_earlier=True)
             continue
         con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)

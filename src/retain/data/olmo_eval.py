@@ -401,6 +401,20 @@ def format_mc_answer(item: dict) -> str:
     return text + (f"\nExplanation: {exp}" if exp else "")
 
 
+def shuffled_split(name: str, split: Literal["train", "heldout"] = "train", seed: int = 0) -> list[dict]:
+    """Items of a domain split in the seeded order :func:`domain_sft_examples` takes them in."""
+    items = domain_split(name, split)
+    random.Random(seed).shuffle(items)
+    return items
+
+
+def dev_split(name: str, n_dev: int) -> list[dict]:
+    """The dev split of a domain: the last ``n_dev`` train items of the seed-0 order. The learning-rate
+    sweep (``benchmarks/sweep_lr.py``) scores it; the demo's training data stops before it
+    (``DemoProfile.dev_items``)."""
+    return shuffled_split(name, "train", 0)[-n_dev:]
+
+
 def domain_sft_examples(name: str, split: Literal["train", "heldout"] = "train", n: int | None = None,
                         seed: int = 0) -> list[dict]:
     """Chat examples ``{"messages": [user, assistant]}`` from a domain split.
@@ -408,8 +422,7 @@ def domain_sft_examples(name: str, split: Literal["train", "heldout"] = "train",
     Order is a seeded shuffle of the split (so ``n`` takes a random, reproducible subset); the
     split itself always uses seed 0 so the held-out side never changes with the training seed.
     """
-    items = domain_split(name, split)
-    random.Random(seed).shuffle(items)
+    items = shuffled_split(name, split, seed)
     if n is not None:
         items = items[:n]
     out = []

@@ -195,7 +195,7 @@ def verdicts(rows: Iterable[Row | dict]) -> list[str]:
     return out
 
 
-def probe_table(rows: Iterable[Row | dict], first: str = "method") -> str:
+def probe_table(rows: Iterable[Row | dict]) -> str:
     """Per probe: accuracy % and (kept/known)."""
     rows = as_rows(rows)
     names = list(dict.fromkeys(n for r in rows for n in r.probes))
@@ -212,7 +212,7 @@ def probe_table(rows: Iterable[Row | dict], first: str = "method") -> str:
                 c += f" ({p.get('retained')}/{p.get('known')})"
             line.append(c)
         cells.append(line)
-    return md_table([first] + [f"{n} % (kept/known)" for n in names], cells).rstrip("\n")
+    return md_table(["method"] + [f"{n} % (kept/known)" for n in names], cells).rstrip("\n")
 
 
 def demo_markdown(summary: dict[str, Any]) -> str:
