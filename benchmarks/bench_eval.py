@@ -36,9 +36,10 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from retain.evaluation.config import EvalSuite
-    from retain.evaluation.suite import BaseReference, evaluate, load_model
+    from retain.evaluation.suite import BaseReference, evaluate
+    from retain.models import load_model
 
-    model, tok = load_model("smollm2")
+    model, tok = load_model("smollm2", device="cpu")
     suite = EvalSuite.profile(args.profile)
     tput_before = ref_throughput(model)
     c, t = time.process_time(), time.perf_counter()

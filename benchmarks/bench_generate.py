@@ -44,7 +44,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from retain.generation.backends import BackendConfig, Completion, SamplingParams  # noqa: E402
-from retain.generation.backends.hf_backend import HFBackend, load_model  # noqa: E402
+from retain.generation.backends.hf_backend import HFBackend  # noqa: E402
+from retain.models import load_model  # noqa: E402
 
 
 class SerialGenerate:
@@ -134,7 +135,7 @@ def main() -> None:
     from retain.utils.io import iter_jsonl
 
     cfg = BackendConfig(model=args.model, batch_size=args.batch_size, device=args.device, progress=False)
-    model, tok = load_model(cfg)
+    model, tok = load_model(cfg.model, device=cfg.device, dtype=cfg.dtype)
     shared = HFBackend(cfg, model=model, tokenizer=tok)
     batched = HFBackend(dataclasses.replace(cfg, prefix_sharing=False), model=model, tokenizer=tok)
     serial = SerialGenerate(model, tok, batched.stop_ids, batched.name)

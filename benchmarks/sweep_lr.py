@@ -61,7 +61,8 @@ def main() -> None:
     from retain.demo import PROFILES, DemoConfig, build_recipe
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
-    from retain.evaluation.suite import label_balance, load_model
+    from retain.evaluation.suite import label_balance
+    from retain.models import load_model
     from retain.evaluation.report import COLLAPSE_SHARE
     from retain.data.formats import load_examples
     from retain.data.olmo_eval import dev_split, domain_split, format_mc_prompt
@@ -84,7 +85,7 @@ def main() -> None:
         args.dev = prof.dev_items
     prof.dev_items = args.dev  # build_recipe keeps this dev tail out of the training data
     cfg = DemoConfig(out=str(out), domain=args.domain)
-    base, tok = load_model("smollm2")
+    base, tok = load_model("smollm2", device="cpu")
     dev = Probe(f"dev:{args.domain}", "letter", dev_split(args.domain, args.dev))
     dev_prompts = {format_mc_prompt(it) for it in dev.items}  # label items included (SST-2)
     n_train = len(domain_split(args.domain, "train"))

@@ -80,6 +80,10 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
     shutil.copytree(tiny_llama_path, pickle)
     (pickle / "model.safetensors").unlink()
     (pickle / "pytorch_model.bin").write_bytes(b"not really a pickle")
+    unknown = d / "unknown_arch"  # a model folder transformers cannot build
+    shutil.copytree(tiny_llama_path, unknown)
+    cfg = json.loads((unknown / "config.json").read_text())
+    (unknown / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_arch"}))
     recipe = {"model": {"name": tiny_llama_path}, "datasets": [{"path": str(d / "latin1.jsonl")}],
               "train": {"output_dir": str(d / "never")}}
     (d / "recipe_latin1_data.yaml").write_text(json.dumps(recipe), encoding="utf-8")
@@ -99,16 +103,18 @@ BAD = {
         ["{d}/run", "--prompts", "{d}/list.yaml"],
         ["{d}/run", "--prompts", "{d}/missing.yaml"],
         ["{d}/run", "--model", "{d}/pickle_model", "--dedup_threshold", "1.0"],
+        ["{d}/run", "--model", "{d}/unknown_arch", "--dedup_threshold", "1.0"],
         ["{d}/run", "--no_such_option", "1"],
     ],
     "export": [["{d}/folder"], ["{d}/folder", "--format", "docx"]],
     "serve": [["--model", "{d}/pickle_model", "--port", "{port}"], ["--model", "/no/such/model", "--port", "{port}"],
+              ["--model", "{d}/unknown_arch", "--port", "{port}"],
               ["--api_key_env", "RETAIN_TEST_UNSET_KEY", "--port", "{port}"]],
     "train": [["{d}/missing.yaml"], ["{d}/latin1.yaml"], ["{d}/list.yaml"], ["{d}/folder"],
               ["{d}/recipe_latin1_data.yaml"], ["{d}/recipe_folder_data.yaml"], ["{d}/recipe_pickle.yaml"],
               ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"]],
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
-             ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"]],
+             ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"]],

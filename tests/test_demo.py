@@ -72,12 +72,12 @@ def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
 
 
 def test_a_bad_tg_corpus_is_refused_before_any_model_loads(tmp_path, monkeypatch):
-    import retain.evaluation.suite as suite
+    import retain.models as models
 
     def no_load(*a, **k):
         raise AssertionError("a model was loaded before the input check")
 
-    monkeypatch.setattr(suite, "load_model", no_load)
+    monkeypatch.setattr(models, "load_model", no_load)
     with pytest.raises(RetainError, match="--tg_corpus .*missing.jsonl: file not found"):
         run_demo(DemoConfig(out=str(tmp_path / "o"), tg_corpus=str(tmp_path / "missing.jsonl")))
     bad = tmp_path / "bad.jsonl"

@@ -250,8 +250,8 @@ def run_demo(cfg: DemoConfig) -> int:
     """CLI entry: runs every stage (skipping finished ones), prints the table, writes the report."""
 
     from retain.evaluation.config import EvalSuite
-    from retain.generation.backends.hf_backend import resolve_device
-    from retain.evaluation.suite import BaseReference, evaluate, load_model
+    from retain.evaluation.suite import BaseReference, evaluate
+    from retain.models import load_model, resolve_device
     from retain.training.run import train
     from retain.training.trainer import read_log
     from retain.utils.io import read_json, write_json_atomic

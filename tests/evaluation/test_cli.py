@@ -28,7 +28,7 @@ def broken_folders(tiny, tiny_llama_path, tmp_path_factory):
 
     from retain.adapters.config import LoRAConfig
     from retain.adapters.methods import prepare_model, save_finetuned
-    from retain.evaluation.suite import load_model
+    from retain.models import load_model
 
     root = tmp_path_factory.mktemp("broken")
     base, tok = load_model(tiny_llama_path)
@@ -63,7 +63,7 @@ def test_tuned_folders_are_checked_before_any_model_runs(tiny_llama_path, broken
 
 
 def test_pickle_weights_load_with_explicit_opt_in(broken_folders):
-    from retain.evaluation.suite import load_model
+    from retain.models import load_model
 
     model, _ = load_model(str(broken_folders / "pickle"), allow_pickle=True)
     assert model.config.num_hidden_layers == 2
@@ -106,7 +106,7 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     (["--tuned", "[/no/such/folder]"], "no such folder"),
     (["--probes", "{nope: 3}"], "unknown probe 'nope'"),
     (["--domain", "gsm8k"], "choose one of skills, .*medmcqa, medqa.*or none"),
-    (["--device", "gpu9"], r"--device gpu9: .*use auto, cpu, cuda or cuda:N"),
+    (["--device", "gpu9"], r"--device gpu9: .*use auto, cpu, cuda, cuda:N or mps"),
 ])
 def test_bad_input_fails_cleanly_and_writes_nothing(tiny_llama_path, tmp_path, capsys, args, match):
     import re
@@ -123,7 +123,7 @@ def test_bad_input_fails_cleanly_and_writes_nothing(tiny_llama_path, tmp_path, c
 
 def test_device_defaults_to_auto_like_every_other_command(tiny_llama_path):
     from retain.evaluation.config import EvalConfig
-    from retain.evaluation.suite import load_model
+    from retain.models import load_model
 
     assert EvalConfig(base=tiny_llama_path).device == "auto"
     model, _ = load_model(tiny_llama_path, device="auto")

@@ -8,7 +8,8 @@ import pytest
 @pytest.mark.slow
 def test_smollm2_small_suite(smollm2_path):
     from retain.evaluation.config import EvalSuite
-    from retain.evaluation.suite import BaseReference, evaluate, load_model
+    from retain.evaluation.suite import BaseReference, evaluate
+    from retain.models import load_model
 
     model, tok = load_model(smollm2_path)
     suite = EvalSuite(probes={"arc_easy": 40}, domain="medmcqa", domain_items=8, drift_prompts=3, drift_new_tokens=8)

@@ -177,9 +177,9 @@ def test_settings_that_would_silently_lose_the_lbc_are_refused(tmp_path, tiny_ll
 
 def _features(tok):
     from retain.data.collate import encode_examples
-    from retain.data.formats import _coerce_type
+    from retain.data.types import as_sample_type
 
-    rows = [{**r, "sample_type": _coerce_type(r["sample_type"], "row")} for r in _rows()]
+    rows = [{**r, "sample_type": as_sample_type(r["sample_type"], "row")} for r in _rows()]
     return encode_examples(tok, rows, max_length=64)[0]
 
 
@@ -187,7 +187,8 @@ def test_plain_trainer_with_retain_collator(tmp_path, tiny_llama_path, tok):
     """A list dataset goes through transformers' RemoveColumnsCollator: the sample types must survive it."""
     from transformers import TrainingArguments
 
-    from retain.data.collate import Collator, pad_token_id
+    from retain.data.collate import Collator
+    from retain.models import pad_token_id
 
     trainer = LoRAMoETrainer(model=_model(tiny_llama_path), train_dataset=_features(tok), processing_class=tok,
                              data_collator=Collator(pad_token_id(tok)),
@@ -207,7 +208,8 @@ def test_lbc_weight_per_micro_batch_follows_gradient_accumulation(tmp_path, tiny
     """Each micro-batch adds LBC / accumulation steps to the step, whether or not the LM loss is already scaled."""
     from transformers import TrainingArguments
 
-    from retain.data.collate import Collator, pad_token_id
+    from retain.data.collate import Collator
+    from retain.models import pad_token_id
 
     model = _model(tiny_llama_path).train()
     trainer = LoRAMoETrainer(model=model, train_dataset=_features(tok), data_collator=Collator(pad_token_id(tok)),

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from retain.data.collate import IGNORE_INDEX, pad_token_id
+from retain.data.collate import IGNORE_INDEX
+from retain.models import pad_token_id
 from retain.errors import RetainError
 from retain.multimodal.collate import MultimodalCollator, encode_mm_examples, tokens_per_image
 

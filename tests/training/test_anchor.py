@@ -47,7 +47,8 @@ def _final_kl(res, tiny_llama_path, toy_data) -> float:
     """KL(base ‖ tuned) per assistant token on the task data, measured after training."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retain.data.collate import Collator, encode_examples, pad_token_id
+    from retain.data.collate import Collator, encode_examples
+    from retain.models import pad_token_id
     from retain.data.formats import load_examples
 
     tok = AutoTokenizer.from_pretrained(tiny_llama_path)

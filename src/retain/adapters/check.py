@@ -2,7 +2,7 @@
 
 One small function per question, each raising one :class:`RetainError` line that names the file, the
 key or the tensor at fault; :func:`check_finetuned_folder` runs them all for a folder that
-:func:`retain.adapters.methods.load_finetuned` will read. Cheap by construction: it reads JSON files,
+:func:`retain.models.load_model` will read. Cheap by construction: it reads JSON files,
 safetensors *headers* (names and shapes, no tensor data) and builds the base model on the ``meta``
 device (shapes only, no memory, no weights), so ``retain eval`` can check every ``--tuned`` folder in
 about a second before calibrating the base model.
@@ -96,13 +96,13 @@ def recorded_base(folder: Path, kind: str, base_model: str | None = None) -> str
 
 
 def check_finetuned_folder(folder: str | Path, base_model: str | None = None, allow_pickle: bool = False,
-                           opt_in: str = "--allow_pickle true") -> str:
-    """Everything :func:`~retain.adapters.methods.load_finetuned` needs, checked without loading weights;
-    returns the folder kind. ``base_model``: the base an adapter goes on (default: the recorded one)."""
+                           opt_in: str | None = "--allow_pickle true", trust_remote_code: bool = False) -> str:
+    """Everything :func:`retain.models.load_model` needs for a fine-tuned folder, checked without loading
+    weights; returns the folder kind. ``base_model``: the base an adapter goes on (default: the recorded one)."""
     folder = Path(folder)
     kind = folder_kind(folder)
     if kind == "full":
-        check_model_config(folder)
+        check_model_config(folder, trust_remote_code)
         check_weights(folder, allow_pickle, opt_in)
         return kind
     meta = read_json(folder / ADAPTER_CONFIG)
@@ -115,7 +115,7 @@ def check_finetuned_folder(folder: str | Path, base_model: str | None = None, al
     if not weights.exists():
         return kind  # pickle weights the user allowed: PEFT checks them while loading
     shapes = safetensors_shapes(weights)
-    base = _meta_model(recorded_base(folder, kind, base_model), allow_pickle, opt_in)
+    base = _meta_model(recorded_base(folder, kind, base_model), allow_pickle, opt_in, trust_remote_code)
     if kind == "loramoe":
         check_loramoe_tensors(weights, shapes, base, cfg)
     else:
@@ -123,13 +123,13 @@ def check_finetuned_folder(folder: str | Path, base_model: str | None = None, al
     return kind
 
 
-def check_model_config(folder: Path):
+def check_model_config(folder: Path, trust_remote_code: bool = False):
     """The folder's ``config.json`` as a transformers config (one line if it cannot be read)."""
     from transformers import AutoConfig
 
     read_json(folder / "config.json")  # names file:line for bad JSON or bad UTF-8
     try:
-        return AutoConfig.from_pretrained(str(folder))
+        return AutoConfig.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise RetainError(f"{folder / 'config.json'}: not a usable model config ({str(e).splitlines()[0][:160]})") from None
 
@@ -175,7 +175,7 @@ def loramoe_config_of(folder: Path, meta: dict):
         raise RetainError(f"{where}: a 'config' value has the wrong type ({e})") from None
 
 
-def _meta_model(base_model: str, allow_pickle: bool, opt_in: str):
+def _meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_remote_code: bool = False):
     """The base model with every tensor on the ``meta`` device: module names and shapes, no weights."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -186,11 +186,11 @@ def _meta_model(base_model: str, allow_pickle: bool, opt_in: str):
     if Path(path).is_dir():
         check_weights(path, allow_pickle, opt_in)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise RetainError(f"base model {base_model}: cannot read its config ({str(e).splitlines()[0][:160]})") from None
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def _shape_error(weights: Path, name: str, got: tuple, want: tuple) -> RetainError:

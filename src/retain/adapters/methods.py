@@ -145,45 +145,27 @@ def folder_kind(folder: str | Path) -> Method:
 
 
 def load_finetuned(folder: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32,
-                   allow_pickle: bool = False):
-    """Load a folder written by :func:`save_finetuned` -> ``(model, tokenizer)``, in eval mode.
+                   allow_pickle: bool = False, trust_remote_code: bool = False):
+    """A folder written by :func:`save_finetuned` -> ``(model, tokenizer)`` on the CPU, in eval mode: the
+    same as :func:`retain.models.load_model` (the one loader) with ``device="cpu"``."""
+    from retain.models import load_model
 
-    Adapters go on top of ``base_model`` (default: the one recorded in the folder). The folder is checked
-    completely first (:func:`retain.adapters.check.check_finetuned_folder`): files, config keys, tensor
-    names and shapes against the base. ``allow_pickle``: accept pickle weights (they can run code).
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from retain.adapters.check import check_finetuned_folder, loramoe_config_of, recorded_base
-    from retain.assets import resolve_model
-
-    folder = Path(folder)
-    kind = check_finetuned_folder(folder, base_model, allow_pickle)
-    safe = None if allow_pickle else True
-    if kind == "full":
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, use_safetensors=safe)
-        tok_src = str(folder) if _has_tokenizer(folder) else resolve_model(base_model or str(folder))
-    else:
-        base_path = resolve_model(recorded_base(folder, kind, base_model))
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, use_safetensors=safe)
-        if kind == "lora":
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(folder))
-        else:
-            _load_loramoe(model, folder, loramoe_config_of(folder, read_json(folder / ADAPTER_CONFIG)))
-        tok_src = str(folder) if _has_tokenizer(folder) else base_path
-    model.eval()
-    return model, AutoTokenizer.from_pretrained(tok_src)
+    return load_model(folder, device="cpu", dtype=dtype, base_model=base_model, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, key="folder")
 
 
-def _load_loramoe(model: nn.Module, folder: Path, cfg: LoRAMoEConfig) -> None:
+def load_adapter(base: nn.Module, folder: Path, kind: Method) -> nn.Module:
+    """Put the adapter saved in ``folder`` (checked by :func:`retain.adapters.check.check_finetuned_folder`)
+    on the loaded ``base`` model; returns the model to use."""
+    if kind == "lora":
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(base, str(folder))
     from safetensors.torch import load_file
 
-    inject_loramoe(model, cfg)
+    from retain.adapters.check import loramoe_config_of
+
+    inject_loramoe(base, loramoe_config_of(folder, read_json(folder / ADAPTER_CONFIG)))
     weights = folder / ADAPTER_WEIGHTS
-    load_adapter_state_dict(model, load_file(str(weights)), source=str(weights))
-
-
-def _has_tokenizer(folder: Path) -> bool:
-    return (folder / "tokenizer_config.json").exists()
+    load_adapter_state_dict(base, load_file(str(weights)), source=str(weights))
+    return base

@@ -10,7 +10,8 @@ samples with a clearly higher world-group share than task samples.
 
 - Reuses the training-time recording (:func:`~retain.adapters.loramoe.sample_types`), so the numbers come
   from the same Q the LBC sees; the forward runs under ``torch.no_grad``.
-- Examples are chat-formatted with the tokenizer's template, as in training.
+- Examples are encoded and padded by training's own code (:func:`retain.data.collate.encode_chat`,
+  :class:`~retain.data.collate.Collator`), so the tokens are exactly those training saw.
 - Writes ``routing.json`` (all numbers), ``routing.md`` (table per layer) and ``routing.png`` (heatmaps:
   layers x experts, one panel per sample type); prints a rich summary table.
 """
@@ -29,31 +30,19 @@ TYPE_NAMES = {1: "world", 0: "task", -1: "unknown"}
 
 
 def _read_rows(path: str, limit: int) -> list[tuple[list[dict], int]]:
-    from retain.data.types import parse_sample_type
+    from retain.data.types import as_sample_type
 
     rows = []
     for i, row in enumerate(iter_jsonl(path), start=1):
         if len(rows) >= limit:
             break
-        messages, t = row.get("messages"), row.get("sample_type", -1)
+        messages = row.get("messages")
         if not isinstance(messages, list) or not messages:
             raise RetainError(f"{path}:{i}: expected a non-empty 'messages' list")
-        if isinstance(t, str):
-            t = parse_sample_type(t)
-        if t not in (1, 0, -1):
-            raise RetainError(f"{path}:{i}: sample_type {t!r}: use 1 (world), 0 (task) or -1 (unknown)")
-        rows.append((messages, int(t)))
+        rows.append((messages, as_sample_type(row.get("sample_type"), where=f"{path}:{i}")))
     if not rows:
         raise RetainError(f"{path}: no examples; give a JSONL file of {{'messages': [...], 'sample_type': 1|0|-1}}")
     return rows
-
-
-def _encode(tokenizer, messages: list[dict], max_length: int) -> list[int]:
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    else:
-        text = "\n".join(str(m.get("content", "")) for m in messages)
-    return tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
 
 
 def routing_statistics(model, tokenizer, rows: list[tuple[list[dict], int]], batch_size: int = 8,
@@ -66,11 +55,13 @@ def routing_statistics(model, tokenizer, rows: list[tuple[list[dict], int]], bat
     from tqdm import tqdm
 
     from retain.adapters.loramoe import last_router_mass, loramoe_config, sample_types
+    from retain.data.collate import Collator, encode_chat
+    from retain.models import pad_token_id
 
     cfg = loramoe_config(model)
     if cfg is None:
         raise RetainError("routing report: the model has no LoRAMoE layers")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = Collator(pad_token_id(tokenizer))
     sums: dict[int, torch.Tensor] = {}
     tokens: dict[int, int] = {}
     samples: dict[int, int] = {}
@@ -78,16 +69,11 @@ def routing_statistics(model, tokenizer, rows: list[tuple[list[dict], int]], bat
     model.eval()
     for start in tqdm(range(0, len(rows), batch_size), desc="routing", unit="batch", disable=not progress):
         chunk = rows[start:start + batch_size]
-        encoded = [_encode(tokenizer, m, max_length) for m, _ in chunk]
-        width = max(len(e) for e in encoded)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for b, e in enumerate(encoded):  # right padding: real tokens never attend to pads (causal)
-            ids[b, :len(e)] = torch.tensor(e, dtype=torch.long)
-            mask[b, :len(e)] = 1
-        types = torch.tensor([t for _, t in chunk])
+        # right padding, as in training: real tokens never attend to pads (causal)
+        batch = collate([{**encode_chat(tokenizer, m, max_length), "sample_type": t} for m, t in chunk])
+        types, mask = batch["sample_type"], batch["attention_mask"]
         with torch.no_grad(), sample_types(model, types):
-            model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
+            model(input_ids=batch["input_ids"].to(device), attention_mask=mask.to(device), use_cache=False)
         records = last_router_mass(model)
         names = [n for n, _ in records]
         q = torch.stack([r.float().cpu() for _, r in records])  # (layers, E, B)
@@ -163,18 +149,16 @@ def _print_summary(stats: dict) -> None:
 
 
 def run_routing_report(cfg: RoutingReportConfig) -> int:
-    import torch
-
-    from retain.adapters.methods import folder_kind, load_finetuned
+    from retain.adapters.methods import folder_kind
+    from retain.models import load_model, resolve_device
 
     if not cfg.data:
         raise RetainError("--data: required; give a JSONL file of {'messages': [...], 'sample_type': 1|0|-1}")
     if folder_kind(cfg.adapter_dir) != "loramoe":
         raise RetainError(f"{cfg.adapter_dir}: not a LoRAMoE adapter folder (adapter_config.json method 'loramoe')")
-    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(cfg.device)
     rows = _read_rows(cfg.data, cfg.max_examples)
-    model, tokenizer = load_finetuned(cfg.adapter_dir, base_model=cfg.base_model)
-    model.to(device)
+    model, tokenizer = load_model(cfg.adapter_dir, base_model=cfg.base_model, device=device, key="--adapter_dir")
     stats = routing_statistics(model, tokenizer, rows, cfg.batch_size, cfg.max_length, device)
     stats["adapter"] = str(cfg.adapter_dir)
     stats["data"] = str(cfg.data)

@@ -127,11 +127,3 @@ class Collator:
             mask[b, :n] = 1
         types = torch.tensor([int(f.get("sample_type", -1)) for f in features], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "sample_type": types}
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    """The tokenizer's pad id, falling back to EOS (padding is masked out of attention and loss anyway)."""
-    pid = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    if pid is None:
-        raise RetainError("tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
-    return int(pid)

@@ -53,7 +53,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from retain.data.types import UNKNOWN, WORLD, TASK, parse_sample_type
+from retain.data.types import as_sample_type
 from retain.errors import RetainError
 from retain.utils.io import iter_jsonl_lines, read_text
 
@@ -97,7 +97,7 @@ def load_examples(
     ``image_folder``: where relative image paths resolve (default: the file's folder); giving it also
     checks text-only records for stray ``<image>`` placeholders.
     """
-    forced = _coerce_type(sample_type, where=str(path)) if sample_type is not None else None
+    forced = as_sample_type(sample_type, where=str(path)) if sample_type is not None else None
     if str(path).startswith(BUILTIN_PREFIX):
         return _load_builtin(str(path)[len(BUILTIN_PREFIX):], forced, limit)
     if format != "auto" and format not in FORMATS:
@@ -119,7 +119,7 @@ def load_examples(
         missing = [k for k in _REQUIRED[fmt] if k not in record]
         if missing:
             raise RetainError(f"{where}: record lacks {missing} for format '{fmt}' (all records must share one format)")
-        st = forced if forced is not None else _coerce_type(record.get("sample_type"), where)
+        st = forced if forced is not None else as_sample_type(record.get("sample_type"), where)
         if fmt == "text":
             text = _text(record["text"], where, "text")
             if not text.strip():
@@ -156,21 +156,6 @@ def _iter_records(path: Path) -> Iterator[tuple[str, dict]]:
         return
     for lineno, rec in iter_jsonl_lines(path):  # names file:line on malformed JSON and on bad records
         yield f"{path}:{lineno}", rec
-
-
-def _coerce_type(value: Any, where: str) -> int:
-    if value is None:
-        return UNKNOWN
-    if isinstance(value, bool):
-        raise RetainError(f"{where}: sample_type {value!r}: expected 'world', 'task', 1, 0 or -1")
-    if isinstance(value, int):
-        if value not in (WORLD, TASK, UNKNOWN):
-            raise RetainError(f"{where}: sample_type {value}: expected 1 (world), 0 (task) or -1 (unknown)")
-        return value
-    try:
-        return parse_sample_type(value)
-    except RetainError as e:
-        raise RetainError(f"{where}: {e}") from None
 
 
 def _text(value: Any, where: str, key: str) -> str:
@@ -363,7 +348,7 @@ def _load_builtin(name: str, forced: int | None, limit: int | None) -> list[dict
         where = f"builtin:{name}: item {i}"
         msgs = _from_messages(r, where)
         validate_messages(msgs, where)
-        st = forced if forced is not None else _coerce_type(r.get("sample_type"), where)
+        st = forced if forced is not None else as_sample_type(r.get("sample_type"), where)
         out.append({"messages": msgs, "sample_type": st})
     if not out:
         raise RetainError(f"builtin:{name}: no examples")

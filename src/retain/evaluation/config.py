@@ -106,12 +106,14 @@ class EvalConfig:
     lm_eval_limit: int | None = None
     """Items per lm-eval task (None = all)."""
     device: str = "auto"
-    """'auto' (cuda when available, else cpu, as every other command), 'cpu', 'cuda', 'cuda:N'."""
+    """'auto' (cuda, else mps, else cpu, as every other command), 'cpu', 'cuda', 'cuda:N', 'mps'."""
     seed: int = 0
     """Seed of the item samples."""
     allow_pickle: bool = False
     """Load pickle weights (pytorch_model.bin) where a folder has no safetensors; unpickling can run code,
     so only for folders you trust."""
+    trust_remote_code: bool = False
+    """Allow a model folder's own Python code to run (only for models you trust)."""
 
     def suite(self) -> EvalSuite:
         over: dict = {"probe_files": list(self.probe_files), "seed": self.seed,

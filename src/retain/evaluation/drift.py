@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from retain.evaluation.scoring import eval_mode, generate_token_ids, last_logits
+from retain.models import pad_token_id
 
 DRIFT_PROMPTS: tuple[str, ...] = (
     "Why is the sky blue?",
@@ -112,7 +113,7 @@ def drift_reference(base_model, tokenizer, *, n_prompts: int = 32, new_tokens: i
     replies = generate_token_ids(base_model, tokenizer, chats, max_new_tokens=new_tokens, batch_size=batch_size)
     seqs = [tokenizer(c, add_special_tokens=False)["input_ids"] + r for c, r in zip(chats, replies)]
     n_reply = [len(r) for r in replies]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     idx, vals, tails = [None] * len(seqs), [None] * len(seqs), [None] * len(seqs)
     for i, lp in _reply_logprobs(base_model, seqs, n_reply, pad, batch_size):
         v, ix = lp.topk(min(top_k, lp.shape[-1]), dim=-1)
@@ -125,7 +126,7 @@ def kl_per_prompt(model, tokenizer, ref: DriftReference, *, batch_size: int = 16
 
     The per-prompt values are what confidence intervals resample (:mod:`retain.evaluation.stats`);
     their token-weighted mean is :func:`kl_drift`."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     offsets = [0]
     for n in ref.n_reply:
         offsets.append(offsets[-1] + n)

@@ -29,13 +29,14 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
     from retain.adapters.check import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
-        check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle)
+        check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle,
+                               trust_remote_code=cfg.trust_remote_code)
     for t in cfg.tuned:
         p = Path(t).expanduser()
         if not p.is_dir():
             raise RetainError(f"--tuned {t}: no such folder; give a folder written by retain train")
         # files, config keys, tensor names and shapes against the base: before any model runs
-        check_finetuned_folder(p, allow_pickle=cfg.allow_pickle)
+        check_finetuned_folder(p, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if suite.domain:
         from retain.data.olmo_eval import DOMAINS
 
@@ -74,12 +75,14 @@ def run_eval(cfg: EvalConfig) -> int:
     import torch
 
     from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
-    from retain.evaluation.suite import BaseReference, evaluate, load_model
+    from retain.evaluation.suite import BaseReference, evaluate
+    from retain.models import load_model
     from retain.utils.io import write_json_atomic, write_text_atomic
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    base, tok = load_model(cfg.base, device=cfg.device, allow_pickle=cfg.allow_pickle)
+    base, tok = load_model(cfg.base, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                           trust_remote_code=cfg.trust_remote_code, key="--base")
     if cfg.reference:
         ref = BaseReference.load(cfg.reference, suite)
     else:
@@ -94,7 +97,8 @@ def run_eval(cfg: EvalConfig) -> int:
 
     for t in cfg.tuned:
         print(f"evaluating {t} ...", flush=True)
-        model, ttok = load_model(t, device=cfg.device, allow_pickle=cfg.allow_pickle)
+        model, ttok = load_model(t, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                                 trust_remote_code=cfg.trust_remote_code, key="--tuned")
         metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
         metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)

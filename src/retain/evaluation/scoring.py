@@ -20,6 +20,8 @@ from typing import Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from retain.models import pad_token_id
+
 
 @contextlib.contextmanager
 def eval_mode(model: torch.nn.Module) -> Iterator[None]:
@@ -87,7 +89,7 @@ def continuation_logprobs(
     out = [0.0] * len(pairs)
     lengths = [len(s) for s in seqs]
     order = sorted(range(len(seqs)), key=lambda i: -lengths[i])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     with eval_mode(model):
         for batch in tqdm(list(_batches(order, lengths, batch_size, max_batch_tokens)), desc=desc, leave=False, disable=desc is None):
             keep = max(n_cont[i] for i in batch) + 1
@@ -111,7 +113,7 @@ def choice_logprobs(
     processes about a third of the tokens of scoring every ``context + choice`` from scratch
     (:func:`continuation_logprobs`, which gives the same numbers up to float error).
     """
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     ctx_ids = [tokenizer(c, add_special_tokens=False)["input_ids"] for c in contexts]
     ch_ids = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in cs] for cs in choices]
     out: list[list[float]] = [[0.0] * len(cs) for cs in choices]
@@ -197,7 +199,7 @@ def next_token_logprobs(
     seqs = [tokenizer(p[len(shared_prefix):], add_special_tokens=False)["input_ids"] for p in prompts]
     out = torch.zeros(len(seqs), len(candidate_ids))
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_token_id(tokenizer)
     cand = torch.tensor(list(candidate_ids))
     with eval_mode(model):
         prefix_ids, prefix_cache = _prefix_state(model, tokenizer, shared_prefix)
@@ -221,7 +223,7 @@ def greedy_generate(
     """
     if any(not p.startswith(shared_prefix) for p in prompts):
         raise ValueError("every prompt must start with shared_prefix")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     eos = tokenizer.eos_token_id
     seqs = [tokenizer(p[len(shared_prefix):], add_special_tokens=False)["input_ids"] for p in prompts]
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
@@ -262,7 +264,7 @@ def generate_token_ids(
     """Greedy continuation token ids (up to and including EOS) of each prompt; pads removed."""
     from transformers import GenerationConfig
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
                                eos_token_id=tokenizer.eos_token_id)
     seqs = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]

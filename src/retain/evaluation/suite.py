@@ -30,8 +30,6 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
 from retain.evaluation.drift import DriftReference, drift_reference, kl_per_prompt, weighted_mean
@@ -245,30 +243,3 @@ def margin_change(items: dict[str, dict[str, list]], ref: "BaseReference | None"
     base = outcomes(ref.base_metrics, ref.known, ref.mc_probes)["margin"][0]
     diffs = [mine[k] - base[k] for k in base if k in mine]
     return sum(diffs) / len(diffs) if diffs else None
-
-
-def load_model(path_or_name: str, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-               allow_pickle: bool = False):
-    """(model, tokenizer) for a base model name / hub id, or any folder ``load_finetuned`` understands
-    (full fine-tune or plain HF folder, PEFT LoRA, LoRAMoE). Safetensors only unless ``allow_pickle``.
-    ``device``: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N' (the backends' device rule)."""
-    from retain.generation.backends.hf_backend import resolve_device
-
-    target = resolve_device(device, key="--device")  # a bad device fails before any weight loads
-    p = Path(path_or_name).expanduser()
-    if p.is_dir():
-        from retain.adapters.methods import load_finetuned
-
-        model, tok = load_finetuned(str(p), dtype=dtype, allow_pickle=allow_pickle)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        from retain.assets import resolve_model
-
-        src = resolve_model(path_or_name)
-        tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=dtype, use_safetensors=None if allow_pickle else True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model.to(target).eval(), tok
-

@@ -66,7 +66,7 @@ from trl import SFTTrainer
 
 from retain.adapters.loramoe import lbc_loss, load_adapter_state_dict, loramoe_config, loramoe_layers, sample_types
 from retain.adapters.methods import ADAPTER_WEIGHTS, folder_kind, save_finetuned
-from retain.data.formats import _coerce_type
+from retain.data.types import as_sample_type
 from retain.errors import RetainError
 
 __all__ = ["LoRAMoESFTTrainer", "LoRAMoETrainer", "LoRAMoETrainerMixin", "SampleTypeCollator"]
@@ -85,7 +85,7 @@ class SampleTypeCollator:
     def __call__(self, features: Sequence[dict]) -> dict[str, Any]:
         if not any(self.column in f for f in features):
             return self.collator(features)
-        types = [_coerce_type(_plain(f.get(self.column)), where=f"column {self.column!r}") for f in features]
+        types = [as_sample_type(_plain(f.get(self.column)), where=f"column {self.column!r}") for f in features]
         batch = self.collator([{k: v for k, v in f.items() if k != self.column} for f in features])
         batch[self.column] = torch.tensor(types, dtype=torch.long)
         return batch

@@ -39,7 +39,7 @@ class TrainResult:
     output_dir: str
     """The run folder."""
     model_dir: str
-    """The fine-tuned model/adapter folder (load it with retain.adapters.methods.load_finetuned)."""
+    """The fine-tuned model/adapter folder (load it with retain.models.load_model)."""
     method: str
     steps: int
     final_loss: float
@@ -79,6 +79,9 @@ def check_base(recipe: Recipe) -> str:
     from retain.adapters.check import check_weights
     from retain.assets import resolve_model
 
+    if Path(recipe.model.name, "adapter_config.json").expanduser().exists():
+        raise RetainError(f"model.name {recipe.model.name}: an adapter folder; training starts from a base model or "
+                          "a full fine-tune (give the adapter's base model)")
     path = resolve_model(recipe.model.name)
     if Path(path).is_dir():
         check_weights(path, recipe.model.allow_pickle, opt_in="--set model.allow_pickle=true")
@@ -86,16 +89,15 @@ def check_base(recipe: Recipe) -> str:
 
 
 def load_base(recipe: Recipe, device):
-    """Base model (``recipe.model``) and its tokenizer, on ``device``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Base model (``recipe.model``) and its tokenizer, on ``device``, through the one loader
+    (:func:`retain.models.load_model`): a base name, a local folder or a full fine-tune. An adapter folder
+    is refused: training puts a fresh adapter on a plain model."""
+    from retain.models import load_model
 
-    path = check_base(recipe)
-    dtype = getattr(torch, recipe.model.dtype)
-    kw = {"trust_remote_code": recipe.model.trust_remote_code}
-    tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, use_safetensors=None if recipe.model.allow_pickle else True, **kw).to(device)
+    m = recipe.model
+    model, tok = load_model(m.name, device=device, dtype=m.dtype, trust_remote_code=m.trust_remote_code,
+                            allow_pickle=m.allow_pickle, key="model.name", device_key="model.device",
+                            opt_in="--set model.allow_pickle=true")
     return model, tok
 
 
@@ -114,8 +116,9 @@ def training_arguments(recipe: Recipe, out: Path, steps: int):
     Only what the recipe fixes is set; a launcher's accelerate config (DDP, FSDP, DeepSpeed, mixed
     precision) reaches the Trainer through the environment accelerate sets.
     """
-    import torch
     from transformers import TrainingArguments
+
+    from retain.models import resolve_device
 
     from retain.training.trainer import CHECKPOINTS
 
@@ -129,7 +132,7 @@ def training_arguments(recipe: Recipe, out: Path, steps: int):
         max_grad_norm=recipe.optim.max_grad_norm or 0.0,
         bf16=t.bf16_autocast,
         seed=t.seed,
-        use_cpu=dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()),
+        use_cpu=resolve_device(dev, key="model.device").type == "cpu",
         logging_strategy="steps",
         logging_steps=t.log_every,
         logging_nan_inf_filter=False,
@@ -156,7 +159,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     import torch
 
     from retain.adapters.methods import prepare_model, save_finetuned, trainable_parameters
-    from retain.data.collate import Collator, encode_examples, pad_token_id
+    from retain.data.collate import Collator, encode_examples
+    from retain.models import pad_token_id, resolve_device
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
@@ -182,7 +186,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
 
     # The process group (torchrun / accelerate launch) is joined here, as TrainingArguments would.
     dev = recipe.model.device
-    state = PartialState(cpu=dev == "cpu" or (dev == "auto" and not torch.cuda.is_available()))
+    state = PartialState(cpu=resolve_device(dev, key="model.device").type == "cpu")
     world, is_main = state.num_processes, state.is_main_process
     seed_everything(recipe.train.seed)
     if model is None:

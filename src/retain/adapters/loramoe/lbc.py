@@ -60,7 +60,10 @@ def importance(types: torch.Tensor, num_experts: int, num_world: int, delta: flo
 
 
 def check_types(types: torch.Tensor) -> None:
-    bad = ~((types == 0) | (types == 1) | (types == -1))
+    """Every entry of ``types`` (B,) is one of :data:`retain.data.types.SAMPLE_TYPES`."""
+    from retain.data.types import SAMPLE_TYPES
+
+    bad = ~torch.isin(types, torch.tensor(SAMPLE_TYPES, device=types.device))
     if bool(bad.any()):
         raise RetainError(
             f"sample_type values must be 1 (world), 0 (task) or -1 (unknown); got {sorted(set(types[bad].tolist()))}"

@@ -34,7 +34,6 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -45,42 +44,9 @@ from retain.errors import RetainError
 from retain.generation.backends.base import Completion, Messages, SamplingParams, register_backend
 from retain.generation.backends.config import BackendConfig
 from retain.generation.backends.prefix_cache import KV, PrefixCache, group_by_prefix
+from retain.models import load_model, pad_token_id
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 _MARKER = "RETAIN_EOT_PROBE"
-
-
-def resolve_device(device: str, key: str = "--backend.device") -> torch.device:
-    """The one device rule: 'auto' -> cuda when available, else cpu; anything else is passed to
-    ``torch.device``. ``key`` names the option in the error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise RetainError(f"{key} {device}: {e}; use auto, cpu, cuda or cuda:N") from None
-
-
-def load_model(cfg: BackendConfig) -> tuple[Any, Any]:
-    """Load (model, tokenizer) for ``cfg.model`` ('smollm2', a local folder or a hub id), eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from retain.assets import resolve_model
-
-    from retain.adapters.check import check_weights
-
-    path = resolve_model(cfg.model)
-    if Path(path).is_dir():
-        check_weights(path, opt_in=None)  # safetensors only: a pickle is one line, not a loader traceback
-    try:
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code, use_safetensors=True
-        )
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise RetainError(f"--model {cfg.model}: cannot load ({first}); give 'smollm2' or a local HF folder") from None
-    return model.to(resolve_device(cfg.device)).eval(), tok
 
 
 @register_backend("hf")
@@ -97,13 +63,15 @@ class HFBackend:
         if (model is None) != (tokenizer is None):
             raise ValueError("pass both model and tokenizer, or neither")
         if model is None:
-            model, tokenizer = load_model(self.cfg)
+            # a base name, a local folder or a fine-tuned folder of any method (full, LoRA, LoRAMoE)
+            model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
+                                          trust_remote_code=self.cfg.trust_remote_code,
+                                          device_key="--backend.device", opt_in=None)
         self.model, self.tokenizer = model.eval(), tokenizer
         self.name = name or getattr(model.config, "name_or_path", None) or self.cfg.model
         if not getattr(tokenizer, "chat_template", None):
             raise RetainError(f"--model {self.cfg.model}: tokenizer has no chat template; use an instruct/chat model")
-        if tokenizer.pad_token_id is None:  # many base tokenizers; pads are masked out anyway
-            tokenizer.pad_token = tokenizer.eos_token
+        pad_token_id(tokenizer)  # many base tokenizers have none: EOS pads (masked out anyway)
         self.stop_ids = self._stop_token_ids()
         self.sharing = self.cfg.prefix_sharing and _plain_dynamic_cache(self.model)
         self.prefix_cache = PrefixCache(self.cfg.prefix_cache_tokens)

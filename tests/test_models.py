@@ -1,0 +1,185 @@
+"""retain.models: one loader for every kind of model, the device rule, the padding rule; and every command
+that loads a model (serve, decompress) takes a fine-tuned folder of any method."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from retain.errors import RetainError
+from retain.models import load_model, pad_token_id, resolve_device
+from tests.multimodal.conftest import tiny_mllm  # noqa: F401  (fixture)
+
+METHODS = ["lora", "loramoe"]
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory, tiny_llama_path):
+    """{method: (folder, in-memory model)} for LoRA and LoRAMoE on the tiny Llama, adapter weights randomised
+    (a fresh LoRA/LoRAMoE adapter is a no-op: its B matrices start at zero)."""
+    from retain.adapters.config import LoRAConfig, LoRAMoEConfig
+    from retain.adapters.methods import prepare_model, save_finetuned
+
+    root = tmp_path_factory.mktemp("finetuned")
+    out = {}
+    for method in METHODS:
+        torch.manual_seed(0)
+        base, tok = load_model(tiny_llama_path, device="cpu")
+        model = prepare_model(base, method, lora=LoRAConfig(r=2), loramoe=LoRAMoEConfig(num_experts=2, rank=2))
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.5)
+        save_finetuned(model, root / method, base_model=tiny_llama_path, tokenizer=tok)
+        out[method] = (root / method, model.eval())
+    return out
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_load_model_puts_the_adapter_on_its_recorded_base(finetuned, tiny_llama_path, method):
+    folder, trained = finetuned[method]
+    loaded, tok = load_model(str(folder), device="cpu")
+    base, _ = load_model(tiny_llama_path, device="cpu")
+    ids = torch.tensor([tok("The capital of France is")["input_ids"]])
+    assert torch.allclose(_logits(loaded, ids), _logits(trained, ids), atol=1e-5)
+    assert not torch.allclose(_logits(loaded, ids), _logits(base, ids), atol=1e-3)  # the adapter is on
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_serve_answers_from_a_finetuned_folder(finetuned, method):
+    """`retain serve --model runs/x/model` builds this very backend; greedy replies equal the trained model's."""
+    from fastapi.testclient import TestClient
+
+    from retain.generation.backends.base import SamplingParams
+    from retain.generation.backends.config import BackendConfig, make_backend
+    from retain.generation.backends.hf_backend import HFBackend
+    from retain.generation.serve import create_app
+
+    folder, trained = finetuned[method]
+    served = make_backend(BackendConfig(kind="hf", model=str(folder), device="cpu", progress=False))
+    local = HFBackend(BackendConfig(progress=False), model=trained, tokenizer=served.tokenizer)
+    messages = [{"role": "user", "content": "Name a planet."}]
+    want = local.chat([messages], SamplingParams(max_new_tokens=8, temperature=0.0))[0].text
+    with TestClient(create_app(served, model_name="tuned")) as client:
+        r = client.post("/v1/chat/completions", json={"model": "tuned", "messages": messages, "max_tokens": 8,
+                                                      "temperature": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == want
+
+
+@pytest.fixture(scope="module")
+def decompressed(tmp_path_factory, finetuned, tiny_llama_path):
+    """`retain decompress --model X` for the base and each fine-tuned folder -> {name: sft.jsonl text}."""
+    from retain.cli import main
+
+    root = tmp_path_factory.mktemp("decompress")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RETAIN_BACKEND_FACTORY", "tests.generation.conftest:make_tiny_hf_backend")
+    out = {}
+    try:
+        for name, model in [("base", tiny_llama_path)] + [(m, str(finetuned[m][0])) for m in METHODS]:
+            rc = main(["decompress", str(root / name), "--model", model, "--levels", "[[2,6]]", "--topics",
+                       '["science","history"]', "--dedup_threshold", "1.0", "--progress", "false",
+                       "--backend.device", "cpu"])
+            assert rc == 0
+            out[name] = (root / name / "sft.jsonl").read_text()
+    finally:
+        mp.undo()
+    return out
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_decompress_runs_on_a_finetuned_folder(decompressed, method):
+    assert decompressed[method].strip()
+    assert decompressed[method] != decompressed["base"]  # the tuned model wrote it, not its base
+
+
+def test_an_mllm_folder_loads_with_its_processor(tiny_mllm, tmp_path):
+    from retain.multimodal.model import save_mllm
+
+    model, processor = tiny_mllm
+    save_mllm(model, processor, tmp_path / "mllm")
+    loaded, proc = load_model(str(tmp_path / "mllm"), device="cpu")
+    assert type(loaded) is type(model) and not loaded.training
+    assert hasattr(proc, "image_processor") and hasattr(proc, "tokenizer")
+
+
+def _remote_code_folder(tiny_llama_path, dst):
+    """A model folder whose config names its own Python code; importing that code creates ``ran``."""
+    shutil.copytree(tiny_llama_path, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(model_type="retain_test_llama", architectures=["RemoteLlama"],
+               auto_map={"AutoConfig": "remote_code.RemoteConfig", "AutoModelForCausalLM": "remote_code.RemoteLlama"})
+    (dst / "config.json").write_text(json.dumps(cfg))
+    (dst / "remote_code.py").write_text(
+        "import pathlib\n"
+        f"pathlib.Path({str(dst / 'ran')!r}).touch()\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "class RemoteConfig(LlamaConfig):\n    model_type = 'retain_test_llama'\n"
+        "class RemoteLlama(LlamaForCausalLM):\n    config_class = RemoteConfig\n")
+    return dst
+
+
+def test_trust_remote_code_is_off_unless_asked(tiny_llama_path, tmp_path):
+    folder = _remote_code_folder(tiny_llama_path, tmp_path / "remote")
+    with pytest.raises(RetainError) as e:
+        load_model(str(folder), device="cpu")
+    assert len(str(e.value).splitlines()) == 1 and str(folder) in str(e.value)
+    assert not (folder / "ran").exists()  # the folder's code never ran
+    model, _ = load_model(str(folder), device="cpu", trust_remote_code=True)
+    assert type(model).__name__ == "RemoteLlama" and (folder / "ran").exists()
+
+
+@pytest.mark.parametrize("damage", ["unknown_arch", "bad_json", "no_base", "pickle"])
+def test_a_load_failure_is_one_line_naming_the_option(tiny_llama_path, finetuned, tmp_path, damage):
+    folder = tmp_path / damage
+    if damage == "no_base":  # an adapter whose recorded base model is gone
+        shutil.copytree(finetuned["loramoe"][0], folder)
+        meta = json.loads((folder / "adapter_config.json").read_text())
+        meta["base_model"] = str(tmp_path / "gone")
+        (folder / "adapter_config.json").write_text(json.dumps(meta))
+    else:
+        shutil.copytree(tiny_llama_path, folder)
+        if damage == "unknown_arch":
+            cfg = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**cfg, "model_type": "no_such_arch"}))
+        elif damage == "bad_json":
+            (folder / "config.json").write_text("{\n  nope\n")
+        else:
+            (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(RetainError) as e:
+        load_model(str(folder), device="cpu", key="--model")
+    msg = str(e.value)
+    assert len(msg.splitlines()) == 1 and (msg.startswith("--model") or str(folder) in msg), msg
+
+
+def test_the_device_rule():
+    want = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device("auto").type == want
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(RetainError, match=r"^--backend.device gpu9: .*use auto"):
+        resolve_device("gpu9", key="--backend.device")
+    if not torch.cuda.is_available():
+        with pytest.raises(RetainError, match=r"^model.device cuda:1: CUDA is not available"):
+            resolve_device("cuda:1", key="model.device")
+
+
+def test_the_padding_rule(tiny_llama_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama_path)
+    assert pad_token_id(tok) == tok.pad_token_id  # its own pad id is kept
+    tok.pad_token = None
+    assert tok.pad_token_id is None
+    assert pad_token_id(tok) == tok.eos_token_id == tok.pad_token_id  # EOS pads, and the tokenizer agrees
+    tok.pad_token, tok.eos_token = None, None
+    with pytest.raises(RetainError, match="neither a pad nor an eos token"):
+        pad_token_id(tok)
