@@ -40,18 +40,30 @@ from typing import Any, Literal, Optional
 
 from retain.errors import RetainError
 
-METHODS: dict[str, tuple[str, bool, str]] = {
-    # name: (training method, TG corpus mixed in, label)
-    "full": ("full", False, "full FT"),
-    "lora": ("lora", False, "LoRA"),
-    "full_tg": ("full", True, "full FT + TG"),
-    "loramoe_tg": ("loramoe", True, "LoRAMoE + LBC + TG"),
-    "lora_tg": ("lora", True, "LoRA + TG"),
-    "full_kl": ("full", False, "full FT + KL anchor"),
-    "lora_kl": ("lora", False, "LoRA + KL anchor"),
+@dataclass(frozen=True)
+class DemoArm:
+    """One row of the demo: a registered training method (:mod:`retain.adapters.registry`) and what is
+    added to its training."""
+
+    method: str
+    """The training method: 'full', 'lora' or 'loramoe'."""
+    label: str
+    """The row's name in the tables."""
+    tg: bool = False
+    """Mix the TG corpus into the training data (as the world-knowledge type)."""
+    kl_anchor: bool = False
+    """Train with ``train.kl_anchor = DemoProfile.kl_anchor`` (KL-anchored SFT, a baseline)."""
+
+
+METHODS: dict[str, DemoArm] = {
+    "full": DemoArm("full", "full FT"),
+    "lora": DemoArm("lora", "LoRA"),
+    "full_tg": DemoArm("full", "full FT + TG", tg=True),
+    "loramoe_tg": DemoArm("loramoe", "LoRAMoE + LBC + TG", tg=True),
+    "lora_tg": DemoArm("lora", "LoRA + TG", tg=True),
+    "full_kl": DemoArm("full", "full FT + KL anchor", kl_anchor=True),
+    "lora_kl": DemoArm("lora", "LoRA + KL anchor", kl_anchor=True),
 }
-ANCHORED = {"full_kl", "lora_kl"}
-"""Methods trained with ``train.kl_anchor = DemoProfile.kl_anchor`` (KL-anchored SFT, a baseline)."""
 
 
 @dataclass
@@ -205,13 +217,14 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
 
     from retain.data.olmo_eval import DOMAINS, domain_split
 
-    method, with_tg, _ = METHODS[name]
+    arm = METHODS[name]
+    method = arm.method
     limit = prof.domain_examples
     if cfg.domain in DOMAINS:  # keep the dev tail (benchmarks/sweep_lr.py) out of training
         limit = min(limit, max(1, len(domain_split(cfg.domain, "train")) - prof.dev_items))
     domain = DatasetSpec(path=f"builtin:{cfg.domain}", type="task", limit=limit)
     datasets = [domain]
-    if with_tg:
+    if arm.tg:
         domain.weight = 1.0 - prof.tg_share
         datasets.append(DatasetSpec(path=str(tg_path), format="messages", type="world", weight=prof.tg_share))
     return Recipe(
@@ -224,7 +237,7 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
         optim=OptimConfig(lr=prof.lr[method], warmup_ratio=0.1, schedule="cosine"),
         train=TrainConfig(output_dir=str(out / name), max_steps=prof.steps, batch_size=prof.batch_size,
                           max_length=prof.max_length, seed=cfg.seed, save_every=max(1, prof.steps // 4),
-                          kl_anchor=prof.kl_anchor if name in ANCHORED else 0.0),
+                          kl_anchor=prof.kl_anchor if arm.kl_anchor else 0.0),
     )
 
 
@@ -306,7 +319,7 @@ def run_demo(cfg: DemoConfig) -> int:
     con.rule("2/3 TG self-decompression")
     t0 = time.perf_counter()
     tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
-    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
+    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m].tg for m in methods) else None
     stage("TG self-decompression", t0, done_earlier=tg_done)
 
     con.rule("3/3 fine-tune and evaluate")
@@ -319,7 +332,7 @@ def run_demo(cfg: DemoConfig) -> int:
             stage(f"train {name}", now, done_earlier=True)
             stage(f"evaluate {name}", now, done_earlier=True)
             continue
-        con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
+        con.print(f"[bold]{METHODS[name].label}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
         # Resume a killed run from its last checkpoint, or reuse a finished one whose evaluation was lost.
         resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
@@ -335,7 +348,7 @@ def run_demo(cfg: DemoConfig) -> int:
         metrics = evaluate(model, tok, suite, ref)
         stage(f"evaluate {name}", t0)
         log_rows = read_log(out / name / "train_log.jsonl")
-        row = {"name": name, "label": METHODS[name][2], **metrics, "trainable_params": result.trainable_params,
+        row = {"name": name, "label": METHODS[name].label, **metrics, "trainable_params": result.trainable_params,
                "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
                "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
                "lr": recipe.optim.lr, "loss_curve": [round(r["lm_loss"], 5) for r in log_rows]}

@@ -126,7 +126,7 @@ def _first_line(e: BaseException) -> str:
 
 
 def _load_named(name: str, dtype, trust_remote_code: bool, allow_pickle: bool, opt_in: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from retain.adapters.check import check_weights
     from retain.assets import resolve_model
@@ -135,16 +135,15 @@ def _load_named(name: str, dtype, trust_remote_code: bool, allow_pickle: bool, o
     if Path(path).is_dir():
         check_weights(path, allow_pickle, opt_in)
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=None if allow_pickle else True)
-    return model, tok
+    return _causal_lm(path, dtype, trust_remote_code, allow_pickle), tok
 
 
 def _load_folder(folder: Path, dtype, trust_remote_code: bool, allow_pickle: bool, base_model: str | None,
                  opt_in: str | None):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from retain.adapters.check import check_finetuned_folder, check_weights, recorded_base
+    from retain.adapters.check import adapter_meta, check_finetuned_folder, check_weights
+    from retain.adapters.registry import get_method
     from retain.assets import resolve_model
     from retain.multimodal.model import is_mllm_folder
 
@@ -153,18 +152,27 @@ def _load_folder(folder: Path, dtype, trust_remote_code: bool, allow_pickle: boo
 
         check_weights(folder, False, None)  # MLLM folders: safetensors only
         return load_mllm(folder, dtype=torch.float32 if dtype == "auto" else dtype)
-    kind = check_finetuned_folder(folder, base_model, allow_pickle, opt_in, trust_remote_code=trust_remote_code)
-    kw = {"dtype": dtype, "trust_remote_code": trust_remote_code, "use_safetensors": None if allow_pickle else True}
-    if kind == "full":
-        model = AutoModelForCausalLM.from_pretrained(str(folder), **kw)
+    method = get_method(check_finetuned_folder(folder, base_model, allow_pickle, opt_in, trust_remote_code))
+    if not method.is_adapter:  # a whole model (full fine-tune or any HF folder)
+        model = _causal_lm(str(folder), dtype, trust_remote_code, allow_pickle)
         tok_src = str(folder) if _has_tokenizer(folder) else resolve_model(base_model or str(folder))
-    else:
-        from retain.adapters.methods import load_adapter
+    else:  # an adapter: onto the base model it records (or ``base_model``)
+        base_path = resolve_model(method.base_of(folder, adapter_meta(folder), base_model))
+        if is_mllm_folder(base_path):  # e.g. LoRA on an MLLM's language model: the base's processor
+            from retain.multimodal.model import load_mllm
 
-        base_path = resolve_model(recorded_base(folder, kind, base_model))
-        model = load_adapter(AutoModelForCausalLM.from_pretrained(base_path, **kw), folder, kind)
+            base, processor = load_mllm(base_path, dtype=torch.float32 if dtype == "auto" else dtype)
+            return method.load(base, folder), processor
+        model = method.load(_causal_lm(base_path, dtype, trust_remote_code, allow_pickle), folder)
         tok_src = str(folder) if _has_tokenizer(folder) else base_path
     return model, AutoTokenizer.from_pretrained(tok_src, trust_remote_code=trust_remote_code)
+
+
+def _causal_lm(path: str, dtype, trust_remote_code: bool, allow_pickle: bool):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                use_safetensors=None if allow_pickle else True)
 
 
 def _has_tokenizer(folder: Path) -> bool:

@@ -98,7 +98,7 @@ def test_lora_adapter_for_another_architecture(folders, tmp_path):
 @pytest.mark.parametrize("kind, change, needle", [
     ("lora", lambda m: m.update(lora_alhpa=8), "unknown key 'lora_alhpa' for a LORA adapter"),
     ("loramoe", lambda m: m.update(notes="x"), "unknown key 'notes'; a LoRAMoE adapter_config.json holds only"),
-    ("loramoe", lambda m: m["config"].update(num_expert=2), "unknown LoRAMoE config key 'config.num_expert'"),
+    ("loramoe", lambda m: m["config"].update(num_expert=2), "config: unknown LoRAMoE key 'num_expert'"),
     ("lora", lambda m: m.update(peft_type="NOPE"), "peft_type 'NOPE' is not a PEFT method"),
 ])
 def test_unknown_adapter_config_keys_are_refused(folders, tmp_path, kind, change, needle):

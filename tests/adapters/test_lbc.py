@@ -37,7 +37,7 @@ def test_lbc_term_drops_unknown_and_degenerate():
     assert lbc_term(q, torch.tensor([-1, -1, -1]), 1, 0.1, 0.0) == 0
 
 
-UNIFORM = LoRAMoEConfig(num_experts=2, rank=2, world_experts=1, blc_weight=0.5, blc_alpha=0.1)
+UNIFORM = LoRAMoEConfig(num_experts=2, rank=2, world_experts=1, lbc_beta=0.5, lbc_delta=0.1)
 
 
 def _uniform_router_model(cfg=UNIFORM):
@@ -64,7 +64,7 @@ def test_lbc_loss_through_the_model_hand_computed():
         model(input_ids=torch.cat([ids, ids[:1]]), attention_mask=torch.cat([mask, mask[:1]]))
     assert lbc_loss(model).item() == pytest.approx(0.5 * per_layer, rel=1e-5)
     # the authors' reduction: sum over layers and projections
-    summed = _uniform_router_model(LoRAMoEConfig(**{**UNIFORM.__dict__, "blc_reduction": "sum"}))
+    summed = _uniform_router_model(LoRAMoEConfig(**{**UNIFORM.__dict__, "lbc_reduction": "sum"}))
     with sample_types(summed, [1, 0]):
         summed(input_ids=ids, attention_mask=mask)
     assert lbc_loss(summed).item() == pytest.approx(0.5 * 6 * per_layer, rel=1e-5)
@@ -115,8 +115,8 @@ def _world_mass_gap(beta: float, seed: int = 0, steps: int = 40, paper_sign: boo
     mean share of router mass on the world group for world samples minus that for task samples."""
     torch.manual_seed(seed)
     model = inject_loramoe(build_tiny("llama", seed=seed),
-                           LoRAMoEConfig(num_experts=4, rank=2, dropout=0.0, blc_weight=beta, blc_alpha=0.5,
-                                         blc_paper_sign=paper_sign))
+                           LoRAMoEConfig(num_experts=4, rank=2, dropout=0.0, lbc_beta=beta, lbc_delta=0.5,
+                                         lbc_paper_sign=paper_sign))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     g = torch.Generator().manual_seed(seed)
     types = torch.tensor([1, 0] * 4)

@@ -146,7 +146,7 @@ def test_without_the_lbc_nothing_is_added(tmp_path, tiny_llama_path, tok):
     with pytest.raises(RetainError, match="no 'sample_type' column"):
         LoRAMoESFTTrainer(model=_model(tiny_llama_path), processing_class=tok, train_dataset=_dataset(rows),
                           args=_args(tmp_path))
-    trainer = LoRAMoESFTTrainer(model=_model(tiny_llama_path, blc_weight=0.0), processing_class=tok,
+    trainer = LoRAMoESFTTrainer(model=_model(tiny_llama_path, lbc_beta=0.0), processing_class=tok,
                                 train_dataset=_dataset(rows), args=_args(tmp_path, max_steps=2))
     trainer.train()
     logs = _train_logs(trainer)

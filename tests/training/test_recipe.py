@@ -41,9 +41,9 @@ def test_wrong_types_and_values_are_named(make_recipe, section, value, needle):
 def test_missing_type_under_lbc(make_recipe):
     data = make_recipe(method="loramoe")
     del data["datasets"][0]["type"]
-    with pytest.raises(RetainError, match=r"datasets\[0\] .*missing 'type'.*blc_weight: 0"):
+    with pytest.raises(RetainError, match=r"datasets\[0\] .*missing 'type'.*lbc_beta: 0"):
         recipe_from_dict(data)
-    data["loramoe"]["blc_weight"] = 0.0  # no LBC: types are optional
+    data["loramoe"]["lbc_beta"] = 0.0  # no LBC: types are optional
     assert recipe_from_dict(data).uses_lbc is False
     recipe_from_dict({**data, "method": "lora"})
 

@@ -66,30 +66,38 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
 
 def folder_kind(folder: str | Path) -> str:
-    """'full' | 'lora' | 'loramoe', detected from the folder's files."""
+    """The registered method (``full``, ``lora``, ``loramoe``, ...) a folder belongs to, from its files."""
+    from retain.adapters.registry import claimant
+
     folder = Path(folder)
     if not folder.is_dir():
         raise RetainError(f"{folder}: no such folder; give a folder written by `retain train`")
-    if (folder / ADAPTER_CONFIG).exists():
-        meta = read_json(folder / ADAPTER_CONFIG)
-        if not isinstance(meta, dict):
-            raise RetainError(f"{folder / ADAPTER_CONFIG}: expected a JSON object")
-        if meta.get("method") == "loramoe":
-            return "loramoe"
-        if "peft_type" in meta:
-            return "lora"
-        raise RetainError(f"{folder / ADAPTER_CONFIG}: neither 'method': 'loramoe' nor a PEFT 'peft_type'")
-    if (folder / "config.json").exists():
-        return "full"
+    meta = adapter_meta(folder)
+    method = claimant("detects", folder, meta)
+    if method is not None:
+        return method.name
+    if meta is not None:
+        raise RetainError(f"{folder / ADAPTER_CONFIG}: no known adapter method (neither 'method': 'loramoe' nor a "
+                          "PEFT 'peft_type')")
     raise RetainError(f"{folder}: no adapter_config.json or config.json; not a fine-tuned model folder")
 
 
-def recorded_base(folder: Path, kind: str, base_model: str | None = None) -> str:
-    """The base model an adapter folder goes on: ``base_model`` if given, else the one it records."""
+def adapter_meta(folder: Path) -> dict | None:
+    """The folder's ``adapter_config.json`` as a dict (None when it has none)."""
+    if not (folder / ADAPTER_CONFIG).exists():
+        return None
+    meta = read_json(folder / ADAPTER_CONFIG)
+    if not isinstance(meta, dict):
+        raise RetainError(f"{folder / ADAPTER_CONFIG}: expected a JSON object")
+    return meta
+
+
+def recorded_base(folder: Path, key: str, base_model: str | None = None) -> str:
+    """The base model an adapter folder goes on: ``base_model`` if given, else the one its
+    ``adapter_config.json`` records under ``key``."""
     if base_model:
         return base_model
-    meta = read_json(folder / ADAPTER_CONFIG)
-    base = meta.get("base_model" if kind == "loramoe" else "base_model_name_or_path")
+    base = read_json(folder / ADAPTER_CONFIG).get(key)
     if not base:
         raise RetainError(f"{folder / ADAPTER_CONFIG}: no base model recorded; pass the base model explicitly")
     return base
@@ -98,28 +106,13 @@ def recorded_base(folder: Path, kind: str, base_model: str | None = None) -> str
 def check_finetuned_folder(folder: str | Path, base_model: str | None = None, allow_pickle: bool = False,
                            opt_in: str | None = "--allow_pickle true", trust_remote_code: bool = False) -> str:
     """Everything :func:`retain.models.load_model` needs for a fine-tuned folder, checked without loading
-    weights; returns the folder kind. ``base_model``: the base an adapter goes on (default: the recorded one)."""
+    weights (each method's own ``check``); returns the method's name. ``base_model``: the base an adapter
+    goes on (default: the recorded one)."""
+    from retain.adapters.registry import get_method
+
     folder = Path(folder)
     kind = folder_kind(folder)
-    if kind == "full":
-        check_model_config(folder, trust_remote_code)
-        check_weights(folder, allow_pickle, opt_in)
-        return kind
-    meta = read_json(folder / ADAPTER_CONFIG)
-    if kind == "loramoe":
-        cfg = loramoe_config_of(folder, meta)
-    else:
-        r = check_peft_config(folder, meta)
-    check_weights(folder, allow_pickle, opt_in, stem="adapter_model")
-    weights = folder / ADAPTER_WEIGHTS
-    if not weights.exists():
-        return kind  # pickle weights the user allowed: PEFT checks them while loading
-    shapes = safetensors_shapes(weights)
-    base = _meta_model(recorded_base(folder, kind, base_model), allow_pickle, opt_in, trust_remote_code)
-    if kind == "loramoe":
-        check_loramoe_tensors(weights, shapes, base, cfg)
-    else:
-        check_lora_tensors(weights, shapes, base, r)
+    get_method(kind).check(folder, adapter_meta(folder), base_model, allow_pickle, opt_in, trust_remote_code)
     return kind
 
 
@@ -154,8 +147,9 @@ def check_peft_config(folder: Path, meta: dict) -> int:
 
 
 def loramoe_config_of(folder: Path, meta: dict):
-    """The ``LoRAMoEConfig`` a LoRAMoE ``adapter_config.json`` holds; unknown keys at either level refused."""
-    from retain.adapters.config import LoRAMoEConfig
+    """The ``LoRAMoEConfig`` a LoRAMoE ``adapter_config.json`` holds; unknown keys at either level refused,
+    old ``blc_*`` keys read as their ``lbc_*`` names (one warning line each)."""
+    from retain.adapters.loramoe.config import LoRAMoEConfig
 
     where = folder / ADAPTER_CONFIG
     unknown = sorted(set(meta) - set(LORAMOE_KEYS))
@@ -165,22 +159,17 @@ def loramoe_config_of(folder: Path, meta: dict):
     raw = meta.get("config") or {}
     if not isinstance(raw, dict):
         raise RetainError(f"{where}: 'config' must be an object of LoRAMoE options")
-    fields = {f.name for f in dataclasses.fields(LoRAMoEConfig)}
-    unknown = sorted(set(raw) - fields)
-    if unknown:
-        raise RetainError(f"{where}: unknown LoRAMoE config key 'config.{unknown[0]}'; valid keys: {', '.join(sorted(fields))}")
-    try:
-        return LoRAMoEConfig(**raw)
-    except TypeError as e:  # a value of the wrong type reaches a comparison in __post_init__
-        raise RetainError(f"{where}: a 'config' value has the wrong type ({e})") from None
+    return LoRAMoEConfig.from_dict(raw, where=f"{where}: config")
 
 
-def _meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_remote_code: bool = False):
-    """The base model with every tensor on the ``meta`` device: module names and shapes, no weights."""
+def meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_remote_code: bool = False):
+    """The base model with every tensor on the ``meta`` device: module names and shapes, no weights
+    (an image-text-to-text folder builds as such)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     from retain.assets import resolve_model
+    from retain.multimodal.model import is_mllm_folder
 
     path = resolve_model(base_model)
     if Path(path).is_dir():
@@ -189,8 +178,9 @@ def _meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_r
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise RetainError(f"base model {base_model}: cannot read its config ({str(e).splitlines()[0][:160]})") from None
+    auto = AutoModelForImageTextToText if is_mllm_folder(path) else AutoModelForCausalLM
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        return auto.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def _shape_error(weights: Path, name: str, got: tuple, want: tuple) -> RetainError:

@@ -152,8 +152,6 @@ def run_routing_report(cfg: RoutingReportConfig) -> int:
     from retain.adapters.methods import folder_kind
     from retain.models import load_model, resolve_device
 
-    if not cfg.data:
-        raise RetainError("--data: required; give a JSONL file of {'messages': [...], 'sample_type': 1|0|-1}")
     if folder_kind(cfg.adapter_dir) != "loramoe":
         raise RetainError(f"{cfg.adapter_dir}: not a LoRAMoE adapter folder (adapter_config.json method 'loramoe')")
     device = resolve_device(cfg.device)

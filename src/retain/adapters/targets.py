@@ -6,6 +6,8 @@
 - ``None`` means "the feed-forward projections" (LoRAMoE adapts the FFN, as in the paper). Known
   ``model_type``s map to their FFN names; an unknown architecture gets the first known name set that
   is fully present, and otherwise a ``RetainError`` listing the candidate Linear names to pass instead.
+- ``scope`` (a module-name prefix, e.g. ``model.language_model``) confines the targets to one submodule:
+  LoRA / LoRAMoE on an image-text-to-text model adapt its language model, not its vision tower.
 - Only ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2 family; weight stored transposed, (d_in, d_out))
   are adaptable; ``lm_head`` is never a target.
 """
@@ -52,15 +54,24 @@ def _matches(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
-def _adaptable_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if is_adaptable(m) and not _matches(n, "lm_head")]
+def _adaptable_names(model: nn.Module, scope: str | None = None) -> list[str]:
+    if scope:
+        try:
+            model.get_submodule(scope)
+        except AttributeError:
+            raise RetainError(f"scope {scope!r}: the model has no such submodule; give a module-name prefix such "
+                              "as 'model.language_model'") from None
+    return [n for n, m in model.named_modules() if is_adaptable(m) and not _matches(n, "lm_head")
+            and (not scope or n.startswith(scope + "."))]
 
 
-def resolve_target_modules(model: nn.Module, target_modules: list[str] | None) -> list[str]:
-    """Return the suffix list to adapt (validated: each suffix matches at least one Linear/Conv1D)."""
-    names = _adaptable_names(model)
+def resolve_target_modules(model: nn.Module, target_modules: list[str] | None, scope: str | None = None) -> list[str]:
+    """Return the suffix list to adapt (validated: each suffix matches at least one Linear/Conv1D inside
+    ``scope``, a module-name prefix; None = the whole model)."""
+    names = _adaptable_names(model, scope)
     if target_modules is None:
-        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        owner = model.get_submodule(scope) if scope else model
+        model_type = getattr(getattr(owner, "config", None), "model_type", None)
         suffixes = FFN_TARGETS.get(model_type or "")
         if suffixes is None:  # unknown architecture: first known FFN name set present in full
             for cand in dict.fromkeys(tuple(v) for v in FFN_TARGETS.values()):
@@ -84,7 +95,7 @@ def resolve_target_modules(model: nn.Module, target_modules: list[str] | None) -
     return suffixes
 
 
-def find_targets(model: nn.Module, target_modules: list[str] | None) -> list[str]:
-    """Full names of the modules to adapt, in model order."""
-    suffixes = resolve_target_modules(model, target_modules)
-    return [n for n in _adaptable_names(model) if any(_matches(n, s) for s in suffixes)]
+def find_targets(model: nn.Module, target_modules: list[str] | None, scope: str | None = None) -> list[str]:
+    """Full names of the modules to adapt (inside ``scope`` when given), in model order."""
+    suffixes = resolve_target_modules(model, target_modules, scope)
+    return [n for n in _adaptable_names(model, scope) if any(_matches(n, s) for s in suffixes)]

@@ -33,7 +33,7 @@ How the pieces fit, all by subclassing and wrapping (no library code is patched)
   change. TRL's dataset preparation keeps extra columns through tokenization and truncation but not through
   packing, and packing / ``padding_free`` put several samples in one row while the LBC needs one type per
   row: with the LBC on they are an error, as is a training set without the column (set
-  ``LoRAMoEConfig.blc_weight=0`` to train LoRAMoE without the LBC).
+  ``LoRAMoEConfig.lbc_beta=0`` to train LoRAMoE without the LBC).
 - The loss: ``loss = LM loss + beta * LBC`` on each micro-batch. transformers normalises the LM loss by the
   tokens of the whole accumulated batch when it can (``num_items_in_batch``) and otherwise divides the
   returned loss by the accumulation steps; the LBC, a per-micro-batch mean, is scaled so each optimizer step
@@ -117,11 +117,11 @@ class LoRAMoETrainerMixin:
         self._parts: torch.Tensor | None = None  # (LM, LBC, micro-batches with an LBC) since the last log
         self._parts_from_step = 0
         cfg = loramoe_config(core)
-        if cfg is not None and cfg.blc_weight > 0:
+        if cfg is not None and cfg.lbc_beta > 0:
             self._check_lbc_setup()
 
     def _check_lbc_setup(self) -> None:
-        fix = "or set LoRAMoEConfig.blc_weight=0 to train without the LBC"
+        fix = "or set LoRAMoEConfig.lbc_beta=0 to train without the LBC"
         if getattr(self.args, "packing", False) or getattr(self, "padding_free", False):
             raise RetainError(
                 "LoRAMoE's LBC needs one sample type per row, and packing / padding_free put several samples in "

@@ -17,7 +17,6 @@ frozen base with no gradient:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from typing import Any
 
@@ -42,19 +41,13 @@ class KLAnchor:
     """Base-model logits for the anchor term of one training run."""
 
     def __init__(self, model: nn.Module, method: str, weight: float):
+        from retain.adapters.registry import get_method
+
         self.weight = weight
-        self.method = method
-        # Full fine-tuning changes the weights themselves: keep a frozen copy of the base.
-        self.reference = copy.deepcopy(model).eval().requires_grad_(False) if method == "full" else None
-
-    def _disabled(self, model: nn.Module):
-        if self.method == "lora":
-            return model.disable_adapter()
-        if self.method == "loramoe":
-            from retain.adapters.loramoe import adapters_disabled
-
-            return adapters_disabled(model)
-        return contextlib.nullcontext()
+        self.method = get_method(method)
+        # A method that changes the weights themselves (full): keep a frozen copy of the base; an adapter
+        # method recovers the base by disabling its adapter.
+        self.reference = None if self.method.is_adapter else copy.deepcopy(model).eval().requires_grad_(False)
 
     @torch.no_grad()
     def base_logits(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
@@ -63,5 +56,5 @@ class KLAnchor:
         if self.reference is not None:
             ref = self.reference.to(inputs["input_ids"].device)
             return ref(**kw).logits
-        with self._disabled(model):
+        with self.method.disabled(model):
             return model(**kw).logits

@@ -143,7 +143,7 @@ class Recipe:
 
     @property
     def uses_lbc(self) -> bool:
-        return self.method == "loramoe" and self.loramoe.blc_weight > 0
+        return self.method == "loramoe" and self.loramoe.lbc_beta > 0
 
     def validate(self) -> "Recipe":
         """Cross-field checks; raises RetainError naming the key."""
@@ -154,7 +154,7 @@ class Recipe:
                 if d.type is None:
                     raise RetainError(
                         f"datasets[{i}] ({d.path}): missing 'type' (world or task); the LBC of method loramoe "
-                        "needs every dataset's type (or set loramoe.blc_weight: 0)"
+                        "needs every dataset's type (or set loramoe.lbc_beta: 0)"
                     )
         t = self.train
         for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):

@@ -5,6 +5,9 @@
   a value of the wrong type is an error naming the key, the expected type and the value.
 - YAML 1.1 reads ``2e-4`` (no dot) as a string; a float field accepts such strings, so recipes can be
   written the way people write learning rates.
+- Renamed keys (``loramoe.blc_weight`` -> ``loramoe.lbc_beta``) still read, in the file and in ``--set``,
+  with one warning line each: the config class lists them (``RENAMED``), and
+  :func:`retain.adapters.loramoe.config.renamed_keys` maps them before the keys are checked.
 - Overrides (``--set optim.lr=1e-4``) are parsed as YAML values and applied to the raw mapping before
   validation, so they get the same checks as the file; an unknown key or a bad value given with
   ``--set`` is reported against ``--set``, not the recipe file.
@@ -21,6 +24,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from retain.adapters.loramoe.config import renamed_keys
 from retain.errors import RetainError
 from retain.training.config import Recipe
 
@@ -69,7 +73,7 @@ def apply_override(data: dict, item: str) -> None:
         raise RetainError(f"--set {item!r}: expected key.path=value, e.g. optim.lr=1e-4")
     key = key.strip()
     valid = schema_keys(Recipe)
-    if key not in valid:
+    if key not in valid and key not in schema_keys(Recipe, renamed=True):
         close = suggest_key(key, valid)
         hint = f"did you mean '{close}'?" if close else "see the recipe keys in retain.training.config"
         raise RetainError(f"--set {item}: unknown key '{key}'; {hint}")
@@ -103,6 +107,7 @@ def from_dict(cls: type, data: Any, path: str) -> Any:
     """Instantiate dataclass ``cls`` from ``data`` checking keys and types; ``path`` names the location."""
     if not isinstance(data, dict):
         raise RetainError(f"{_where(path)}: expected a mapping, got {type(data).__name__} {data!r}")
+    data = renamed_keys(cls, data, _where(path))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
@@ -142,14 +147,16 @@ def suggest_key(key: str, valid: list[str]) -> str | None:
     return close[0] if close else None
 
 
-def schema_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key of a dataclass tree (``optim``, ``optim.lr``, ...): what ``--set`` may name."""
+def schema_keys(cls: type, prefix: str = "", renamed: bool = False) -> list[str]:
+    """Every dotted key of a dataclass tree (``optim``, ``optim.lr``, ...): what ``--set`` may name.
+    ``renamed``: the old names of renamed keys instead (``loramoe.blc_weight``, ...)."""
     hints = typing.get_type_hints(cls)
-    out = []
+    out = [prefix + old for old in getattr(cls, "RENAMED", {})] if renamed else []
     for f in dataclasses.fields(cls):
-        out.append(prefix + f.name)
+        if not renamed:
+            out.append(prefix + f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            out += schema_keys(hints[f.name], f"{prefix}{f.name}.")
+            out += schema_keys(hints[f.name], f"{prefix}{f.name}.", renamed)
     return out
 
 

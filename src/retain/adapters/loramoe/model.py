@@ -11,10 +11,10 @@
   the forward. Reducing outside the forward keeps non-reentrant gradient checkpointing valid (its
   recomputation replays the same ops); reentrant checkpointing runs the forward without grad, so the
   LBC would get no gradient there: use ``use_reentrant=False``.
-- :func:`lbc_loss` combines the per-layer terms by their **mean** (``blc_reduction="mean"``, default): the
+- :func:`lbc_loss` combines the per-layer terms by their **mean** (``lbc_reduction="mean"``, default): the
   authors' code sums over layers and projections, which makes the effective beta grow with depth (x90 on
   SmolLM2's 30 layers x 3 projections) so the same beta would mean different things on different models.
-  ``blc_reduction="sum"`` reproduces the authors' scale.
+  ``lbc_reduction="sum"`` reproduces the authors' scale.
 - Inference needs no sample types: outside :func:`sample_types` nothing is recorded.
 """
 
@@ -23,14 +23,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
 
-from retain.adapters.config import LoRAMoEConfig
+from retain.adapters.check import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from retain.adapters.loramoe.config import LoRAMoEConfig
 from retain.adapters.loramoe.layer import LoRAMoELinear
 from retain.adapters.loramoe.lbc import check_types, lbc_term, router_mass
+from retain.adapters.registry import AdapterMethod, register_method
 from retain.adapters.targets import find_targets, resolve_target_modules
 from retain.errors import RetainError
 
@@ -90,15 +94,16 @@ def loramoe_config(model: nn.Module) -> LoRAMoEConfig | None:
 
 
 def inject_loramoe(model: nn.Module, config: LoRAMoEConfig) -> nn.Module:
-    """Freeze ``model`` and wrap its target layers with LoRAMoE experts, in place; returns ``model``."""
+    """Freeze ``model`` and wrap its target layers (inside ``config.scope`` when set) with LoRAMoE experts,
+    in place; returns ``model``."""
     if loramoe_layers(model):
         raise RetainError("inject_loramoe: the model already has LoRAMoE layers; load a fresh base model")
-    suffixes = resolve_target_modules(model, config.target_modules)
+    suffixes = resolve_target_modules(model, config.target_modules, config.scope)
     config = dataclasses.replace(config, target_modules=suffixes)  # record what was resolved
     state = LoRAMoEState(config)
     for p in model.parameters():
         p.requires_grad_(False)
-    for name in find_targets(model, suffixes):
+    for name in find_targets(model, suffixes, config.scope):
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
@@ -170,23 +175,23 @@ def adapters_disabled(model: nn.Module) -> Iterator[None]:
 
 def lbc_loss(model: nn.Module) -> torch.Tensor | None:
     """beta * LBC of the latest forward inside :func:`sample_types` (a scalar with grad), combined over
-    layers by mean (default) or sum, see ``LoRAMoEConfig.blc_reduction``.
+    layers by mean (default) or sum, see ``LoRAMoEConfig.lbc_reduction``.
 
     None when the model has no LoRAMoE layers, no sample types were given, or beta is 0.
     """
     state = _state(model)
-    if state is None or state.types is None or not state.records or state.config.blc_weight == 0:
+    if state is None or state.types is None or not state.records or state.config.lbc_beta == 0:
         return None
     cfg = state.config
     masses = state.router_masses()
     device = masses[0][1].device
     types = state.types.to(device)
     terms = torch.stack([
-        lbc_term(q.to(device), types, cfg.num_world_experts, cfg.blc_alpha, cfg.blc_eps, cfg.blc_paper_sign)
+        lbc_term(q.to(device), types, cfg.num_world_experts, cfg.lbc_delta, cfg.lbc_eps, cfg.lbc_paper_sign)
         for _, q in masses
     ])
-    total = terms.mean() if cfg.blc_reduction == "mean" else terms.sum()
-    return cfg.blc_weight * total
+    total = terms.mean() if cfg.lbc_reduction == "mean" else terms.sum()
+    return cfg.lbc_beta * total
 
 
 def last_router_mass(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -216,3 +221,65 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
             if tuple(t.shape) != tuple(p.shape):
                 raise RetainError(f"{source}: {k} has shape {tuple(t.shape)}, the model expects {tuple(p.shape)}")
             p.copy_(t.to(p.dtype))
+
+
+@register_method
+class LoRAMoEMethod(AdapterMethod):
+    """LoRAMoE + LBC: experts and router injected, backbone frozen; the folder holds ``adapter_config.json``
+    (``{"method": "loramoe", "base_model": ..., "config": {...}}``) and ``adapter_model.safetensors``
+    (adapter and router weights only)."""
+
+    name = "loramoe"
+    config_class = LoRAMoEConfig
+    is_adapter = True
+
+    def prepare(self, model: nn.Module, config: LoRAMoEConfig | None = None, scope: str | None = None) -> nn.Module:
+        config = config or LoRAMoEConfig()
+        if scope is not None:
+            config = dataclasses.replace(config, scope=scope)
+        return inject_loramoe(model, config)
+
+    def owns(self, model: nn.Module) -> bool:
+        return loramoe_config(model) is not None
+
+    def save(self, model: nn.Module, folder: Path, base_model: str) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"method": self.name, "base_model": base_model, "config": dataclasses.asdict(loramoe_config(model))}
+        (folder / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        tensors = {k: v.contiguous().cpu() for k, v in adapter_state_dict(model).items()}
+        save_file(tensors, str(folder / ADAPTER_WEIGHTS), metadata={"format": "pt", "method": self.name})
+
+    def detects(self, folder: Path, meta: dict | None) -> bool:
+        return meta is not None and meta.get("method") == self.name
+
+    def check(self, folder: Path, meta: dict | None, base_model: str | None, allow_pickle: bool,
+              opt_in: str | None, trust_remote_code: bool) -> None:
+        from retain.adapters import check
+
+        cfg = check.loramoe_config_of(folder, meta or {})
+        check.check_weights(folder, allow_pickle, opt_in, stem="adapter_model")
+        weights = folder / ADAPTER_WEIGHTS
+        if not weights.exists():
+            raise RetainError(f"{weights}: missing; LoRAMoE adapters are read from safetensors only")
+        base = check.meta_model(self.base_of(folder, meta, base_model), allow_pickle, opt_in, trust_remote_code)
+        check.check_loramoe_tensors(weights, check.safetensors_shapes(weights), base, cfg)
+
+    def load(self, base: nn.Module, folder: Path) -> nn.Module:
+        from safetensors.torch import load_file
+
+        from retain.adapters.check import loramoe_config_of
+        from retain.utils.io import read_json
+
+        inject_loramoe(base, loramoe_config_of(folder, read_json(folder / ADAPTER_CONFIG)))
+        weights = folder / ADAPTER_WEIGHTS
+        load_adapter_state_dict(base, load_file(str(weights)), source=str(weights))
+        return base
+
+    def disabled(self, model: nn.Module):
+        return adapters_disabled(model)
+
+    def base_of(self, folder: Path, meta: dict | None, base_model: str | None = None) -> str:
+        from retain.adapters.check import recorded_base
+
+        return recorded_base(folder, "base_model", base_model)
