@@ -74,5 +74,9 @@ def test_routing_report_errors(tmp_path, tiny_llama_path, capsys):
     bad.write_text(json.dumps({"messages": [{"role": "user", "content": "x"}], "sample_type": 7}) + "\n")
     assert main(["routing", str(tmp_path / "adapter"), "--data", str(bad)]) == 2
     assert "bad.jsonl:1: sample_type 7" in capsys.readouterr().err
+    good = json.dumps({"messages": [{"role": "user", "content": "x"}], "sample_type": "world"})
+    bad.write_text(good + "\n\n" + json.dumps({"messages": [{"role": "user", "content": "x"}], "sample_type": "wrld"}))
+    assert main(["routing", str(tmp_path / "adapter"), "--data", str(bad)]) == 2
+    assert "bad.jsonl:3: sample_type 'wrld'" in capsys.readouterr().err  # the file's line, blank lines counted
     assert main(["routing", str(tmp_path / "adapter")]) == 2
     assert "--data: required" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from retain.adapters.config import RoutingReportConfig
 from retain.errors import RetainError
-from retain.utils.io import iter_jsonl, write_json_atomic, write_text_atomic
+from retain.utils.io import iter_jsonl_lines, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 TYPE_NAMES = {1: "world", 0: "task", -1: "unknown"}
@@ -33,7 +33,7 @@ def _read_rows(path: str, limit: int) -> list[tuple[list[dict], int]]:
     from retain.data.types import as_sample_type
 
     rows = []
-    for i, row in enumerate(iter_jsonl(path), start=1):
+    for i, row in iter_jsonl_lines(path):  # i: the line in the file (blank lines counted)
         if len(rows) >= limit:
             break
         messages = row.get("messages")
