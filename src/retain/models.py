@@ -112,7 +112,7 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "auto",
         msg = str(e)  # already one line; name the option unless the message names the model itself
         named = msg.startswith(key) or str(name_or_path) in msg or str(p) in msg
         raise RetainError(msg if named else f"{key} {name_or_path}: {msg}") from None
-    except (OSError, ValueError, KeyError, RuntimeError, ImportError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, ImportError) as e:  # what transformers raises
         raise RetainError(f"{key} {name_or_path}: cannot load ({_first_line(e)}); give 'smollm2', a local model "
                           "folder or a folder written by `retain train`") from None
     if hasattr(tok, "pad_token_id"):  # a processor pads through its own tokenizer
