@@ -133,8 +133,7 @@ def _has_conv1d(model: nn.Module) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-# LoRAMoE registers itself where it is defined, as any further method would (after full and lora, so the
-# registry lists them in that order).
+# LoRAMoE registers itself where it is defined, as any further method would.
 import retain.adapters.loramoe.model  # noqa: E402, F401
 
 

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
     import torch.nn as nn
 
 METHODS: dict[str, "AdapterMethod"] = {}
-"""name -> method instance, in registration order (the order folders are detected in)."""
+"""name -> method instance, in registration order."""
+BUILTIN = ("full", "lora", "loramoe")
+"""Listed first, in this order, whichever module happened to be imported first."""
 
 
 class AdapterMethod:
@@ -90,14 +92,16 @@ def get_method(name: str) -> AdapterMethod:
     """The registered method ``name``; an unknown name is one RetainError line listing the known ones."""
     _builtins()
     if name not in METHODS:
-        raise RetainError(f"method={name!r}: use one of {', '.join(repr(n) for n in METHODS)}")
+        raise RetainError(f"method={name!r}: use one of {', '.join(repr(m.name) for m in all_methods())}")
     return METHODS[name]
 
 
 def all_methods() -> list[AdapterMethod]:
-    """Every registered method, built-in ones first."""
+    """Every registered method: the built-in ones first (in :data:`BUILTIN` order), then the others in
+    registration order."""
     _builtins()
-    return list(METHODS.values())
+    rank = {name: i for i, name in enumerate(BUILTIN)}
+    return sorted(METHODS.values(), key=lambda m: rank.get(m.name, len(BUILTIN)))
 
 
 def claimant(question: str, *args: Any) -> AdapterMethod | None:
