@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from retain.cli import COMMANDS, _bare_bool_flags, main
+from retain.cli import COMMANDS, main
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -42,18 +42,43 @@ def test_bad_option_is_one_line_and_exit_2(capsys):
     assert len(err) == 1 and err[0].startswith("error:")
 
 
-def test_bare_bool_flag_means_true():
+def test_bare_bool_flag_means_true_at_any_depth():
     from retain.demo import DemoConfig
+    from retain.options import _bare_bools
+    from retain.training.config import TrainCommand
 
-    assert _bare_bool_flags(["demo", "--fresh", "--profile", "smoke"], DemoConfig) == \
-        ["demo", "--fresh", "true", "--profile", "smoke"]
-    assert _bare_bool_flags(["demo", "--fresh", "false"], DemoConfig) == ["demo", "--fresh", "false"]
+    assert _bare_bools(DemoConfig, ["--fresh", "--profile", "smoke"]) == ["--fresh", "true", "--profile", "smoke"]
+    assert _bare_bools(DemoConfig, ["--fresh", "false"]) == ["--fresh", "false"]
+    assert _bare_bools(TrainCommand, ["--model.allow_pickle", "--resume"]) == \
+        ["--model.allow_pickle", "true", "--resume", "true"]
+
+
+def test_a_list_option_takes_plain_values_as_typed():
+    """`--probe_files facts.jsonl` is a one-item list (jsonargparse alone says "Expected a <class 'list'>");
+    repeating the flag adds items; the YAML list form still works."""
+    from retain.evaluation.config import EvalConfig
+    from retain.options import parse
+
+    assert parse(EvalConfig, ["--probe_files", "facts.jsonl"]).probe_files == ["facts.jsonl"]
+    assert parse(EvalConfig, ["--tuned", "runs/a b", "--tuned", "runs/c,d"]).tuned == ["runs/a b", "runs/c,d"]
+    assert parse(EvalConfig, ["--tuned", "[x, y]"]).tuned == ["x", "y"]
+    assert parse(EvalConfig, ["--lm_eval_tasks=hellaswag"]).lm_eval_tasks == ["hellaswag"]
+
+
+def test_every_command_reads_a_config_file_with_the_flags_keys(tmp_path):
+    from retain.evaluation.config import EvalConfig
+    from retain.options import parse
+
+    path = tmp_path / "eval.yaml"
+    path.write_text("tuned: [runs/a]\nprofile: quick\nprobes: {sciq: 10}\n", encoding="utf-8")
+    cfg = parse(EvalConfig, ["--config", str(path), "--profile", "tiny"])
+    assert (cfg.tuned, cfg.profile, cfg.probes) == (["runs/a"], "tiny", {"sciq": 10})
 
 
 @pytest.mark.parametrize("content, needle", [
     (None, "--prompts {p}: YAML file not found (a mapping of root, followup, system)"),
     ("- a\n- b\n", "--prompts {p}: holds a YAML list, expected a mapping of root, followup, system"),
-    ("root: [unclosed\n", "--prompts {p}: invalid YAML"),
+    ("root: [unclosed\n", "--prompts {p}:2: invalid YAML"),
 ])
 def test_a_bad_nested_config_file_is_one_clear_line(tmp_path, capsys, content, needle):
     p = tmp_path / "prompts.yaml"
@@ -93,6 +118,10 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
     (d / "x.jsonl").write_text('{"prompt": "q", "completion": "a"}\n', encoding="utf-8")
     recipe["datasets"] = [{"path": str(d / "x.jsonl")}]
     (d / "recipe_pickle.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    recipe["model"]["name"] = tiny_llama_path
+    (d / "recipe_ok.yaml").write_text(json.dumps(recipe), encoding="utf-8")
+    (d / "recipe_unknown_key.yaml").write_text(json.dumps({**recipe, "optim": {"learning_rate": 1e-4}}), encoding="utf-8")
+    (d / "recipe_wrong_type.yaml").write_text(json.dumps({**recipe, "train": {"batch_size": "eight"}}), encoding="utf-8")
     return d
 
 
@@ -105,16 +134,24 @@ BAD = {
         ["{d}/run", "--model", "{d}/pickle_model", "--dedup_threshold", "1.0"],
         ["{d}/run", "--model", "{d}/unknown_arch", "--dedup_threshold", "1.0"],
         ["{d}/run", "--no_such_option", "1"],
+        ["{d}/run", "--temperature", "hot"],
+        ["{d}/run", "--backend.kind", "nope"],
     ],
     "export": [["{d}/folder"], ["{d}/folder", "--format", "docx"]],
     "serve": [["--model", "{d}/pickle_model", "--port", "{port}"], ["--model", "/no/such/model", "--port", "{port}"],
               ["--model", "{d}/unknown_arch", "--port", "{port}"],
-              ["--api_key_env", "RETAIN_TEST_UNSET_KEY", "--port", "{port}"]],
+              ["--api_key_env", "RETAIN_TEST_UNSET_KEY", "--port", "{port}"], ["--port", "0"],
+              ["--backend.kind", "openai", "--port", "{port}"], ["--backend.batch_size", "0", "--port", "{port}"]],
     "train": [["{d}/missing.yaml"], ["{d}/latin1.yaml"], ["{d}/list.yaml"], ["{d}/folder"],
               ["{d}/recipe_latin1_data.yaml"], ["{d}/recipe_folder_data.yaml"], ["{d}/recipe_pickle.yaml"],
-              ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"]],
+              ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"],
+              ["{d}/recipe_unknown_key.yaml"], ["{d}/recipe_wrong_type.yaml"], ["{d}/recipe_ok.yaml", "--optim.lr", "fast"],
+              ["{d}/recipe_ok.yaml", "--optim.learnin_rate", "1"], ["{d}/recipe_ok.yaml", "--method", "lorra"],
+              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"]],
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
-             ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"]],
+             ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
+             ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
+             ["--config", "{d}/missing.yaml"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"]],

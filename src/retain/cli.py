@@ -1,8 +1,11 @@
 """The ``retain`` command line: one table maps command names to (config dataclass, run function).
 
-- Each command's options are the fields of one typed dataclass; jsonargparse turns its field types and
-  attribute docstrings into ``--help``. Fields without a default become positional arguments.
-  One source of truth: the dataclass is also the Python API and the YAML schema.
+- Each command's options are the fields of one typed dataclass, parsed by :mod:`retain.options`
+  (jsonargparse): its field types and attribute docstrings are ``--help``, nested dataclasses are
+  ``--section.key`` flags, ``--config FILE`` reads the same keys from YAML, and fields without a default
+  are positional arguments. One source of truth: the dataclass is also the Python API.
+- ``--quiet`` (anywhere on the line) keeps only results (stdout) and warnings/errors (stderr); the
+  output rule is in :mod:`retain.utils.console`, set up once here.
 - Config classes live in torch-free ``config.py`` modules so ``--help`` is fast; the run function is
   imported only when its command runs.
 - A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2; so does
@@ -14,7 +17,6 @@ To add a command: write ``FooConfig`` and ``run_foo(cfg) -> int | None``, add on
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import sys
@@ -68,61 +70,43 @@ def _load(spec: str) -> Any:
 
 
 def build_parser(commands: Sequence[str] | None = None):
-    import jsonargparse
+    """The top-level parser (``retain --help``): one subcommand per row of ``COMMANDS``."""
     from jsonargparse import ArgumentParser
 
-    jsonargparse.set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    from retain.options import new_parser
+
     parser = ArgumentParser(prog="retain", description="Fine-tune without forgetting.", exit_on_error=False)
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="Only results on stdout and errors/warnings on stderr (no progress or status).")
     sub = parser.add_subcommands(dest="command", required=True)
     for name in commands or COMMANDS:
         cfg_spec, _, help_text = COMMANDS[name]
-        sp = ArgumentParser(description=help_text, exit_on_error=False)
         cfg_cls = _load(cfg_spec)  # a broken module is an error, never a silently missing command
-        sp.add_class_arguments(cfg_cls, nested_key=None, as_positional=True, fail_untyped=False)
-        sub.add_subcommand(name, sp, help=help_text)
+        sub.add_subcommand(name, new_parser(cfg_cls, f"retain {name}", name not in CONFIG_POSITIONAL), help=help_text)
     return parser
 
 
-def config_from_namespace(cfg_cls: type, ns: Any) -> Any:
-    """Instantiate ``cfg_cls`` from a jsonargparse namespace (nested dataclasses included)."""
-    values = ns.as_dict() if hasattr(ns, "as_dict") else dict(ns)
-    return _from_dict(cfg_cls, values)
-
-
-def _from_dict(cls: type, values: dict) -> Any:
-    import typing
-
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name not in values:
-            continue
-        v = values[f.name]
-        t = hints.get(f.name)
-        if dataclasses.is_dataclass(t) and isinstance(v, dict):
-            v = _from_dict(t, v)
-        kwargs[f.name] = v
-    return cls(**kwargs)
+CONFIG_POSITIONAL = {"train"}
+"""Commands whose first positional argument is their config file (``retain train recipe.yaml``)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from retain.options import parse
+    from retain.utils import console
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Build only the requested subcommand's parser when we can: faster, and one broken module
-    # cannot break the others.
-    wanted = [a for a in argv if a in COMMANDS][:1] or None
+    console.configure(quiet=any(a in ("-q", "--quiet") for a in argv))
+    # Only the requested command's parser is built: faster, and one broken module cannot break the others.
+    name = next((a for a in argv if not a.startswith("-")), None)
     try:
-        if wanted:
-            cfg_cls = _load(COMMANDS[wanted[0]][0])
-            argv = _bare_bool_flags(argv, cfg_cls)
-            _check_config_files(argv, cfg_cls)
-        parser = build_parser(wanted)
-        try:
-            ns = parser.parse_args(argv)
-        except jsonargparse_error() as e:  # type: ignore[misc]
-            raise RetainError(" ".join(str(e).split())) from None
-        name = ns.command
-        cfg_cls = _load(COMMANDS[name][0])
-        cfg = config_from_namespace(cfg_cls, ns[name])
+        if name not in COMMANDS:
+            try:
+                build_parser().parse_args(argv)  # prints the help, or says which command is unknown
+            except jsonargparse_error() as e:  # type: ignore[misc]
+                raise RetainError(" ".join(str(e).split())) from None
+            return 2
+        args = [a for i, a in enumerate(argv) if i != argv.index(name)]
+        cfg = parse(_load(COMMANDS[name][0]), args, prog=f"retain {name}", config_positional=name in CONFIG_POSITIONAL)
         run: Callable[[Any], Any] = _load(COMMANDS[name][1])
         rc = run(cfg)
         return int(rc or 0)
@@ -144,47 +128,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def _bare_bool_flags(argv: list[str], cfg_cls: type) -> list[str]:
-    """``--flag`` alone means ``--flag true`` for a bool field (jsonargparse wants a value)."""
-    flags = {f"--{f.name}" for f in dataclasses.fields(cfg_cls) if f.type in (bool, "bool")}
-    out = []
-    for i, a in enumerate(argv):
-        out.append(a)
-        nxt = argv[i + 1].lower() if i + 1 < len(argv) else ""
-        if a in flags and nxt not in ("true", "false"):
-            out.append("true")
-    return out
-
-
-def _check_config_files(argv: list[str], cfg_cls: type) -> None:
-    """``--prompts x.yaml`` (a nested config given as a file): the file must exist, be UTF-8 and hold a
-    YAML mapping; jsonargparse would only say "Unable to load config"."""
-    import typing
-
-    import yaml
-
-    from retain.utils.io import read_text
-
-    hints = typing.get_type_hints(cfg_cls)
-    nested = {f"--{f.name}": hints[f.name] for f in dataclasses.fields(cfg_cls) if dataclasses.is_dataclass(hints[f.name])}
-    for i, arg in enumerate(argv):
-        flag, eq, value = arg.partition("=")
-        if flag not in nested or (not eq and i + 1 >= len(argv)):
-            continue
-        value = value if eq else argv[i + 1]
-        if value.lstrip().startswith(("{", "[")) or ": " in value or "\n" in value:
-            continue  # inline YAML / JSON, parsed by jsonargparse
-        keys = ", ".join(f.name for f in dataclasses.fields(nested[flag]))
-        try:
-            data = yaml.safe_load(read_text(value, "YAML file"))
-        except RetainError as e:
-            raise RetainError(f"{flag} {e} (a mapping of {keys})") from None
-        except yaml.YAMLError as e:
-            raise RetainError(f"{flag} {value}: invalid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, dict):
-            raise RetainError(f"{flag} {value}: holds a YAML {type(data).__name__}, expected a mapping of {keys}")
 
 
 def jsonargparse_error():

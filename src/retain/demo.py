@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from retain.errors import RetainError
+from retain.utils import console
 
 @dataclass(frozen=True)
 class DemoArm:
@@ -177,9 +178,7 @@ class DemoConfig:
 
 
 def _console():
-    from rich.console import Console
-
-    return Console(stderr=True)
+    return console.stderr_console()  # status lines; results (the table, "wrote ...") go to stdout
 
 
 def check_tg_corpus(path: str) -> Path:
@@ -213,7 +212,7 @@ def make_tg_corpus(cfg: DemoConfig, prof: DemoProfile, out: Path, model, tok) ->
 
 def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, out: Path):
     """The training recipe of one demo method (a plain :class:`retain.training.config.Recipe`)."""
-    from retain.training.config import DatasetSpec, MixtureConfig, ModelConfig, OptimConfig, Recipe, TrainConfig
+    from retain.training.config import DatasetSpec, MixtureConfig, ModelConfig, OptimConfig, Recipe, TrainLoopConfig
 
     from retain.data.olmo_eval import DOMAINS, domain_split
 
@@ -235,9 +234,9 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
         # this scale, so it may be repeated; the domain set is large enough never to be.
         mixture=MixtureConfig(size=prof.steps * prof.batch_size, allow_repeat=True),
         optim=OptimConfig(lr=prof.lr[method], warmup_ratio=0.1, schedule="cosine"),
-        train=TrainConfig(output_dir=str(out / name), max_steps=prof.steps, batch_size=prof.batch_size,
-                          max_length=prof.max_length, seed=cfg.seed, save_every=max(1, prof.steps // 4),
-                          kl_anchor=prof.kl_anchor if arm.kl_anchor else 0.0),
+        train=TrainLoopConfig(output_dir=str(out / name), max_steps=prof.steps, batch_size=prof.batch_size,
+                              max_length=prof.max_length, seed=cfg.seed, save_every=max(1, prof.steps // 4),
+                              kl_anchor=prof.kl_anchor if arm.kl_anchor else 0.0),
     )
 
 
@@ -371,5 +370,5 @@ def run_demo(cfg: DemoConfig) -> int:
     from retain.utils.io import write_text_atomic
 
     write_text_atomic(out / "report.md", demo_markdown(summary))
-    con.print(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
+    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
     return 0

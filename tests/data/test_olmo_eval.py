@@ -32,8 +32,8 @@ def test_triviaqa_keeps_all_aliases():
 @pytest.mark.parametrize("name", sorted(oe.DOMAINS))
 def test_domain_split_is_disjoint_stable_and_covers(name):
     train, held = oe.domain_split(name, "train"), oe.domain_split(name, "heldout")
-    tk = {oe.normalize_question(it["question"]) for it in train}
-    hk = {oe.normalize_question(it["question"]) for it in held}
+    tk = {oe.split_key(it["question"]) for it in train}
+    hk = {oe.split_key(it["question"]) for it in held}
     assert tk and hk and not (tk & hk), "a question text is on both sides"
     assert 0.1 < len(held) / (len(train) + len(held)) < 0.3
     # every item is on exactly one side, except train items dropped for overlapping a probe
@@ -80,9 +80,9 @@ def test_builtin_training_never_sees_a_heldout_or_probe_item(name):
     assert len(train) == len(oe.domain_split(name, "train")) and len(held) > 150
     prompts = {e["messages"][0]["content"] for e in train}
     assert not prompts & {oe.format_mc_prompt(it) for it in held}
-    trained_questions = {oe.normalize_question(re.split(r"\n\n(?:A\. |Answer with one word)", p)[0]) for p in prompts}
-    assert trained_questions & {oe.normalize_question(it["question"]) for it in oe.domain_split(name, "train")}
-    assert not trained_questions & {oe.normalize_question(it["question"]) for it in held}
+    trained_questions = {oe.split_key(re.split(r"\n\n(?:A\. |Answer with one word)", p)[0]) for p in prompts}
+    assert trained_questions & {oe.split_key(it["question"]) for it in oe.domain_split(name, "train")}
+    assert not trained_questions & {oe.split_key(it["question"]) for it in held}
     assert not trained_questions & oe.probe_question_keys()
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retain.generation.dedup import DUP_EXACT, DUP_SEMANTIC, KEPT, SURPLUS, QuestionIndex, SemanticIndex
-from retain.generation.prompts import normalize_question
+from retain.generation.prompts import dedup_key
 
 
 def brute_force(x: np.ndarray, t: float, group=None, cap=None) -> list[str]:
@@ -84,7 +84,12 @@ def test_no_pairwise_matrix_for_large_inputs(monkeypatch):
 
 
 def test_exact_keys_and_exact_only_mode():
-    assert normalize_question("What is DNA?") == normalize_question("  what is  dna ")
+    assert dedup_key("What is DNA?") == dedup_key("  what is  dna ")
+    # Letters of every script are part of a generated question's key; the evaluation sets' split key is
+    # ASCII only (frozen, it decides the splits), hence two names for two rules.
+    from retain.data.olmo_eval import split_key
+
+    assert dedup_key("Où est Zürich ?") == "où est zürich" and split_key("Où est Zürich ?") == "o est z rich"
     idx = QuestionIndex(threshold=1.0)
     v = idx.add(["What is DNA?", "what is dna", "What is RNA?", "What is DNA?"])
     assert [x.status for x in v] == [KEPT, DUP_EXACT, KEPT, DUP_EXACT]

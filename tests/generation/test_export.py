@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from retain.generation.prompts import Prompts
+
 import json
 
 import pytest
@@ -82,7 +84,7 @@ def test_export_refuses_unfinished_or_foreign_dirs(run_dir, tmp_path, capsys):
 
 
 def test_system_prompt_is_exported(small_cfg, fake_backend):
-    run = decompress(small_cfg(prompts={"system": "You are a helpful tutor."}), fake_backend)
+    run = decompress(small_cfg(prompts=Prompts(system="You are a helpful tutor.")), fake_backend)
     first = read_jsonl(run / "sft.jsonl")[0]["messages"]
     assert first[0] == {"role": "system", "content": "You are a helpful tutor."}
     assert [m["role"] for m in first[1:]] == ["user", "assistant"] * ((len(first) - 1) // 2)

@@ -194,7 +194,7 @@ def served_tiny(tiny_llama_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "retain", "serve", "--model", tiny_llama_path, "--port", str(port),
-         "--batch_size", "8", "--max_wait_ms", "150", "--served_model_name", "tiny"],
+         "--backend.batch_size", "8", "--max_wait_ms", "150", "--served_model_name", "tiny"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -298,8 +298,20 @@ def test_serve_reuses_the_prefix_cache_across_requests(tiny_llama_path):
     assert texts == [c.text for c in want]
 
 
-def test_serve_rejects_a_negative_prefix_cache():
-    from retain.generation.serve import ServeConfig, run_serve
+def test_serve_config_composes_the_backend_and_checks_itself(capsys):
+    """ServeConfig holds a BackendConfig (no repeated fields); its checks run when it is built, and the
+    old flat flags (--batch_size, --dtype, ...) still work with one notice each."""
+    from retain.generation.serve import ServeConfig
+    from retain.options import parse
 
-    with pytest.raises(RetainError, match="prefix_cache_tokens"):
-        run_serve(ServeConfig(prefix_cache_tokens=-1))
+    with pytest.raises(RetainError, match=r"^backend.prefix_cache_tokens=-1: must be >= 0$"):
+        ServeConfig(backend=BackendConfig(prefix_cache_tokens=-1))
+    with pytest.raises(RetainError, match=r"^--port 0: must be in 1..65535$"):
+        ServeConfig(port=0)
+    with pytest.raises(RetainError, match="--backend.kind openai"):
+        ServeConfig(backend=BackendConfig(kind="openai"))
+    cfg = parse(ServeConfig, ["--batch_size", "8", "--device", "cpu", "--port", "9"])
+    assert (cfg.backend.batch_size, cfg.backend.device, cfg.port) == (8, "cpu", 9)
+    assert capsys.readouterr().err.splitlines() == [
+        "warning: --batch_size is deprecated; write --backend.batch_size (same meaning)",
+        "warning: --device is deprecated; write --backend.device (same meaning)"]

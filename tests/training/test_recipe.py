@@ -27,7 +27,7 @@ def test_unknown_key_names_path_and_suggests(make_recipe):
 
 @pytest.mark.parametrize(
     "section, value, needle",
-    [("train", {"batch_size": "8"}, "train.batch_size: expected int, got str"),
+    [("train", {"batch_size": "eight"}, "train.batch_size: expected int, got 'eight'"),
      ("method", "lorra", "did you mean 'lora'"),
      ("train", {"grad_accum": 0}, "train.grad_accum=0: must be >= 1"),
      ("loramoe", {"num_experts": 0}, "loramoe.num_experts=0"),
@@ -60,7 +60,7 @@ def test_yaml_file_floats_overrides_and_round_trip(make_recipe, tmp_path):
     assert load_recipe(again) == r
     with pytest.raises(RetainError, match="expected key.path=value"):
         load_recipe(path, ["nonsense"])
-    with pytest.raises(RetainError, match="--set train.bach_size=2: unknown key 'train.bach_size'"):
+    with pytest.raises(RetainError, match="--train.bach_size: unknown option; did you mean --train.batch_size"):
         load_recipe(path, ["train.bach_size=2"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {name: x\n", encoding="utf-8")
@@ -77,16 +77,48 @@ def test_shipped_recipes_parse_and_state_their_command(path):
 
 
 @pytest.mark.parametrize("item, needle", [
-    ("optim.learnin_rate=1e-4", "--set optim.learnin_rate=1e-4: unknown key 'optim.learnin_rate'; did you mean 'optim.lr'?"),
-    ("lora.rank=4", "--set lora.rank=4: unknown key 'lora.rank'; did you mean 'lora.r'?"),
-    ("train.max_step=3", "--set train.max_step=3: unknown key 'train.max_step'; did you mean 'train.max_steps'?"),
-    ("datasets.0.path=x", "--set datasets.0.path=x: unknown key 'datasets.0.path'"),
-    ("optim.lr=fast", "--set optim.lr=fast: optim.lr: expected float, got str 'fast'"),
+    ("optim.learnin_rate=1e-4", "--optim.learnin_rate: unknown option; did you mean --optim.lr?"),
+    ("lora.rank=4", "--lora.rank: unknown option; did you mean --lora.r?"),
+    ("train.max_step=3", "--train.max_step: unknown option; did you mean --train.max_steps?"),
+    ("datasets.0.path=x", "--datasets.0.path: unknown option"),
+    ("optim.lr=fast", "--optim.lr: expected float, got 'fast'"),
+    ("train.batch_size=0", "train.batch_size=0: must be >= 1"),
 ])
-def test_set_errors_name_the_override_not_the_recipe_file(make_recipe, item, needle):
-    from retain.training.recipe import load_recipe
-
+def test_override_errors_name_the_flag_not_the_recipe_file(make_recipe, item, needle):
     path = make_recipe(write=True)
     with pytest.raises(RetainError) as e:
         load_recipe(path, [item])
     assert str(e.value).startswith(needle) and str(path) not in str(e.value), str(e.value)
+
+
+def test_a_bad_value_in_the_file_names_the_file_and_the_item(make_recipe, tmp_path):
+    import yaml
+
+    data = make_recipe()
+    data["datasets"][1]["type"] = "wrld"
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(RetainError) as e:
+        load_recipe(path)
+    assert str(e.value) == (f"{path}: datasets[1].type: expected one of 'world' | 'task', got 'wrld'; "
+                            "did you mean 'world'?")
+    data["datasets"][1]["type"], data["train"]["batch_size"] = "world", 0
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(RetainError, match=f"^{path}: train.batch_size=0: must be >= 1$"):
+        load_recipe(path)
+
+
+def test_python_api_runs_the_same_checks(make_recipe):
+    """Recipe(...) in Python (the demo) and a YAML file get the same errors: the checks live in the
+    dataclasses, not in the parser."""
+    from retain.training.config import DatasetSpec, OptimConfig, Recipe, TrainConfig, TrainLoopConfig
+
+    assert TrainConfig is TrainLoopConfig  # the old name still imports
+    with pytest.raises(RetainError, match=r"^optim.warmup_ratio=1.5: must be in \[0, 1\)$"):
+        OptimConfig(warmup_ratio=1.5)
+    with pytest.raises(RetainError, match="^datasets: empty"):
+        Recipe()
+    with pytest.raises(RetainError, match=r"^datasets\[0\] \(x.jsonl\): missing 'type'"):
+        Recipe(datasets=[DatasetSpec(path="x.jsonl")], method="loramoe")
+    with pytest.raises(RetainError, match="^datasets: empty"):
+        recipe_from_dict({"method": "lora"})

@@ -300,8 +300,10 @@ def load_items(name: str) -> list[dict]:
 # Splits and chat formatting
 # ---------------------------------------------------------------------------------------------
 
-def normalize_question(text: str) -> str:
-    """Lower-case, alphanumerics only, single spaces: the key for splitting and overlap checks."""
+def split_key(text: str) -> str:
+    """Lower-case ASCII letters and digits only, single spaces: the key of a question for the train /
+    held-out split and the probe-overlap checks. Frozen: a change would move items between splits.
+    (Generated questions are deduplicated with :func:`retain.generation.prompts.dedup_key`.)"""
     return " ".join(re.sub(r"[^0-9a-z]+", " ", text.lower()).split())
 
 
@@ -316,10 +318,10 @@ def probe_question_keys() -> frozenset[str]:
     """Normalized question texts of every knowledge probe set (all items, not just the sampled ones)."""
     keys: set[str] = set()
     for fn in PROBES.values():
-        keys.update(normalize_question(it["question"]) for it in fn())
+        keys.update(split_key(it["question"]) for it in fn())
     # MMLU's medical subjects are excluded from the probe but still must not be trained on by
     # accident through a domain set that copies them.
-    keys.update(normalize_question(it["question"]) for it in mmlu(exclude=frozenset()))
+    keys.update(split_key(it["question"]) for it in mmlu(exclude=frozenset()))
     return frozenset(keys)
 
 
@@ -338,7 +340,7 @@ def domain_split(name: str, split: Literal["train", "heldout"] = "train", seed: 
     probe_keys = probe_question_keys() if not want_heldout else frozenset()
     out = []
     for it in DOMAINS[name]():
-        key = normalize_question(it["question"])
+        key = split_key(it["question"])
         if (_stable_unit(key, seed) < HELDOUT_FRACTION) != want_heldout:
             continue
         if key in probe_keys:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.evaluation.config import EvalConfig
+from retain.utils import console
 
 
 def _check_inputs(cfg: EvalConfig, suite) -> None:
@@ -86,7 +87,7 @@ def run_eval(cfg: EvalConfig) -> int:
     if cfg.reference:
         ref = BaseReference.load(cfg.reference, suite)
     else:
-        print(f"calibrating on the base model ({cfg.base}) ...", flush=True)
+        console.status(f"calibrating on the base model ({cfg.base}) ...")
         ref = BaseReference.build(base, tok, suite)
         ref.save(out)
     rows = []
@@ -96,7 +97,7 @@ def run_eval(cfg: EvalConfig) -> int:
     from retain.evaluation.compare import compare
 
     for t in cfg.tuned:
-        print(f"evaluating {t} ...", flush=True)
+        console.status(f"evaluating {t} ...")
         model, ttok = load_model(t, device=cfg.device, allow_pickle=cfg.allow_pickle,
                                  trust_remote_code=cfg.trust_remote_code, key="--tuned")
         metrics = evaluate(model, ttok, suite, ref)
@@ -112,5 +113,5 @@ def run_eval(cfg: EvalConfig) -> int:
     write_text_atomic(out / "eval.md", f"# retain eval\n\n{table}\nKnown items (base calibration): {known}.\n")
     plot_eval(rows, out / "eval.png")
     print_eval_table(rows)
-    print(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
+    console.result(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
     return 0

@@ -18,7 +18,7 @@ import contextlib
 from typing import Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from retain.utils.console import tqdm
 
 from retain.models import pad_token_id
 

@@ -98,11 +98,6 @@ class DecompressConfig:
     """Show tqdm progress bars and the summary table."""
 
     def __post_init__(self) -> None:
-        # Python / YAML callers may give the nested configs as plain dicts.
-        if isinstance(self.prompts, dict):
-            self.prompts = Prompts(**self.prompts)
-        if isinstance(self.backend, dict):
-            self.backend = BackendConfig(**self.backend)
         if self.levels is None and self.preset not in PRESETS:
             raise RetainError(f"--preset {self.preset}: unknown preset; choose one of: {', '.join(PRESETS)}")
         for i, lv in enumerate(self.resolved_levels(), start=1):

@@ -1,6 +1,6 @@
 """Question deduplication: exact-duplicate hash, then greedy semantic dedup by cosine similarity.
 
-- Exact first: a normalized-text key (:func:`~retain.generation.prompts.normalize_question`) catches
+- Exact first: a normalized-text key (:func:`~retain.generation.prompts.dedup_key`) catches
   verbatim repeats without embedding anything.
 - Semantic: candidate i is dropped when ``cos(e_i, e_k) >= threshold`` for some already *kept* question k
   (anywhere in the tree: the index persists across levels). Greedy in candidate order, so the result is
@@ -37,7 +37,6 @@ have min 0.368 / median 0.644 / max 0.913 (the max is "When did World War II end
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -45,7 +44,8 @@ import numpy as np
 import torch
 
 from retain.errors import RetainError
-from retain.generation.prompts import normalize_question
+from retain.generation.prompts import dedup_key
+from retain.utils import console
 
 KEPT, SURPLUS, DUP_EXACT, DUP_SEMANTIC = "kept", "surplus", "duplicate_exact", "duplicate_semantic"
 APPROX_ABOVE = 200_000
@@ -199,8 +199,8 @@ class SemanticIndex:
         if self.index == "approx":
             raise RetainError("--dedup_index approx: faiss is not installed; pip install 'retain[ann]' (or faiss-cpu)")
         if not self._warned:
-            print(f"retain: dedup of {total:,} questions on the exact path (quadratic); pip install 'retain[ann]' "
-                  "for the approximate index", file=sys.stderr)
+            console.warn(f"dedup of {total:,} questions on the exact path (quadratic); pip install 'retain[ann]' "
+                 "for the approximate index")
             self._warned = True
         return False
 
@@ -320,12 +320,12 @@ class QuestionIndex:
         if self.semantic:
             self._index_for(emb := self.embed(list(questions))).extend(emb)  # type: ignore[operator]
         for q in questions:
-            self._keep(q, normalize_question(q))
+            self._keep(q, dedup_key(q))
 
     def add(self, questions: Sequence[str], group: Sequence[int] | None = None,
             cap: Sequence[int] | None = None) -> list[Verdict]:
         """Decide each question in order; kept ones join the index. ``group[i]`` indexes ``cap``."""
-        keys = [normalize_question(q) for q in questions]
+        keys = [dedup_key(q) for q in questions]
         verdicts: list[Verdict | None] = [None] * len(questions)
         for i, k in enumerate(keys):
             if k in self._keys:
@@ -343,7 +343,7 @@ class QuestionIndex:
             if status == KEPT:
                 verdicts[i] = self._keep(questions[i], keys[i])
             elif status == DUP_SEMANTIC:  # cosine 1 within the batch is an exact repeat: say so
-                exact = normalize_question(self.texts[of]) == keys[i]  # type: ignore[index]
+                exact = dedup_key(self.texts[of]) == keys[i]  # type: ignore[index]
                 verdicts[i] = Verdict(DUP_EXACT if exact else DUP_SEMANTIC, of, sim)
             else:
                 verdicts[i] = Verdict(status, of, sim)

@@ -84,10 +84,16 @@ def parse_questions(text: str, limit: int | None = None) -> list[str]:
     return out
 
 
-def normalize_question(text: str) -> str:
-    """Key for exact-duplicate detection: lower case, punctuation dropped, whitespace collapsed."""
+def dedup_key(text: str) -> str:
+    """Key for exact-duplicate detection of generated questions: lower case, punctuation dropped,
+    whitespace collapsed; letters of every script are kept (``"Qu'est-ce que l'ADN ?"`` ->
+    ``"qu est ce que l adn"``). Not the split key of the evaluation sets
+    (:func:`retain.data.olmo_eval.split_key`, ASCII only)."""
     text = re.sub(r"[^\w\s]", " ", text.lower())
     return " ".join(text.split())
 
 
-__all__ = ["DEFAULT_TOPICS", "Prompts", "parse_questions", "normalize_question"]
+normalize_question = dedup_key
+"""Deprecated name of :func:`dedup_key`."""
+
+__all__ = ["DEFAULT_TOPICS", "Prompts", "parse_questions", "dedup_key"]

@@ -35,6 +35,7 @@ from retain.generation.backends.base import Backend
 from retain.generation.backends.config import BackendConfig
 from retain.generation.config import DecompressConfig, ExportConfig, nodes_per_level
 from retain.generation.tree import NODES, QUESTIONS, TreeGrower, read_journal
+from retain.utils import console
 from retain.utils.io import read_json, write_json_atomic
 
 CONFIG, MANIFEST, LOCK = "config.json", "manifest.json", ".lock"
@@ -95,7 +96,7 @@ def run_export(cfg: ExportConfig) -> int:
     system = read_json(run_dir / CONFIG)["config"].get("prompts", {}).get("system")
     out = Path(cfg.out).expanduser() if cfg.out else None
     for fmt, (path, n) in export(run_dir, cfg.format, out, system).items():
-        print(f"{fmt:9s} {n:7d} rows -> {path}")
+        console.result(f"{fmt:9s} {n:7d} rows -> {path}")
     return 0
 
 
@@ -228,7 +229,6 @@ def _finish(run_dir: Path, cfg: DecompressConfig, manifest: dict) -> None:
 
 
 def print_summary(run_dir: Path, manifest: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     t = Table(title=f"TG self-decompression: {manifest['model']} -> {run_dir}")
@@ -243,7 +243,7 @@ def print_summary(run_dir: Path, manifest: dict) -> None:
                   f"{dr.get('duplicate_exact', 0)}/{dr.get('duplicate_semantic', 0)}", str(dr.get("parse_failed", 0)),
                   str(lv["answered"]), str(lv["answered"] - lv["kept"]), str(lv["kept"]), str(lv["completion_tokens"]),
                   f"{secs:.1f}")
-    c = Console(width=max(Console().width, 110))
+    c = console.stdout_console()
     c.print(t)
     tot = manifest["totals"]
     secs = timings.get("total_s", 0.0)

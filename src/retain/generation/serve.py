@@ -19,7 +19,7 @@
   completion budget gets HTTP 400 naming ``messages`` and both lengths (tokens counted on a private copy
   of the tokenizer, off the event loop), and a ``model`` other than the served name gets 404
   ``model_not_found``, as OpenAI and vLLM answer. An empty ``model`` means the served one.
-- Top-level imports are stdlib only, so ``retain --help`` does not pay for torch / fastapi.
+- Top-level imports are stdlib and torch-free retain modules only, so ``retain --help`` does not pay for torch / fastapi.
 - Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key (compared
   in constant time).
 """
@@ -28,13 +28,14 @@
 import asyncio
 import hmac
 import os
-import sys
 import time
 import uuid
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+import dataclasses
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from retain.errors import RetainError
+from retain.generation.backends.config import BackendConfig
 
 if TYPE_CHECKING:
     from retain.generation.backends.base import Backend, Completion, SamplingParams
@@ -42,14 +43,22 @@ if TYPE_CHECKING:
 
 @dataclass
 class ServeConfig:
+    """retain serve: an OpenAI-compatible /v1/chat/completions endpoint over the in-process hf backend."""
+
+    deprecated_flags: ClassVar[dict[str, str]] = {
+        k: f"backend.{k}" for k in ("batch_size", "dtype", "device", "trust_remote_code", "prefix_cache_tokens")}
+
     model: str = "smollm2"
     """'smollm2' (bundled), a local HF model folder or a hub id."""
     host: str = "127.0.0.1"
     """Interface to bind; the default is reachable from this machine only."""
     port: int = 8000
     """TCP port."""
-    batch_size: int = 32
-    """Most requests (choices) generated together in one micro-batch."""
+    backend: BackendConfig = field(default_factory=lambda: BackendConfig(progress=False))
+    """How the model runs (kind hf; the model is --model): --backend.batch_size is the most requests (choices)
+    generated together in one micro-batch; also --backend.dtype, --backend.device, --backend.trust_remote_code,
+    --backend.prefix_cache_tokens (prompt-prefix KV kept across requests, LRU, in tokens; 46 KB per token for
+    SmolLM2-135M in float32: 189 MB for 4,096)."""
     max_wait_ms: float = 10.0
     """How long the batching loop waits for a batch to fill once a request is queued (ms)."""
     max_new_tokens: int = 256
@@ -60,19 +69,21 @@ class ServeConfig:
     """Queued choices beyond this get HTTP 429 (clients back off and retry)."""
     served_model_name: str | None = None
     """Model id reported by /v1/models and in responses (default: --model)."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
-    """Weights dtype."""
-    device: str = "auto"
-    """'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'."""
-    trust_remote_code: bool = False
-    """Allow the model folder's own Python code to run (only for models you trust)."""
-    prefix_cache_tokens: int = 4096
-    """Prompt-prefix KV kept across requests (LRU), in tokens; 0 = none. Memory per token =
-    layers * 2 * kv_heads * head_dim * dtype bytes (46 KB for SmolLM2-135M in float32: 189 MB for 4,096)."""
     api_key_env: str | None = None
     """If set, the name of an environment variable holding the key clients must send as 'Authorization: Bearer'."""
     max_body_bytes: int = 2_000_000
     """Largest request body accepted (bytes); larger -> HTTP 413. 2 MB holds far more text than an 8k context."""
+
+    def __post_init__(self) -> None:
+        if self.backend.kind != "hf":
+            raise RetainError(f"--backend.kind {self.backend.kind}: retain serve runs the model in this process; "
+                              "use kind hf (point clients of another server at it directly)")
+        checks = [("port", 0 < self.port < 65536, "in 1..65535"), ("max_new_tokens", self.max_new_tokens >= 1, ">= 1"),
+                  ("max_tokens_limit", self.max_tokens_limit >= 1, ">= 1"), ("max_queue", self.max_queue >= 1, ">= 1"),
+                  ("max_body_bytes", self.max_body_bytes >= 1, ">= 1"), ("max_wait_ms", self.max_wait_ms >= 0, ">= 0")]
+        for name, ok, bound in checks:
+            if not ok:
+                raise RetainError(f"--{name} {getattr(self, name)}: must be {bound}")
 
 
 @dataclass
@@ -296,29 +307,22 @@ def run_serve(cfg: ServeConfig) -> int:
     """Load the model, then serve until interrupted."""
     import uvicorn
 
-    from retain.generation.backends.config import BackendConfig, make_backend
+    from retain.generation.backends.config import make_backend
+    from retain.utils import console
 
-    if cfg.batch_size < 1 or cfg.max_new_tokens < 1 or not (0 < cfg.port < 65536) or cfg.prefix_cache_tokens < 0 \
-            or cfg.max_body_bytes < 1:
-        raise RetainError("serve: batch_size, max_new_tokens and max_body_bytes must be >= 1, port in 1..65535 and "
-                          f"prefix_cache_tokens >= 0; got {cfg}")
     _check_port_free(cfg.host, cfg.port)
     api_key = None
     if cfg.api_key_env:
         api_key = os.environ.get(cfg.api_key_env)
         if not api_key:
             raise RetainError(f"--api_key_env {cfg.api_key_env}: environment variable is unset or empty; export it first")
-    backend = make_backend(BackendConfig(
-        kind="hf", model=cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, device=cfg.device,
-        trust_remote_code=cfg.trust_remote_code, progress=False, prefix_cache_tokens=cfg.prefix_cache_tokens,
-    ))
+    backend = make_backend(dataclasses.replace(cfg.backend, kind="hf", model=cfg.model, progress=False))
     name = cfg.served_model_name or cfg.model
-    app = create_app(backend, name, cfg.batch_size, cfg.max_wait_ms, cfg.max_new_tokens, cfg.max_tokens_limit,
+    app = create_app(backend, name, cfg.backend.batch_size, cfg.max_wait_ms, cfg.max_new_tokens, cfg.max_tokens_limit,
                      cfg.max_queue, api_key, cfg.max_body_bytes)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
-        print(f"warning: serving on {cfg.host} without an API key; anyone who can reach it can use the model",
-              file=sys.stderr, flush=True)
-    print(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.batch_size}, "
-          f"prefix_cache_tokens={cfg.prefix_cache_tokens})", flush=True)
+        console.warn(f"serving on {cfg.host} without an API key; anyone who can reach it can use the model")
+    console.status(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.backend.batch_size}, "
+           f"prefix_cache_tokens={cfg.backend.prefix_cache_tokens})")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     return 0

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from retain.utils.console import tqdm
 
 from retain.errors import RetainError
 from retain.generation.backends.base import Backend, Messages, SamplingParams

@@ -1,17 +1,18 @@
 """Training options: one typed dataclass tree that a YAML recipe maps onto (torch-free).
 
 - ``Recipe`` is the whole experiment: ``model``, ``method`` (+ ``lora`` / ``loramoe``), ``datasets``,
-  ``mixture``, ``optim``, ``train``. A YAML recipe has exactly these keys; :mod:`retain.training.recipe`
-  parses it strictly (unknown keys and wrong types are errors with a suggestion).
-- ``TrainCommand`` is the ``retain train`` CLI: the recipe path plus a few overrides.
-- Cross-field checks live in ``Recipe.validate`` so the Python API (the demo) gets the same errors as
-  the CLI.
+  ``mixture``, ``optim``, ``train`` (a :class:`TrainLoopConfig`). A YAML recipe has exactly these keys;
+  it goes through the same parser as the flags (:mod:`retain.options`), so ``retain train --help``,
+  the YAML file and ``Recipe(...)`` in Python are one schema.
+- ``TrainCommand`` is the ``retain train`` command: a recipe plus how to run it (``--resume``).
+- Each section checks its own values in ``__post_init__``; ``Recipe.__post_init__`` checks what spans
+  sections (the LBC needs every dataset's type). Python callers (the demo) get the CLI's errors.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import ClassVar, Literal, Optional
 
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
 from retain.errors import RetainError
@@ -81,10 +82,16 @@ class OptimConfig:
     max_grad_norm: Optional[float] = 1.0
     """Clip the global gradient norm to this; None disables clipping."""
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise RetainError(f"optim.lr={self.lr}: must be > 0")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RetainError(f"optim.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+
 
 @dataclass
-class TrainConfig:
-    """Loop length, batching, checkpoints and outputs."""
+class TrainLoopConfig:
+    """The ``train:`` section of a recipe: loop length, batching, checkpoints and outputs."""
 
     output_dir: str = "runs/train"
     """Run folder: model/, train_log.jsonl, loss.png, checkpoints/, train_result.json."""
@@ -119,13 +126,33 @@ class TrainConfig:
     Base logits: adapters disabled (lora, loramoe) or a frozen copy of the base (full: one more model in
     memory). Logged as kl_loss (nats/token). See retain.training.anchor."""
 
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise RetainError(f"train.{key}={getattr(self, key)}: must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise RetainError(f"train.max_steps={self.max_steps}: must be >= 1 (or leave it out to use epochs)")
+        if self.max_steps is None and not self.epochs > 0:
+            raise RetainError(f"train.epochs={self.epochs}: must be > 0")
+        if self.save_every < 0:
+            raise RetainError(f"train.save_every={self.save_every}: must be >= 0")
+        if self.kl_anchor < 0:
+            raise RetainError(f"train.kl_anchor={self.kl_anchor}: must be >= 0 (0 turns the anchor off)")
+
+
+TrainConfig = TrainLoopConfig
+"""Deprecated name of :class:`TrainLoopConfig` (it is one section of a recipe, not the command's config:
+that is :class:`TrainCommand`)."""
+
 
 @dataclass
 class Recipe:
     """A complete fine-tuning recipe (the YAML file's top level)."""
 
-    datasets: list[DatasetSpec]
-    """Training data sources, mixed by weight."""
+    config_file_kind: ClassVar[str] = "recipe"
+
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    """Training data sources, mixed by weight (at least one)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Base model."""
     method: Literal["full", "lora", "loramoe"] = "lora"
@@ -138,17 +165,17 @@ class Recipe:
     """Dataset mixing."""
     optim: OptimConfig = field(default_factory=OptimConfig)
     """Optimizer and schedule."""
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     """Loop, checkpoints, outputs."""
 
     @property
     def uses_lbc(self) -> bool:
         return self.method == "loramoe" and self.loramoe.lbc_beta > 0
 
-    def validate(self) -> "Recipe":
-        """Cross-field checks; raises RetainError naming the key."""
+    def __post_init__(self) -> None:
+        """What spans sections (each section checks its own values)."""
         if not self.datasets:
-            raise RetainError("datasets: empty; list at least one dataset")
+            raise RetainError("datasets: empty; list at least one dataset (in the recipe, or --datasets '[{path: x.jsonl}]')")
         if self.uses_lbc:
             for i, d in enumerate(self.datasets):
                 if d.type is None:
@@ -156,36 +183,26 @@ class Recipe:
                         f"datasets[{i}] ({d.path}): missing 'type' (world or task); the LBC of method loramoe "
                         "needs every dataset's type (or set loramoe.lbc_beta: 0)"
                     )
-        t = self.train
-        for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
-            if getattr(t, key) < 1:
-                raise RetainError(f"train.{key}={getattr(t, key)}: must be >= 1")
-        if t.max_steps is not None and t.max_steps < 1:
-            raise RetainError(f"train.max_steps={t.max_steps}: must be >= 1 (or leave it out to use epochs)")
-        if t.max_steps is None and not t.epochs > 0:
-            raise RetainError(f"train.epochs={t.epochs}: must be > 0")
-        if t.save_every < 0:
-            raise RetainError(f"train.save_every={t.save_every}: must be >= 0")
-        if t.kl_anchor < 0:
-            raise RetainError(f"train.kl_anchor={t.kl_anchor}: must be >= 0 (0 turns the anchor off)")
-        if not self.optim.lr > 0:
-            raise RetainError(f"optim.lr={self.optim.lr}: must be > 0")
-        if not 0 <= self.optim.warmup_ratio < 1:
-            raise RetainError(f"optim.warmup_ratio={self.optim.warmup_ratio}: must be in [0, 1)")
+
+    def validate(self) -> "Recipe":
+        """Re-run every check (after changing fields in place); raises RetainError naming the key."""
+        for section in (self.optim, self.train, self.lora, self.loramoe, self.model, self.mixture):
+            post = getattr(section, "__post_init__", None)
+            if post is not None:
+                post()
+        self.__post_init__()
         return self
 
 
 @dataclass
-class TrainCommand:
-    """retain train RECIPE.yaml: fine-tune from a YAML recipe, with checkpoints and --resume."""
+class TrainCommand(Recipe):
+    """retain train RECIPE.yaml: fine-tune from a YAML recipe, with checkpoints and --resume.
 
-    recipe: str
-    """Path of the YAML recipe (see recipes/)."""
+    Every recipe key is also a flag that overrides the file: --optim.lr 1e-4, --train.max_steps 50,
+    --loramoe.num_experts 4, --datasets '[{path: data.jsonl, type: task}]'. The recipe may also be given
+    as --config RECIPE.yaml, or left out when the flags say everything."""
+
+    deprecated_flags: ClassVar[dict[str, str]] = {"max_steps": "train.max_steps", "output_dir": "train.output_dir"}
+
     resume: bool = False
-    """Continue from the last checkpoint in the recipe's output_dir."""
-    output_dir: Optional[str] = None
-    """Override train.output_dir."""
-    max_steps: Optional[int] = None
-    """Override train.max_steps."""
-    set: list[str] = field(default_factory=list)
-    """More overrides as dotted key=value (YAML values): --set+ optim.lr=1e-4 --set+ train.batch_size=4."""
+    """Continue from the last checkpoint in train.output_dir."""

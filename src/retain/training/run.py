@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 
 from retain.errors import RetainError
 from retain.training.config import Recipe, TrainCommand
+from retain.utils import console
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def check_base(recipe: Recipe) -> str:
                           "a full fine-tune (give the adapter's base model)")
     path = resolve_model(recipe.model.name)
     if Path(path).is_dir():
-        check_weights(path, recipe.model.allow_pickle, opt_in="--set model.allow_pickle=true")
+        check_weights(path, recipe.model.allow_pickle, opt_in="--model.allow_pickle true")
     return path
 
 
@@ -143,7 +143,7 @@ def training_arguments(recipe: Recipe, out: Path, steps: int):
         remove_unused_columns=False,
         ddp_find_unused_parameters=False,
         dataloader_pin_memory=False,
-        disable_tqdm=not t.progress,
+        disable_tqdm=not console.show_progress(t.progress),
         report_to=list(t.report_to) or "none",
     )
 
@@ -221,8 +221,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     saved = check_resume(ckpts[-1], meta) if ckpts else None
     start = saved["step"] if saved else 0
     if resume and not ckpts and is_main:
-        print(f"warning: --resume: {out} has no checkpoint to resume from; starting a fresh run at step 0",
-              file=sys.stderr, flush=True)
+        console.warn(f"--resume: {out} has no checkpoint to resume from; starting a fresh run at step 0")
     log_path = out / "train_log.jsonl"
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -246,7 +245,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     callback.trainer = trainer
     if is_main:
         log.info("engine: transformers Trainer, accelerate %s", trainer.accelerator.distributed_type.value)
-    if not recipe.train.progress:
+    if not console.show_progress(recipe.train.progress):
         from transformers import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout: train_log.jsonl has them
@@ -284,22 +283,14 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
 
 
 def run_train(cmd: TrainCommand) -> int:
-    """CLI entry: ``retain train RECIPE.yaml [--resume] [--output_dir D] [--max_steps N] [--set k=v ...]``."""
-    from retain.training.recipe import load_recipe
-
-    overrides = list(cmd.set or [])
-    if cmd.output_dir is not None:
-        overrides.append(f"train.output_dir={cmd.output_dir}")
-    if cmd.max_steps is not None:
-        overrides.append(f"train.max_steps={cmd.max_steps}")
-    recipe = load_recipe(cmd.recipe, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    """CLI entry: ``retain train RECIPE.yaml [--resume] [--optim.lr 1e-4 ...]`` (a recipe + how to run it)."""
+    recipe = cmd
     t0 = time.perf_counter()
     res = train(recipe, resume=cmd.resume)
     import os
 
     if int(os.environ.get("RANK", "0")) == 0:
-        print(
+        console.result(
             f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
             f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
             f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"

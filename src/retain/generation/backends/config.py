@@ -50,17 +50,20 @@ class BackendConfig:
     progress: bool = True
     """Show a progress bar per chat() call."""
 
+    def __post_init__(self) -> None:
+        from retain.errors import RetainError
+
+        checks = [("batch_size", self.batch_size >= 1), ("max_concurrency", self.max_concurrency >= 1),
+                  ("max_retries", self.max_retries >= 0), ("timeout_s", self.timeout_s > 0),
+                  ("prefix_cache_tokens", self.prefix_cache_tokens >= 0)]
+        for name, ok in checks:
+            if not ok:
+                bound = {"batch_size": ">= 1", "max_concurrency": ">= 1", "timeout_s": "> 0"}.get(name, ">= 0")
+                raise RetainError(f"backend.{name}={getattr(self, name)}: must be {bound}")
+
 
 def make_backend(cfg: BackendConfig) -> "Backend":
     """Build the backend ``cfg`` describes (through the registry in ``base.py``)."""
-    from retain.errors import RetainError
     from retain.generation.backends.base import get_backend
 
-    if cfg.batch_size < 1 or cfg.max_concurrency < 1 or cfg.max_retries < 0 or cfg.timeout_s <= 0 \
-            or cfg.prefix_cache_tokens < 0:
-        raise RetainError(
-            "backend: batch_size and max_concurrency must be >= 1, max_retries >= 0, timeout_s > 0, "
-            f"prefix_cache_tokens >= 0; got batch_size={cfg.batch_size}, max_concurrency={cfg.max_concurrency}, "
-            f"max_retries={cfg.max_retries}, timeout_s={cfg.timeout_s}, prefix_cache_tokens={cfg.prefix_cache_tokens}"
-        )
     return get_backend(cfg.kind, cfg=cfg)

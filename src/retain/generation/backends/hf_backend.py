@@ -38,7 +38,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
+from retain.utils.console import tqdm
 
 from retain.errors import RetainError
 from retain.generation.backends.base import Completion, Messages, SamplingParams, register_backend

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import openai
-from tqdm.auto import tqdm
+from retain.utils.console import tqdm
 
 from retain.errors import RetainError
 from retain.generation.backends.base import Completion, Messages, SamplingParams, register_backend
