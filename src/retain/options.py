@@ -11,8 +11,9 @@
   (``--probe_files facts.jsonl``; repeat the flag for more items); deprecated spellings still work with a
   one-line notice (``--set key=value``, renamed keys); and errors become one ``RetainError`` line that
   names the file or flag, the key, what is wrong and how to fix it (a misspelt key gets the closest one).
-- Renames are declared on the config class: ``renamed_keys`` (ClassVar, old key -> new key, in YAML
-  files and as flags, for any section) and ``deprecated_flags`` (old flag -> new dotted key).
+- Renames are declared on the config class: ``RENAMED`` (ClassVar, old key -> new key, in YAML files
+  and as flags, for any section; one logged warning line per old key) and ``deprecated_flags`` (old flag
+  -> new dotted key, one notice).
 - A config file is checked before jsonargparse sees it: a missing file, a folder, bad UTF-8 or bad YAML
   is named with its line; an unknown key is named with its full path (``datasets[1].wieght``).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import re
 import types
 import typing
@@ -31,6 +33,8 @@ from typing import Any, Sequence, Union
 
 from retain.errors import RetainError
 from retain.utils.console import warn
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------- schema walking
 
@@ -115,16 +119,17 @@ def read_config_file(path: str | Path, cls: type, what: str = "config") -> dict:
 
 def check_keys(cls: type, data: dict, path: str = "") -> None:
     """Every key of the nested mapping ``data`` is a field of the dataclass tree ``cls`` (lists of
-    dataclasses included); a deprecated key (``cls.renamed_keys``: old -> new) is renamed in place."""
+    dataclasses included); a renamed key (``cls.RENAMED``: old -> new) is renamed in place, with one
+    logged warning line."""
     hints = _hints(cls)
     fields = [f.name for f in dataclasses.fields(cls)]
-    renamed = getattr(cls, "renamed_keys", {})
+    renamed = getattr(cls, "RENAMED", {})
     for key in list(data):
         if key in renamed and key not in fields:
             new = renamed[key]
-            warn(f"{_join(path, key)} is deprecated; write {_join(path, new)} (same meaning)")
             if new in data:
-                raise RetainError(f"both '{_join(path, key)}' and '{_join(path, new)}' are set; keep only {_join(path, new)}")
+                raise RetainError(f"{path or 'config'}: both '{key}' and its new name '{new}' are set; keep only '{new}'")
+            log.warning("%s: '%s' is deprecated; it is now '%s' (the old name still works)", path or "config", key, new)
             data[new] = data.pop(key)
             key = new
         if key not in fields:
@@ -153,7 +158,7 @@ QUIET_HELP = "-q, --quiet (any command): only results on stdout and warnings/err
 
 def new_parser(cls: type, prog: str | None = None, positional: bool = True):
     """The jsonargparse parser of a config dataclass: its fields (nested ones as ``--a.b``), ``--config``,
-    ``--print_config`` and the global ``--quiet``. Fields without a default are positional when
+    ``--print_config`` (and ``--quiet`` in the epilog: the CLI strips it). Fields without a default are positional when
     ``positional``."""
     import jsonargparse
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -235,12 +240,13 @@ def _flag_name(arg: str) -> str:
 
 def _deprecated_aliases(cls: type, args: list[str]) -> list[str]:
     """``--set a.b=v`` / ``--set+ a.b=v`` -> ``--a.b v``; ``--old`` -> ``--new`` (``deprecated_flags`` and
-    ``renamed_keys`` of the config classes)."""
+    ``RENAMED`` of the config classes)."""
     renames = dict(getattr(cls, "deprecated_flags", {}))
+    keys = {}
     for section, tp in {"": cls, **schema_keys(cls)}.items():
         sub = _dataclass_of(tp) if section else cls
-        for old, new in (getattr(sub, "renamed_keys", {}) if sub else {}).items():
-            renames[_join(section, old)] = _join(section, new)
+        for old, new in (getattr(sub, "RENAMED", {}) if sub else {}).items():
+            keys[_join(section, old)] = (section, old, new)
     out, i, noted = [], 0, set()
     while i < len(args):
         a = args[i]
@@ -258,7 +264,11 @@ def _deprecated_aliases(cls: type, args: list[str]) -> list[str]:
             if "--set" not in noted:
                 warn(f"--set is deprecated; write the key as a flag: --{key.strip()} {value}")
                 noted.add("--set")
-            out += [f"--{key.strip()}", value]
+            out += _deprecated_aliases(cls, [f"--{key.strip()}", value])
+        elif flag[2:] in keys:
+            section, old, new = keys[flag[2:]]
+            log.warning("%s: '%s' is deprecated; it is now '%s' (the old name still works)", f"--{section}", old, new)
+            out.append(f"--{_join(section, new)}" + eq + inline)
         elif flag[2:] in renames:
             new = "--" + renames[flag[2:]]
             if flag not in noted:
