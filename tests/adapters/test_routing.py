@@ -30,13 +30,19 @@ def _adapter(tmp_path, tiny_llama_path):
     return model
 
 
-def test_routing_report_cli(tmp_path, tiny_llama_path):
+def test_routing_report_cli(tmp_path, tiny_llama_path, capsys):
     model = _adapter(tmp_path, tiny_llama_path)
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
     rc = main(["routing", str(tmp_path / "adapter"), "--data", str(data), "--out", str(tmp_path / "rep"),
                "--batch_size", "2"])
     assert rc == 0
+    out, err = capsys.readouterr()  # the output rule: the table is a result (stdout), the log line status
+    assert "world-group share" in out and "world-group share" not in err
+    assert f"wrote {tmp_path / 'rep'}" in err  # logging is configured once by the CLI (it used to go nowhere)
+    assert main(["--quiet", "routing", str(tmp_path / "adapter"), "--data", str(data), "--out", str(tmp_path / "q")]) == 0
+    out, err = capsys.readouterr()
+    assert "world-group share" in out and err == ""  # --quiet: results only
     stats = json.loads((tmp_path / "rep" / "routing.json").read_text())
     assert (tmp_path / "rep" / "routing.png").stat().st_size > 1000
     assert "| model.layers.0.mlp.gate_proj |" in (tmp_path / "rep" / "routing.md").read_text()

@@ -52,11 +52,11 @@ def routing_statistics(model, tokenizer, rows: list[tuple[list[dict], int]], bat
     Returns ``{"layers": [names], "types": {name: {"tokens": n, "samples": k, "mass": [[E floats] per layer]}}}``.
     """
     import torch
-    from tqdm import tqdm
 
     from retain.adapters.loramoe import last_router_mass, loramoe_config, sample_types
     from retain.data.collate import Collator, encode_chat
     from retain.models import pad_token_id
+    from retain.utils.console import tqdm
 
     cfg = loramoe_config(model)
     if cfg is None:
@@ -134,8 +134,9 @@ def heatmap(stats: dict, path: Path) -> None:
 
 
 def _print_summary(stats: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from retain.utils.console import stdout_console
 
     table = Table(title="LoRAMoE routing: share of router mass on the world group (mean over layers)")
     table.add_column("sample type")
@@ -145,7 +146,7 @@ def _print_summary(stats: dict) -> None:
     for t, v in stats["types"].items():
         share = world_share(stats, t)
         table.add_row(t, str(v["samples"]), str(v["tokens"]), f"{sum(share) / len(share):.3f}")
-    Console(stderr=True).print(table)
+    stdout_console().print(table)  # a result: stdout
 
 
 def run_routing_report(cfg: RoutingReportConfig) -> int:

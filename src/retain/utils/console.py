@@ -14,21 +14,32 @@ import os
 import sys
 
 _quiet = False
-_QUIET_ENV = ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+_QUIET_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
+_set_env: set[str] = set()  # the variables --quiet set (and will unset)
+_applied = False  # whether the library progress bars are switched off
 
 
 def configure(quiet: bool = False) -> None:
     """Called once at CLI entry: logging to stderr (INFO, or WARNING when quiet), progress on or off."""
-    global _quiet
+    global _quiet, _applied
     _quiet = quiet
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     logging.basicConfig(handlers=[handler], level=logging.WARNING if quiet else logging.INFO, force=True)
-    for var in _QUIET_ENV:  # library progress bars (tqdm defaults, datasets) follow suit
-        if quiet:
+    if quiet == _applied:
+        return
+    _applied = quiet
+    for var in _QUIET_ENV:  # library progress bars (tqdm defaults, hub, datasets) follow suit when imported
+        if quiet and var not in os.environ:
             os.environ[var] = "1"
-        else:
+            _set_env.add(var)
+        elif not quiet and var in _set_env:  # undo only what --quiet set, never the user's own setting
             os.environ.pop(var, None)
+            _set_env.discard(var)
+    if "transformers" in sys.modules:  # already imported (a test, a notebook): its bars read the env once
+        from transformers.utils import logging as hf_logging
+
+        (hf_logging.disable_progress_bar if quiet else hf_logging.enable_progress_bar)()
 
 
 class _OneLine(logging.Formatter):
@@ -58,7 +69,8 @@ def stderr_console():
 
 
 def stdout_console():
-    """The rich console of results (stdout), wide enough for tables when stdout is a pipe."""
+    """The rich console of results (stdout), wide enough for tables when stdout is a pipe (a pipe
+    reports 80 columns)."""
     from rich.console import Console
 
     return Console(width=max(Console().width, 132))

@@ -12,12 +12,13 @@ def md_table(header: list[str], cells: list[list[str]]) -> str:
 
 def print_rich_table(title: str, header: list[str], cells: list[list[str]], console=None) -> None:
     """The same table in the terminal (first column left-aligned, numbers right-aligned)."""
-    from rich.console import Console
     from rich.table import Table
+
+    from retain.utils.console import stdout_console
 
     t = Table(title=title)
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i == 0 else "right")
     for c in cells:
         t.add_row(*c)
-    (console or Console(width=max(Console().width, 132))).print(t)  # a pipe reports 80 columns
+    (console or stdout_console()).print(t)
