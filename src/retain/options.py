@@ -300,7 +300,7 @@ def _take_config(args: list[str], positional: bool) -> tuple[list[str], str | No
             continue
         if a == "-h":
             out.append(a)
-        elif _takes_value(a) and a not in ("--help",):
+        elif _takes_value(a):
             out.append(a)
             if i + 1 < len(args):
                 out.append(args[i + 1])
