@@ -323,6 +323,6 @@ def run_serve(cfg: ServeConfig) -> int:
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.warn(f"serving on {cfg.host} without an API key; anyone who can reach it can use the model")
     console.status(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.backend.batch_size}, "
-           f"prefix_cache_tokens={cfg.backend.prefix_cache_tokens})")
+                   f"prefix_cache_tokens={cfg.backend.prefix_cache_tokens})")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning")
     return 0
