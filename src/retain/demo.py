@@ -133,8 +133,12 @@ PROFILES: dict[str, DemoProfile] = {
 class DemoConfig:
     """retain demo: TG corpus, domain fine-tunes with each method, and the forgetting table."""
 
-    out: str = "runs/demo"
-    """Output folder: tg/, <method>/ (train run + eval.json), reference/, report.md, demo.json, demo.png."""
+    scenario: Literal["text", "mllm"] = "text"
+    """text: domain SFT of the base LLM; mllm: a miniature LLaVA (base LLM + EfficientNet-Lite0), stage-1
+    projector alignment, then stage-2 visual instruction tuning (easy-VQA) four ways (retain.demo_mllm)."""
+    out: Optional[str] = None
+    """Output folder (default runs/demo; runs/demo_mllm for --scenario mllm): tg/, <method>/ (train run +
+    demo_result.json), reference/, report.md, demo.json, demo.png."""
     profile: Literal["default", "full", "smoke"] = "default"
     """Budgets: default (CPU, ~20 min), full (GPU), smoke (seconds; plumbing only)."""
     model: str = "smollm2"
@@ -269,11 +273,15 @@ def run_demo(cfg: DemoConfig) -> int:
     from retain.utils.io import read_json, write_json_atomic
     from retain.utils.seed import seed_everything
 
+    if cfg.scenario == "mllm":
+        from retain.demo_mllm import run_mllm_demo
+
+        return run_mllm_demo(cfg)
     prof = cfg.resolved_profile()
     methods = cfg.resolved_methods()
     if cfg.tg_corpus:
         check_tg_corpus(cfg.tg_corpus)
-    out = Path(cfg.out)
+    out = Path(cfg.out or "runs/demo")
     if cfg.fresh and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,11 @@ HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retentio
           "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
 
 
+def header(domain: str = "domain score", domain_ref: str = "base") -> list[str]:
+    """:data:`HEADER` with the domain columns named (``retain demo --scenario mllm``: VQA, gain vs stage 1)."""
+    return [HEADER[0], f"{domain} %", f"gain vs {domain_ref} (pts)", *HEADER[3:]]
+
+
 def vs_header(ref: str) -> list[str]:
     return [f"method vs {BASELINES[ref]}", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
 
@@ -136,16 +141,17 @@ def vs_cells(rows: Iterable[Row | dict], ref: str = "full") -> list[list[str]]:
     return cells
 
 
-def markdown_table(rows: Iterable[Row | dict]) -> str:
-    return md_table(HEADER, demo_cells(rows))
+def markdown_table(rows: Iterable[Row | dict], domain: str = "domain score", domain_ref: str = "base") -> str:
+    return md_table(header(domain, domain_ref), demo_cells(rows))
 
 
-def print_demo_table(rows: Iterable[Row | dict]) -> None:
+def print_demo_table(rows: Iterable[Row | dict], domain: str = "domain score", domain_ref: str = "base") -> None:
     rows = as_rows(rows)
     keep = [HEADER.index(h) for h in ("method", "domain score %", "gain vs base (pts)", "known-fact retention %",
                                       "margin change (nats/char)", "KL drift (nats/tok)", "lr", "train s")]
+    names = header(domain, domain_ref)
     print_rich_table("retain demo: what each fine-tune learned and kept (± = 95 % paired interval vs the base)",
-                     [HEADER[i] for i in keep], [[c[i] for i in keep] for c in demo_cells(rows)])
+                     [names[i] for i in keep], [[c[i] for i in keep] for c in demo_cells(rows)])
     for ref, label in BASELINES.items():
         cells = vs_cells(rows, ref)
         if cells:
@@ -160,8 +166,9 @@ def _iv_words(row: dict | None, scale: float, unit: str, digits: int, more: str,
     return f"{verdict(iv, more=more, less=less, same=same)} ({fmt_interval(iv, scale, digits)} {unit})"
 
 
-def verdicts(rows: Iterable[Row | dict]) -> list[str]:
-    """One measured sentence per fine-tuned model; every comparative word follows the 95 % interval rule."""
+def verdicts(rows: Iterable[Row | dict], domain: str = "domain score", domain_ref: str = "base") -> list[str]:
+    """One measured sentence per fine-tuned model; every comparative word follows the 95 % interval rule.
+    ``domain_ref``: what the domain gain in ``vs_base`` is paired against."""
     rows = as_rows(rows)
     names = {r.name for r in rows}
     out = []
@@ -174,8 +181,8 @@ def verdicts(rows: Iterable[Row | dict]) -> list[str]:
                 f"{100 * r.domain.get('balanced_accuracy', 0):.1f} %): a label-prior shift, not learning"
                 if collapse is not None and collapse >= COLLAPSE_SHARE else "")
         parts = [
-            "domain score: " + _iv_words(vb.get("domain"), 100, "pts vs base", 1, "learned (gain over the base)",
-                                         "got worse than the base") + warn,
+            f"{domain}: " + _iv_words(vb.get("domain"), 100, f"pts vs {domain_ref}", 1,
+                                      f"learned (gain over the {domain_ref})", f"got worse than the {domain_ref}") + warn,
             "known facts: " + _iv_words(vb.get("retention"), 100, "pts vs base", 1, "gained",
                                         "forgot some (retention below 100 %)", same="no detectable forgetting"),
             "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",
@@ -259,6 +266,52 @@ def demo_markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def mllm_markdown(summary: dict[str, Any]) -> str:
+    """The report of ``retain demo --scenario mllm`` (``demo.json`` with ``"scenario": "mllm"``)."""
+    rows, prof, cfg = as_rows(summary["rows"]), summary["profile"], summary["config"]
+    known, stages, vqa = summary.get("known") or {}, summary.get("stages") or {}, summary["vqa"]
+    lines = [
+        "# retain demo report: multimodal (MLLM) scenario",
+        "",
+        f"Command: `retain demo --scenario mllm --profile {cfg['profile']}` · base LLM `{cfg['model']}` · "
+        f"total {summary['total_seconds'] / 60:.1f} min"
+        + (f" ({len(summary['stages_done_earlier'])} stages done by an earlier invocation, counted at the times "
+           "they took then)" if summary.get("stages_done_earlier") else ""),
+        "",
+        f"MLLM: {cfg['model']} + frozen EfficientNet-Lite0 (ImageNet) + 2-layer MLP projector, "
+        f"{prof['image_size']} px images ({(prof['image_size'] // 32) ** 2} image tokens). Stage 1: the projector "
+        f"alone, {prof['stage1_steps']} steps × batch {prof['batch_size']} at lr {prof['lr_projector']:g} "
+        f"({vqa['stage1_examples']} easy-VQA questions). Stage 2: {prof['steps']} steps × batch {prof['batch_size']} "
+        f"per method on the next {vqa['stage2_examples']} questions, lr {prof['lr']}; a TG run gives "
+        f"{prof['tg_share']:.0%} of each batch to the base LLM's TG corpus (text only; tree {prof['tg_levels']}, "
+        f"{summary.get('tg_seconds', 0):.0f} s to generate). Budgets fixed by the rule in docs/mllm.md.",
+        "",
+        markdown_table(rows, "VQA acc", "stage 1"),
+        f"- **VQA acc**: accuracy on {vqa['heldout_items']} held-out easy-VQA questions (test images, never "
+        f"trained on), the answer with the highest next-token log-probability among the 13; always answering "
+        f"'{vqa['majority_answer']}' scores {100 * vqa['majority_share']:.1f} %. The gain is paired item by item "
+        "against stage 1 (the MLLM before stage 2).",
+        f"- **known-fact retention**, **margin change**, **KL drift**: the text path against the base LLM "
+        f"({sum(known.values())} known probe items: {', '.join(f'{k} {v}' for k, v in known.items())}; KL on "
+        "its own replies to chat prompts). The stage-1 MLLM's text path is the base LLM's, so these are also "
+        "the changes from before stage 2.",
+        "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples); `[lo, hi]` below are "
+        "intervals of the difference from full fine-tuning, then from LoRA (stage 2).",
+        "",
+        *[md_table(vs_header(ref), vs_cells(rows, ref)) + "\n" for ref in BASELINES if vs_cells(rows, ref)],
+        "## What the numbers say",
+        "",
+        "A difference is called a gain, a loss, more or less only when its 95 % interval excludes 0.",
+        "",
+    ]
+    lines += [f"- {v}" for v in verdicts(rows, "VQA", "stage 1")] or ["- (no fine-tuned row)"]
+    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), ""]
+    if stages:
+        lines += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
+    lines += ["![demo](demo.png)", ""]
+    return "\n".join(lines)
+
+
 def _save(fig, path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -279,7 +332,8 @@ def _pyplot():
     return plt
 
 
-def plot_demo(rows: Iterable[Row | dict], path: str | Path) -> None:
+def plot_demo(rows: Iterable[Row | dict], path: str | Path, domain: str = "domain score % (learned)",
+              domain_ref: str = "base") -> None:
     """Left: domain score vs retention with 95 % error bars. Middle: KL drift with error bars.
     Right: training-loss curves."""
     plt = _pyplot()
@@ -296,8 +350,9 @@ def plot_demo(rows: Iterable[Row | dict], path: str | Path) -> None:
         yerr = None if dom is None else [[100 * (dom.diff - dom.lo)], [100 * (dom.hi - dom.diff)]]
         ax1.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3, label=r.label)
     ax1.set_xlabel("known-fact retention % (kept)")
-    ax1.set_ylabel("domain score % (learned)")
-    ax1.set_title("learned vs kept (95 % paired intervals vs base)")
+    ax1.set_ylabel(domain)
+    ax1.set_title("learned vs kept (95 % paired intervals vs base)" if domain_ref == "base" else
+                  f"learned (vs {domain_ref}) vs kept (vs base), 95 % paired intervals", fontsize=9)
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=7)
     _drift_bars(ax2, rows, tuned)

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
-from retain.data.collate import IGNORE_INDEX, Collator, encode_chat
+from retain.data.collate import IGNORE_INDEX, Collator, encode_chat, encode_text
 from retain.errors import RetainError
 
 
@@ -39,7 +39,10 @@ def encode_mm_example(processor: Any, example: dict, max_length: int, where: str
     (labels -100), truncated to ``max_length``; ``images`` (paths) and ``sample_type`` carried along."""
     images = list(example.get("images", []))
     image_id = processor.image_token_id
-    enc = encode_chat(processor.tokenizer, example["messages"], max_length=1 << 30)
+    if "text" in example:  # plain text ({"text"}, e.g. TG-PT): loss on every token, no image
+        enc = encode_text(processor.tokenizer, example["text"], max_length=1 << 30)
+    else:
+        enc = encode_chat(processor.tokenizer, example["messages"], max_length=1 << 30)
     found = enc["input_ids"].count(image_id)
     if found != len(images):
         raise RetainError(f"{where}: {found} '{processor.image_token}' token(s) but {len(images)} image(s); "

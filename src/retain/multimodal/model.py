@@ -294,6 +294,20 @@ def tiny_mllm(tokenizer_source: str | Path, image_size: int = 64, seed: int = 0)
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_config(
         _mllm_config(vision, text, tok.convert_tokens_to_ids(IMAGE_TOKEN), image_size, 32, "gelu"))
+    # EfficientNet's own init shrinks activations ~1e-9 per block (measured), so a random tower would
+    # output exact zeros and no gradient would reach the projector's weights: He-init its convolutions,
+    # unit BatchNorm scales, identity squeeze-excite gates (as in Lite0).
+    tower = model.model.vision_tower
+    for m in tower.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+            torch.nn.init.zeros_(m.bias)
+    with torch.no_grad():
+        for k, v in tower.state_dict().items():
+            if ".squeeze_excite." in k:
+                v.copy_(torch.full_like(v, SE_GATE_BIAS) if k.endswith("expand.bias") else torch.zeros_like(v))
     model.generation_config.pad_token_id = tok.pad_token_id
     return model.eval(), build_processor(tok, image_size)
 

@@ -51,6 +51,9 @@ class DatasetSpec:
     """Sample type for LoRAMoE's LBC: 'world' (general knowledge, e.g. the TG corpus) or 'task'."""
     limit: Optional[int] = None
     """Read at most this many records (file order) before mixing."""
+    image_folder: Optional[str] = None
+    """Folder that relative image paths (LLaVA 'image', messages image parts) start from; default: the
+    data file's folder. Images need an image-text-to-text model (model.name an MLLM folder)."""
 
 
 @dataclass
@@ -155,8 +158,10 @@ class Recipe:
     """Training data sources, mixed by weight (at least one)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """Base model."""
-    method: Literal["full", "lora", "loramoe"] = "lora"
-    """full: all weights; lora: PEFT LoRA; loramoe: LoRA experts + router (+ LBC), backbone frozen."""
+    method: Literal["full", "lora", "loramoe", "projector"] = "lora"
+    """full: all weights; lora: PEFT LoRA; loramoe: LoRA experts + router (+ LBC), backbone frozen;
+    projector: only an image-text-to-text model's projector (LLaVA stage 1). On such a model the vision
+    tower is frozen under every method (retain.multimodal.methods)."""
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     """LoRA options (method: lora)."""
     loramoe: LoRAMoEConfig = field(default_factory=LoRAMoEConfig)

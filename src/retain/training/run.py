@@ -69,7 +69,7 @@ def load_mixture(recipe: Recipe):
 
     sources = []
     for i, d in enumerate(recipe.datasets):
-        examples = load_examples(d.path, format=d.format, sample_type=d.type, limit=d.limit)
+        examples = load_examples(d.path, format=d.format, sample_type=d.type, limit=d.limit, image_folder=d.image_folder)
         sources.append(Source(name=f"datasets[{i}] {d.path}", examples=examples, weight=d.weight))
     return mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
 
@@ -90,8 +90,9 @@ def check_base(recipe: Recipe) -> str:
 
 def load_base(recipe: Recipe, device):
     """Base model (``recipe.model``) and its tokenizer, on ``device``, through the one loader
-    (:func:`retain.models.load_model`): a base name, a local folder or a full fine-tune. An adapter folder
-    is refused: training puts a fresh adapter on a plain model."""
+    (:func:`retain.models.load_model`): a base name, a local folder or a full fine-tune; for an
+    image-text-to-text (MLLM) folder the model and its processor. An adapter folder is refused: training
+    puts a fresh adapter on a plain model."""
     from retain.models import load_model
 
     m = recipe.model
@@ -99,6 +100,19 @@ def load_base(recipe: Recipe, device):
                             allow_pickle=m.allow_pickle, key="model.name", device_key="model.device",
                             opt_in="--set model.allow_pickle=true")
     return model, tok
+
+
+def check_modality(recipe: Recipe, mixture, multimodal: bool) -> None:
+    """Images and the ``projector`` method need an image-text-to-text model: one line, before training."""
+    if multimodal:
+        return
+    with_image = next((i for i, ex in enumerate(mixture.examples) if ex.get("images")), None)
+    if with_image is not None:
+        raise RetainError(f"model.name={recipe.model.name}: a text model, but the datasets hold images; give an "
+                          "image-text-to-text model folder (e.g. one written by retain.multimodal.model.save_mllm)")
+    if recipe.method == "projector":
+        raise RetainError(f"method=projector: model.name={recipe.model.name} has no multimodal projector; use "
+                          "full, lora or loramoe, or an image-text-to-text model folder")
 
 
 def _check_output_dir(out: Path, resume: bool) -> None:
@@ -179,8 +193,14 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         return TrainResult(**read_json(out / "train_result.json"))
     mixture = load_mixture(recipe)
     _check_output_dir(out, resume)
+    from retain.multimodal.methods import is_multimodal, prepare_mllm
+    from retain.multimodal.model import is_mllm_folder
+
     if model is None:
-        check_base(recipe)  # a pickle-only or incomplete base folder fails here, in one line
+        multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
+    else:
+        multimodal = is_multimodal(model)
+    check_modality(recipe, mixture, multimodal)
 
     from accelerate import PartialState
 
@@ -196,7 +216,14 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
             raise RetainError("train(model=...): pass the tokenizer too")
         base, tok = (copy.deepcopy(model) if copy_model else model), tokenizer
         base.to(state.device)
-    features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
+    if multimodal:  # tok is the processor: images expanded to their tokens, pixels loaded per batch
+        from retain.multimodal.collate import MultimodalCollator, encode_mm_examples
+
+        features, dropped = encode_mm_examples(tok, mixture.examples, recipe.train.max_length)
+        collator = MultimodalCollator(tok, pad_token_id(tok.tokenizer))
+    else:
+        features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
+        collator = Collator(pad_token_id(tok))
     if dropped:
         log.warning("%d examples have no assistant token within max_length=%d; skipped",
                     dropped, recipe.train.max_length)
@@ -211,7 +238,10 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     if recipe.model.gradient_checkpointing:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
-    trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
+    if multimodal:  # vision tower frozen; projector / LLM + projector / adapters on the LLM
+        trainee = prepare_mllm(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
+    else:
+        trainee = prepare_model(base, recipe.method, lora=recipe.lora, loramoe=recipe.loramoe)
     trainee.to(state.device)
     n_train, n_total = trainable_parameters(trainee)
 
@@ -239,7 +269,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g),
         # No processing_class: checkpoints hold weights and optimizer state only (the tokenizer goes to model/).
-        data_collator=Collator(pad_token_id(tok)), callbacks=[callback],
+        data_collator=collator, callbacks=[callback],
         base_model=recipe.model.name,
     )
     callback.trainer = trainer
