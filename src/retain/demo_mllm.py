@@ -71,9 +71,9 @@ class MllmProfile:
 MLLM_PROFILES: dict[str, MllmProfile] = {
     # <= 20 minutes on the 2-core CPU (measured time in the README); the rule: docs/mllm.md.
     "default": MllmProfile(
-        image_size=64, stage1_steps=40, steps=30, batch_size=16, max_length=128, lr_projector=1e-3,
+        image_size=64, stage1_steps=40, steps=24, batch_size=8, max_length=128, lr_projector=1e-3,
         lr={"full": 3e-5, "lora": 1e-3, "loramoe": 1e-3}, tg_share=0.25, tg_levels=[[16, 96], [2, 96]],
-        vqa_items=400, eval_profile="quick", methods=["full", "full_tg", "lora", "loramoe_tg"],
+        vqa_items=300, eval_profile="quick", methods=["full", "full_tg", "lora", "loramoe_tg"],
     ),
     # A GPU: more steps and items, the full text suite.
     "full": MllmProfile(
