@@ -92,3 +92,11 @@ def _one_torch_thread(request):
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_mllm(smollm2_path):
+    """(model, processor): random FastVLM/LLaVA, EfficientNet width 0.25, 2-layer Llama, 64 px -> 4 image tokens."""
+    from retain.multimodal.model import tiny_mllm as build
+
+    return build(smollm2_path)

@@ -154,7 +154,8 @@ BAD = {
              ["--config", "{d}/missing.yaml"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
-    "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"]],
+    "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],
+             ["--scenario", "mllm", "--methods", "[full_kl]"], ["--scenario", "mllm", "--tg_corpus", "{d}/latin1.jsonl"]],
 }
 
 

@@ -107,6 +107,9 @@ class EvalConfig:
     """Items per lm-eval task (None = all)."""
     device: str = "auto"
     """'auto' (cuda, else mps, else cpu, as every other command), 'cpu', 'cuda', 'cuda:N', 'mps'."""
+    vqa_items: int = 400
+    """Held-out easy-VQA questions (a seeded sample of its test split) scored on image-text-to-text
+    folders as their domain score; 0 = none. Text models ignore it."""
     seed: int = 0
     """Seed of the item samples."""
     allow_pickle: bool = False

@@ -6,6 +6,11 @@
   or two with one line and writes nothing.
 - The base reference (calibration + drift reference) goes to ``out/`` first, so ``--reference out``
   skips recomputing it next time; every output file is written atomically.
+- Image-text-to-text folders (:func:`retain.multimodal.model.is_mllm_folder`, e.g. written by
+  ``retain train`` with method ``projector`` or ``full`` on an MLLM) are scored through their text path
+  (the same probes, retention and KL drift) and get held-out easy-VQA accuracy as their domain score
+  (``--vqa_items``; the text domain is then off). Two references, one command each: ``--base smollm2``
+  (the base LLM) or ``--base <the MLLM before stage 2>``.
 """
 
 from __future__ import annotations
@@ -67,29 +72,60 @@ def _harness(cfg: EvalConfig, model, tok) -> dict:
                         for task, res in out["results"].items()}}
 
 
+def _load(path: str, cfg: EvalConfig, key: str):
+    """(model, tokenizer, processor or None) through the one loader; an MLLM folder comes with its processor."""
+    from retain.models import load_model
+
+    model, tok = load_model(path, device=cfg.device, allow_pickle=cfg.allow_pickle,
+                            trust_remote_code=cfg.trust_remote_code, key=key)
+    if hasattr(tok, "image_processor"):  # an image-text-to-text folder: (model, processor)
+        return model, tok.tokenizer, tok
+    return model, tok, None
+
+
 def run_eval(cfg: EvalConfig) -> int:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from retain.multimodal.model import is_mllm_folder
+
     suite = cfg.suite()
+    multimodal = any(is_mllm_folder(Path(p).expanduser()) for p in [cfg.base, *cfg.tuned])
+    heldout: list[dict] = []
+    if multimodal and cfg.vqa_items > 0:
+        from retain.data import easy_vqa
+
+        suite.domain = None  # the visual domain replaces the text one
+        heldout = easy_vqa.records("heldout", n=cfg.vqa_items, seed=cfg.seed)
     _check_inputs(cfg, suite)
 
     import torch
 
     from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
     from retain.evaluation.suite import BaseReference, evaluate
-    from retain.models import load_model
     from retain.utils.io import write_json_atomic, write_text_atomic
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
-    base, tok = load_model(cfg.base, device=cfg.device, allow_pickle=cfg.allow_pickle,
-                           trust_remote_code=cfg.trust_remote_code, key="--base")
+    base, tok, base_proc = _load(cfg.base, cfg, "--base")
     if cfg.reference:
         ref = BaseReference.load(cfg.reference, suite)
     else:
         console.status(f"calibrating on the base model ({cfg.base}) ...")
         ref = BaseReference.build(base, tok, suite)
         ref.save(out)
+    if base_proc is not None and heldout:  # an MLLM base: its VQA items pair with the tuned models'
+        from retain.evaluation.suite import evaluate_from_results
+        from retain.evaluation.vqa import PROBE_NAME, score_vqa
+
+        from retain.data import easy_vqa
+
+        vqa = score_vqa(base, base_proc, heldout, easy_vqa.image_folder(), easy_vqa.answers(), batch_size=suite.batch_size)
+        items = ref.base_metrics.get("items") or {}
+        full = {n: [{"id": i, "correct": c, "margin": m} for i, c, m in zip(r["ids"], r["correct"], r["margin"])]
+                for n, r in items.items()}
+        merged = evaluate_from_results({**full, PROBE_NAME: vqa}, None, suite, {"kl_drift": ref.base_metrics.get("kl_drift")})
+        ref.base_metrics.update(domain_score=merged["domain_score"], domain=merged["domain"],
+                                items={**items, PROBE_NAME: merged["items"][PROBE_NAME]})
     rows = []
     if not cfg.skip_base:
         rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **_harness(cfg, base, tok)})
@@ -98,9 +134,13 @@ def run_eval(cfg: EvalConfig) -> int:
 
     for t in cfg.tuned:
         console.status(f"evaluating {t} ...")
-        model, ttok = load_model(t, device=cfg.device, allow_pickle=cfg.allow_pickle,
-                                 trust_remote_code=cfg.trust_remote_code, key="--tuned")
-        metrics = evaluate(model, ttok, suite, ref)
+        model, ttok, proc = _load(t, cfg, "--tuned")
+        if proc is not None and heldout:
+            from retain.evaluation.vqa import evaluate_mllm
+
+            metrics = evaluate_mllm(model, proc, suite, ref, heldout)
+        else:
+            metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
         metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)
         rows.append({"model": _label(t), "path": t, **metrics, **_harness(cfg, model, ttok)})

@@ -1,0 +1,57 @@
+"""`retain demo --scenario mllm` end to end on a tiny language model (smoke profile): stage 1, the
+stage-2 methods, VQA and text-path rows with intervals against the right references, a re-run that
+skips finished stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from retain.demo import DemoConfig, run_demo
+from retain.errors import RetainError
+
+
+@pytest.fixture()
+def tg_corpus(tmp_path):
+    path = tmp_path / "tg.jsonl"
+    with open(path, "w") as f:
+        for i in range(6):
+            msgs = [{"role": "user", "content": f"What is fact {i}?"},
+                    {"role": "assistant", "content": f"Fact {i} is a thing."}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_mllm_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
+    out = tmp_path / "demo"
+    cfg = DemoConfig(scenario="mllm", out=str(out), profile="smoke", model=tiny_llama_path, tg_corpus=str(tg_corpus),
+                     device="cpu")
+    assert run_demo(cfg) == 0
+    summary = json.loads((out / "demo.json").read_text())
+    assert [r["name"] for r in summary["rows"]] == ["base", "stage1", "full", "loramoe_tg"]
+    base, stage1, full, moe = summary["rows"]
+    assert base["domain_score"] is None  # the base LLM cannot see
+    for r in (stage1, full, moe):
+        assert r["domain"]["name"] == "easy_vqa" and r["domain"]["n"] == summary["vqa"]["heldout_items"]
+    # stage 1 trains only the projector; its text path is the base LLM's: no drift, nothing forgotten
+    assert stage1["trainable_params"] < full["trainable_params"] / 10
+    assert stage1["kl_drift"] < 1e-6 and stage1["retention"] in (None, 1.0)
+    # VQA gain paired against stage 1, text metrics against the base LLM; stage 1 is no stage-2 baseline
+    assert stage1["vs_base"]["domain"] is None and full["vs_base"]["domain"] is not None
+    assert full["vs_base"]["drift"] is not None and stage1["vs_full"] is None
+    assert moe["vs_full"]["domain"] is not None and len(moe["counts"]) == 2 and len(full["counts"]) == 1
+    assert (out / "stage1" / "model" / "config.json").exists() and (out / "demo.png").stat().st_size > 1000
+    report = (out / "report.md").read_text()
+    assert "VQA acc %" in report and "gain vs stage 1 (pts)" in report and "LoRAMoE + LBC + TG" in report
+    before = (out / "full" / "demo_result.json").read_text()
+    assert run_demo(cfg) == 0  # a re-run skips every finished stage
+    assert (out / "full" / "demo_result.json").read_text() == before
+    assert "train full" in json.loads((out / "demo.json").read_text())["stages_done_earlier"]
+
+
+def test_mllm_demo_refuses_a_text_only_method(tmp_path):
+    with pytest.raises(RetainError, match="not a stage-2 method"):
+        run_demo(DemoConfig(scenario="mllm", out=str(tmp_path / "d"), profile="smoke", methods=["full_kl"]))
+    assert not (tmp_path / "d").exists()
