@@ -160,3 +160,16 @@ def test_mini_mllm_text_path_is_smollm2(smollm2_path):
 def test_image_size_must_fit_the_stride():
     with pytest.raises(RetainError, match="multiple of 32"):
         mm.efficientnet_lite0_config(100)
+
+
+def test_language_model_export_gives_the_text_path_logits(tiny_mllm, tmp_path):
+    """save_language_model: a causal-LM folder (e.g. for retain decompress) with the MLLM's text logits."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, processor = tiny_mllm
+    folder = mm.save_language_model(model, processor, tmp_path / "lm")
+    lm = AutoModelForCausalLM.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.allclose(lm(ids).logits, model(input_ids=ids).logits, atol=1e-5)

@@ -360,3 +360,25 @@ def load_mllm(path: str | Path, dtype: torch.dtype = torch.float32):
                                                         trust_remote_code=False)
     processor = AutoProcessor.from_pretrained(str(p), trust_remote_code=False)
     return model.eval(), processor
+
+
+def save_language_model(model, processor, out_dir: str | Path) -> Path:
+    """Write the MLLM's text path as a plain causal-LM folder (safetensors + its tokenizer), e.g. for
+    ``retain decompress --model OUT``: a TG corpus from the MLLM's own language instead of the base LLM's.
+
+    The folder holds the language model's weights and the LM head unchanged; a model built from it gives
+    the MLLM's text-only logits (tested)."""
+    from transformers import AutoModelForCausalLM
+
+    text_config = model.config.text_config
+    lm = AutoModelForCausalLM.from_config(text_config)
+    lm.model.load_state_dict(model.model.language_model.state_dict(), strict=True)
+    if not getattr(text_config, "tie_word_embeddings", False):
+        lm.lm_head.load_state_dict(model.lm_head.state_dict())
+    lm.tie_weights()
+    out = Path(out_dir)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        lm.save_pretrained(str(tmp), safe_serialization=True)
+        processor.tokenizer.save_pretrained(str(tmp))
+    return out
