@@ -132,3 +132,15 @@ def test_missing_image_in_a_recipe_is_a_file_line_error_before_any_model_loads(t
     recipe.datasets[0].path = str(bad)
     with pytest.raises(RetainError, match=r"bad\.json.*nope\.png"):
         train(recipe)
+
+
+def test_retain_train_takes_an_mllm_folder_by_name(tiny_mllm, tmp_path, image_dir):
+    """model.name an MLLM folder: loaded with its processor; the run's model/ is again an MLLM folder."""
+    from retain.multimodal.model import is_mllm_folder, save_mllm
+    from retain.training.run import train
+
+    model, processor = tiny_mllm
+    folder = save_mllm(model, processor, tmp_path / "mllm")
+    res = train(_recipe(tmp_path, image_dir, "projector", name=str(folder)))
+    assert res.steps == 2 and is_mllm_folder(res.model_dir)
+    assert (tmp_path / "run_projector" / "model" / "processor_config.json").exists()  # the processor too
