@@ -11,7 +11,6 @@ import torch
 
 from retain.errors import RetainError
 from retain.models import load_model, pad_token_id, resolve_device
-from tests.multimodal.conftest import tiny_mllm  # noqa: F401  (fixture)
 
 METHODS = ["lora", "loramoe"]
 
