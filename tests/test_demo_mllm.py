@@ -49,6 +49,11 @@ def test_mllm_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     assert run_demo(cfg) == 0  # a re-run skips every finished stage
     assert (out / "full" / "demo_result.json").read_text() == before
     assert "train full" in json.loads((out / "demo.json").read_text())["stages_done_earlier"]
+    # a run whose training finished but whose evaluation was lost reloads the saved MLLM folder
+    (out / "full" / "demo_result.json").unlink()
+    assert run_demo(cfg) == 0
+    again = json.loads((out / "full" / "demo_result.json").read_text())
+    assert again["domain_score"] == full["domain_score"] and again["kl_drift"] == pytest.approx(full["kl_drift"], abs=1e-6)
 
 
 def test_mllm_demo_refuses_a_text_only_method(tmp_path):

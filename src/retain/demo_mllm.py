@@ -20,7 +20,8 @@ miniature MLLM = SmolLM2 + frozen EfficientNet-Lite0 + new 2-layer projector (:m
   learning rates (stage 2: the text demo's per-kind rates, not re-tuned), item counts.
 - **Never probe with trained items:** training uses the easy-VQA train images (dev images excluded),
   stage 1 and stage 2 disjoint slices of them; the VQA score is on the package's test images.
-- Resumable like the text demo: each stage writes its result atomically and is skipped when re-run.
+- Resumable like the text demo: each stage writes its result atomically and is skipped when re-run; a
+  killed stage-2 training resumes from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ def stage2_recipe(cfg, prof: MllmProfile, out: Path, name: str, vqa_file: Path, 
     from retain.demo import METHODS
     from retain.training.config import DatasetSpec
 
-    method, with_tg, _ = METHODS[name]
+    arm = METHODS[name]
+    method, with_tg = arm.method, arm.tg
     vqa = DatasetSpec(path=str(vqa_file), type="task", image_folder=str(easy_vqa.image_folder()))
     datasets = [vqa]
     if with_tg:
@@ -179,7 +181,6 @@ def add_mllm_comparisons(rows: list[dict[str, Any]], ref) -> None:
 
 def run_mllm_demo(cfg) -> int:
     """``retain demo --scenario mllm`` (cfg: :class:`retain.demo.DemoConfig`)."""
-    import torch
 
     from retain.data import easy_vqa
     from retain.demo import METHODS, _console, check_tg_corpus, make_tg_corpus
@@ -240,7 +241,7 @@ def run_mllm_demo(cfg) -> int:
     con.rule("2/4 TG self-decompression (base LLM)")
     t0 = time.perf_counter()
     tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
-    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m][1] for m in methods) else None
+    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m].tg for m in methods) else None
     stage("TG self-decompression", t0, done_earlier=tg_done)
     del base
 
@@ -289,24 +290,28 @@ def run_mllm_demo(cfg) -> int:
             stage(f"train {name}", now, done_earlier=True)
             stage(f"evaluate {name}", now, done_earlier=True)
             continue
-        con.print(f"[bold]{METHODS[name][2]}[/] ({name})")
+        con.print(f"[bold]{METHODS[name].label}[/] ({name})")
         recipe = stage2_recipe(cfg, prof, out, name, data_dir / "vqa_stage2.json", tg_path)
-        if (out / name).exists():
-            shutil.rmtree(out / name)
+        # Resume a killed run from its last checkpoint (the Trainer's resume is bit-exact, tested).
+        resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
+        if not resume and (out / name).exists():
+            shutil.rmtree(out / name)  # an earlier attempt died before its first checkpoint
         t0 = time.perf_counter()
-        result = train(recipe, model=stage1, tokenizer=processor)
+        result = train(recipe, resume=resume, model=stage1, tokenizer=processor)
+        tuned = result.model
+        if tuned is None:  # finished by an earlier process: load its folder on the stage-1 model
+            tuned, _ = load_model(result.model_dir, device=device)
         stage(f"train {name}", t0)
         t0 = time.perf_counter()
-        metrics = evaluate_mllm(result.model, processor, suite, ref, data["heldout"])
+        metrics = evaluate_mllm(tuned, processor, suite, ref, data["heldout"])
         stage(f"evaluate {name}", t0)
-        row = {"name": name, "label": METHODS[name][2], **metrics, "trainable_params": result.trainable_params,
+        row = {"name": name, "label": METHODS[name].label, **metrics, "trainable_params": result.trainable_params,
                "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
                "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
                "lr": recipe.optim.lr, "loss_curve": [round(r["lm_loss"], 5) for r in read_log(out / name / "train_log.jsonl")]}
         write_json_atomic(result_file, row)
         rows.append(row)
-        del result
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
+        del result, tuned
 
     add_mllm_comparisons(rows, ref)
     total = time.perf_counter() - t_start + sum(stages[k] for k in reused)

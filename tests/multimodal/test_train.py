@@ -62,6 +62,9 @@ def _changed(before, model):
 def test_stage1_projector_method_changes_only_the_projector(tiny_mllm, tmp_path, image_dir):
     from retain.training.run import train
 
+    from retain.adapters.registry import get_method
+
+    assert get_method("projector").name == "projector"  # a registered method, like full / lora / loramoe
     model, processor = tiny_mllm
     before = _snapshot(model)
     res = train(_recipe(tmp_path, image_dir, "projector"), model=model, tokenizer=processor)
