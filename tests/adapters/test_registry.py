@@ -13,7 +13,6 @@ from tests.adapters.adapter_archs import build_tiny
 from retain.adapters.methods import folder_kind, method_of, prepare_model, save_finetuned
 from retain.adapters.registry import METHODS, AdapterMethod, all_methods, get_method, register_method
 from retain.errors import RetainError
-from tests.multimodal.conftest import tiny_mllm  # noqa: F401  (fixture)
 
 
 class NormsOnly(AdapterMethod):
