@@ -62,6 +62,7 @@ def _changed(before, model):
 def test_stage1_projector_method_changes_only_the_projector(tiny_mllm, tmp_path, image_dir):
     from retain.training.run import train
 
+    import retain.multimodal.methods  # noqa: F401  (registers 'projector', as retain train's import does)
     from retain.adapters.registry import get_method
 
     assert get_method("projector").name == "projector"  # a registered method, like full / lora / loramoe
