@@ -1,6 +1,6 @@
 """Shared-prefix vs level-batched vs one-request-at-a-time generation on the same TG tree (SmolLM2-135M).
 
-Run: ``python benchmarks/bench_generate.py [--levels 8,96 16,64] [--batch_size 64] [--threads 1]``
+Run: ``python benchmarks/bench_generate.py [--levels 12,96 16,64] [--batch_size 64] [--threads 1]``
 
 - The real tree expansion (``retain.generation.run.decompress``) grows one tree. Every backend call it
   makes (a level's question requests, a level's answers) is run three times, back to back, on one
@@ -15,13 +15,15 @@ Run: ``python benchmarks/bench_generate.py [--levels 8,96 16,64] [--batch_size 6
   All see the same prompts, budgets, sampling (temperature 0.7, top-p 0.95, top-k off) and stop tokens,
   and, being interleaved call by call, the same machine load. Sampled lengths differ, so the measure is
   completion tokens per second of generation time (dedup/embedding time is excluded from all three).
-- Default tree ``[(8, 96), (16, 64)]``: 8 root questions + up to 128 follow-ups, plus the question lists
-  (``question_tokens`` = 32 per requested question), which are part of the workload. Parse failures and
-  dedup thin the follow-ups: ``[(8, 96), (12, 64)]`` gave 61 nodes in the README's run (< 64), hence 16.
+- Default tree ``[(12, 96), (16, 64)]``: 12 root questions + up to 192 follow-ups, plus the question lists
+  (``question_tokens`` = 32 per requested question), which are part of the workload. Nodes counted are the
+  answered ones (``nodes.jsonl``: roots + follow-ups). Parse failures and dedup thin the follow-ups by an
+  amount that depends on the draw: ``[(8, 96), (12, 64)]`` and ``[(8, 96), (16, 64)]`` both gave 61 nodes
+  (8 + 53, < 64); ``[(12, 96), (16, 64)]`` gave 136 (12 + 124) in the README's run.
 - Where the time goes on CPU: every answer re-reads its root-to-parent dialogue (~200-250 prompt tokens
-  for ~60 new ones); prefix sharing cuts the prompt tokens actually run ~5x (the "prefilled" column). What
+  for ~60 new ones); prefix sharing cuts the prompt tokens actually run ~6x (the "prefilled" column). What
   is left is decoding, compute-bound once batched on one contended thread (~2 x 135M FLOPs per token in
-  every strategy), which caps the ratio over serial near level batching's (2.9x vs 2.7x in the README's
+  every strategy), which caps the ratio over serial near level batching's (2.9x vs 2.3x in the README's
   run). Finished rows keep decoding until their batch ends (``generate``'s loop).
 - ``--serial_every k`` runs the baseline on every k-th conversation only: its tokens/s does not depend
   on which requests it sees (no batching), and it is by far the slowest third.
@@ -117,7 +119,7 @@ class Interleaved:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--levels", nargs="+", default=["8,96", "16,64"], help="N,L pairs (default: 8,96 16,64)")
+    ap.add_argument("--levels", nargs="+", default=["12,96", "16,64"], help="N,L pairs (default: 12,96 16,64)")
     ap.add_argument("--batch_size", type=int, default=64, help="hf backend batch size for the level-batched run")
     ap.add_argument("--serial_every", type=int, default=1,
                     help="run the serial baseline on every k-th conversation of each call (1 = all; >1 saves time, "
