@@ -128,3 +128,24 @@ def test_kl_anchored_methods_carry_the_profile_lambda_and_others_do_not(tmp_path
     lam = {n: build_recipe(cfg, prof, n, Path("tg.jsonl"), tmp_path).train.kl_anchor for n in METHODS}
     assert lam["full_kl"] == lam["lora_kl"] == prof.kl_anchor > 0
     assert all(v == 0.0 for n, v in lam.items() if n not in ("full_kl", "lora_kl"))
+
+
+def test_stage_clock_keeps_recorded_times_of_skipped_stages(tmp_path):
+    """Both scenarios time stages through one StageClock: a skipped stage keeps the seconds recorded when it
+    ran (from demo.json) and is listed in ``reused``; a stage that runs is timed now."""
+    import json
+    import time
+
+    from rich.console import Console
+
+    from retain.demo import StageClock
+
+    (tmp_path / "demo.json").write_text(json.dumps({"stages": {"train full": 123.4}}))
+    clock = StageClock(tmp_path, Console(file=open(tmp_path / "log.txt", "w")))
+    clock("train full", time.perf_counter(), done_earlier=True)
+    clock("train lora", time.perf_counter() - 2.0, done_earlier=True)  # not recorded: timed now
+    assert clock.stages["train full"] == 123.4 and clock.reused == ["train full"]
+    assert 2.0 <= clock.stages["train lora"] < 60
+    fresh = StageClock(tmp_path / "none", Console(file=open(tmp_path / "log2.txt", "w")))
+    fresh("train full", time.perf_counter(), done_earlier=True)
+    assert fresh.reused == [] and fresh.stages["train full"] < 60

@@ -185,6 +185,47 @@ def _console():
     return console.stderr_console()  # status lines; results (the table, "wrote ...") go to stdout
 
 
+class StageClock:
+    """Wall seconds of each demo stage (both scenarios), kept in ``demo.json``'s ``stages``.
+
+    ``clock(label, since)`` records ``time.perf_counter() - since`` and prints it. A re-run skips the stages
+    it finds finished (``done_earlier=True``); their times are the ones recorded when they ran (read from
+    ``out/demo.json``), listed in ``reused``, so a resumed run still reports what each stage cost.
+    """
+
+    def __init__(self, out: Path, con) -> None:
+        from retain.utils.io import read_json
+
+        self.con = con
+        self.recorded: dict[str, float] = (
+            read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {})
+        self.stages: dict[str, float] = {}
+        self.reused: list[str] = []
+
+    def __call__(self, label: str, since: float, done_earlier: bool = False) -> None:
+        if done_earlier and label in self.recorded:
+            self.stages[label] = self.recorded[label]
+            self.reused.append(label)
+            self.con.print(f"[dim]{label}: done earlier ({self.stages[label]:.0f} s when it ran)[/]")
+            return
+        self.stages[label] = round(time.perf_counter() - since, 1)
+        self.con.print(f"[dim]{label}: {self.stages[label]:.0f} s[/]")
+
+
+def open_run(cfg: "DemoConfig", out: Path):
+    """Start a demo run in ``out`` (both scenarios): emptied first with ``--fresh``, else finished stages are
+    kept; seeds set; -> ``(console, device, StageClock)``."""
+    from retain.models import resolve_device
+    from retain.utils.seed import seed_everything
+
+    if cfg.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    con = _console()
+    seed_everything(cfg.seed)
+    return con, str(resolve_device(cfg.device)), StageClock(out, con)
+
+
 def check_tg_corpus(path: str) -> Path:
     """A given ``--tg_corpus``: it exists and every record is a valid chat example (``file:line``
     errors). Run before any model loads."""
@@ -267,11 +308,10 @@ def run_demo(cfg: DemoConfig) -> int:
 
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import BaseReference, evaluate
-    from retain.models import load_model, resolve_device
+    from retain.models import load_model
     from retain.training.run import train
     from retain.training.trainer import read_log
     from retain.utils.io import read_json, write_json_atomic
-    from retain.utils.seed import seed_everything
 
     if cfg.scenario == "mllm":
         from retain.demo_mllm import run_mllm_demo
@@ -282,27 +322,9 @@ def run_demo(cfg: DemoConfig) -> int:
     if cfg.tg_corpus:
         check_tg_corpus(cfg.tg_corpus)
     out = Path(cfg.out or "runs/demo")
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    con = _console()
-    seed_everything(cfg.seed)
-    device = str(resolve_device(cfg.device))
+    con, device, stage = open_run(cfg, out)
     t_start = time.perf_counter()
-    stages: dict[str, float] = {}
-    # A re-run skips finished stages; their times are the ones recorded when they ran.
-    prev_stages = read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {}
-    reused: list[str] = []
-
-    def stage(label: str, since: float, done_earlier: bool = False) -> None:
-        """Record and print one stage's wall time (also in demo.json and report.md)."""
-        if done_earlier and label in prev_stages:
-            stages[label] = prev_stages[label]
-            reused.append(label)
-            con.print(f"[dim]{label}: done earlier ({stages[label]:.0f} s when it ran)[/]")
-            return
-        stages[label] = round(time.perf_counter() - since, 1)
-        con.print(f"[dim]{label}: {stages[label]:.0f} s[/]")
+    stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo[/] · profile {cfg.profile} · model {cfg.model} · {', '.join(methods)}")
     t0 = time.perf_counter()

@@ -183,17 +183,16 @@ def run_mllm_demo(cfg) -> int:
     """``retain demo --scenario mllm`` (cfg: :class:`retain.demo.DemoConfig`)."""
 
     from retain.data import easy_vqa
-    from retain.demo import METHODS, _console, check_tg_corpus, make_tg_corpus
+    from retain.demo import METHODS, check_tg_corpus, make_tg_corpus, open_run
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import BaseReference
     from retain.evaluation.vqa import evaluate_mllm
-    from retain.models import load_model, resolve_device
+    from retain.models import load_model
     from retain.multimodal.model import MiniMLLMConfig, build_mini_mllm, load_mllm
     from retain.training.config import DatasetSpec
     from retain.training.run import train
     from retain.training.trainer import read_log
     from retain.utils.io import read_json, write_json_atomic, write_text_atomic
-    from retain.utils.seed import seed_everything
 
     prof = resolved_profile(cfg)
     methods = mllm_methods(cfg)
@@ -201,25 +200,9 @@ def run_mllm_demo(cfg) -> int:
         check_tg_corpus(cfg.tg_corpus)
     easy_vqa.image_folder()  # the package is installed: before any model loads
     out = Path(cfg.out or "runs/demo_mllm")
-    if cfg.fresh and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    con = _console()
-    seed_everything(cfg.seed)
-    device = str(resolve_device(cfg.device))
+    con, device, stage = open_run(cfg, out)
     t_start = time.perf_counter()
-    stages: dict[str, float] = {}
-    prev = read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {}
-    reused: list[str] = []
-
-    def stage(label: str, since: float, done_earlier: bool = False) -> None:
-        if done_earlier and label in prev:
-            stages[label] = prev[label]
-            reused.append(label)
-            con.print(f"[dim]{label}: done earlier ({stages[label]:.0f} s when it ran)[/]")
-            return
-        stages[label] = round(time.perf_counter() - since, 1)
-        con.print(f"[dim]{label}: {stages[label]:.0f} s[/]")
+    stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo --scenario mllm[/] · profile {cfg.profile} · LLM {cfg.model} · {', '.join(methods)}")
     t0 = time.perf_counter()
