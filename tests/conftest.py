@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 
 import pytest
@@ -100,3 +102,15 @@ def tiny_mllm(smollm2_path):
     from retain.multimodal.model import tiny_mllm as build
 
     return build(smollm2_path)
+
+
+@pytest.fixture()
+def tg_corpus(tmp_path):
+    """A 6-dialogue TG corpus (chat messages JSONL) for the demo smoke runs of both scenarios."""
+    path = tmp_path / "tg.jsonl"
+    with open(path, "w") as f:
+        for i in range(6):
+            msgs = [{"role": "user", "content": f"What is fact {i}?"},
+                    {"role": "assistant", "content": f"Fact {i} is a thing."}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return path

@@ -11,17 +11,6 @@ from retain.demo import DemoConfig, run_demo
 from retain.errors import RetainError
 
 
-@pytest.fixture()
-def tg_corpus(tmp_path):
-    path = tmp_path / "tg.jsonl"
-    with open(path, "w") as f:
-        for i in range(6):
-            msgs = [{"role": "user", "content": f"What is fact {i}?"},
-                    {"role": "assistant", "content": f"Fact {i} is a thing."}]
-            f.write(json.dumps({"messages": msgs}) + "\n")
-    return path
-
-
 @pytest.mark.slow
 def test_demo_smoke_end_to_end(tmp_path, tiny_llama_path, tg_corpus):
     out = tmp_path / "demo"

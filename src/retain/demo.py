@@ -159,14 +159,7 @@ class DemoConfig:
     """Delete the output folder first instead of skipping finished stages."""
 
     def resolved_profile(self) -> DemoProfile:
-        if self.profile not in PROFILES:
-            raise RetainError(f"--profile {self.profile}: unknown; choose one of: {', '.join(PROFILES)}")
-        p = dataclasses.replace(PROFILES[self.profile])
-        if self.steps is not None:
-            if self.steps < 1:
-                raise RetainError(f"--steps {self.steps}: must be >= 1")
-            p.steps = self.steps
-        return p
+        return pick_profile(self, PROFILES)
 
     def resolved_methods(self) -> list[str]:
         methods = list(self.methods or self.resolved_profile().methods)
@@ -179,6 +172,18 @@ class DemoConfig:
 
 
 # ---------------------------------------------------------------- stages
+
+
+def pick_profile(cfg: "DemoConfig", profiles: dict):
+    """A copy of ``profiles[cfg.profile]`` (either scenario's table) with ``--steps`` applied."""
+    if cfg.profile not in profiles:
+        raise RetainError(f"--profile {cfg.profile}: unknown; choose one of: {', '.join(profiles)}")
+    p = dataclasses.replace(profiles[cfg.profile])
+    if cfg.steps is not None:
+        if cfg.steps < 1:
+            raise RetainError(f"--steps {cfg.steps}: must be >= 1")
+        p.steps = cfg.steps
+    return p
 
 
 def _console():

@@ -104,14 +104,9 @@ def mllm_methods(cfg) -> list[str]:
 
 
 def resolved_profile(cfg) -> MllmProfile:
-    if cfg.profile not in MLLM_PROFILES:
-        raise RetainError(f"--profile {cfg.profile}: unknown; choose one of: {', '.join(MLLM_PROFILES)}")
-    p = dataclasses.replace(MLLM_PROFILES[cfg.profile])
-    if cfg.steps is not None:
-        if cfg.steps < 1:
-            raise RetainError(f"--steps {cfg.steps}: must be >= 1")
-        p.steps = cfg.steps
-    return p
+    from retain.demo import pick_profile
+
+    return pick_profile(cfg, MLLM_PROFILES)
 
 
 def vqa_data(prof: MllmProfile, seed: int) -> dict[str, list[dict]]:
