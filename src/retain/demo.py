@@ -216,6 +216,10 @@ class StageClock:
         self.stages[label] = round(time.perf_counter() - since, 1)
         self.con.print(f"[dim]{label}: {self.stages[label]:.0f} s[/]")
 
+    def total(self, since: float) -> float:
+        """Seconds of this invocation (``perf_counter() - since``) plus the recorded times of skipped stages."""
+        return time.perf_counter() - since + sum(self.stages[k] for k in self.reused)
+
 
 def open_run(cfg: "DemoConfig", out: Path):
     """Start a demo run in ``out`` (both scenarios): emptied first with ``--fresh``, else finished stages are
@@ -229,6 +233,37 @@ def open_run(cfg: "DemoConfig", out: Path):
     con = _console()
     seed_everything(cfg.seed)
     return con, str(resolve_device(cfg.device)), StageClock(out, con)
+
+
+def train_arm(recipe, run_dir: Path, model, tokenizer, device: str):
+    """Train one demo arm into ``run_dir`` (both scenarios) -> ``(TrainResult, trained model)``.
+
+    A killed run resumes from its last checkpoint (the Trainer's resume is bit-exact, tested) and a finished
+    one whose evaluation was lost is reused; a folder from an attempt that died before its first checkpoint
+    is removed first. A run finished by an earlier process is loaded from its saved folder.
+    """
+    from retain.models import load_model
+    from retain.training.run import train
+
+    resume = (run_dir / "checkpoints").exists() or (run_dir / "train_result.json").exists()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = train(recipe, resume=resume, model=model, tokenizer=tokenizer)
+    trained = result.model
+    if trained is None:
+        trained, _ = load_model(result.model_dir, device=device)
+    return result, trained
+
+
+def result_row(name: str, label: str, metrics: dict, result, lr: float, run_dir: Path) -> dict:
+    """One report row (both scenarios): the evaluation's metrics plus what training recorded (loss curve in
+    nats per token, from ``run_dir/train_log.jsonl``)."""
+    from retain.training.trainer import read_log
+
+    return {"name": name, "label": label, **metrics, "trainable_params": result.trainable_params,
+            "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
+            "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
+            "lr": lr, "loss_curve": [round(r["lm_loss"], 5) for r in read_log(run_dir / "train_log.jsonl")]}
 
 
 def check_tg_corpus(path: str) -> Path:
@@ -314,8 +349,6 @@ def run_demo(cfg: DemoConfig) -> int:
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import BaseReference, evaluate
     from retain.models import load_model
-    from retain.training.run import train
-    from retain.training.trainer import read_log
     from retain.utils.io import read_json, write_json_atomic
 
     if cfg.scenario == "mllm":
@@ -368,31 +401,19 @@ def run_demo(cfg: DemoConfig) -> int:
             continue
         con.print(f"[bold]{METHODS[name].label}[/] ({name})")
         recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
-        # Resume a killed run from its last checkpoint, or reuse a finished one whose evaluation was lost.
-        resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
-        if not resume and (out / name).exists():
-            shutil.rmtree(out / name)  # an earlier attempt died before its first checkpoint
         t0 = time.perf_counter()
-        result = train(recipe, resume=resume, model=base, tokenizer=tok)
-        model = result.model
-        if model is None:  # finished in an earlier process: load the saved folder
-            model, _ = load_model(result.model_dir, device=device)
+        result, model = train_arm(recipe, out / name, base, tok, device)
         stage(f"train {name}", t0)
         t0 = time.perf_counter()
         metrics = evaluate(model, tok, suite, ref)
         stage(f"evaluate {name}", t0)
-        log_rows = read_log(out / name / "train_log.jsonl")
-        row = {"name": name, "label": METHODS[name].label, **metrics, "trainable_params": result.trainable_params,
-               "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
-               "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
-               "lr": recipe.optim.lr, "loss_curve": [round(r["lm_loss"], 5) for r in log_rows]}
+        row = result_row(name, METHODS[name].label, metrics, result, recipe.optim.lr, out / name)
         write_json_atomic(result_file, row)
         rows.append(row)
         del model, result
 
     add_comparisons(rows, ref)
-    # Wall time of this invocation, plus the recorded times of the stages it skipped.
-    total = time.perf_counter() - t_start + sum(stages[k] for k in reused)
+    total = stage.total(t_start)
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
                "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
                "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,

@@ -178,7 +178,7 @@ def run_mllm_demo(cfg) -> int:
     """``retain demo --scenario mllm`` (cfg: :class:`retain.demo.DemoConfig`)."""
 
     from retain.data import easy_vqa
-    from retain.demo import METHODS, check_tg_corpus, make_tg_corpus, open_run
+    from retain.demo import METHODS, check_tg_corpus, make_tg_corpus, open_run, result_row, train_arm
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import BaseReference
     from retain.evaluation.vqa import evaluate_mllm
@@ -186,7 +186,7 @@ def run_mllm_demo(cfg) -> int:
     from retain.multimodal.model import MiniMLLMConfig, build_mini_mllm, load_mllm
     from retain.training.config import DatasetSpec
     from retain.training.run import train
-    from retain.training.trainer import read_log
+    from retain.utils import console
     from retain.utils.io import read_json, write_json_atomic, write_text_atomic
 
     prof = resolved_profile(cfg)
@@ -251,11 +251,7 @@ def run_mllm_demo(cfg) -> int:
         t0 = time.perf_counter()
         metrics = evaluate_mllm(stage1, processor, suite, ref, data["heldout"])
         stage("evaluate stage1", t0)
-        row = {"name": "stage1", "label": "stage 1: projector only", **metrics,
-               "trainable_params": result.trainable_params, "total_params": result.total_params,
-               "train_seconds": result.wall_time_s, "steps": result.steps, "final_loss": result.final_loss,
-               "examples": result.examples, "counts": result.counts, "lr": prof.lr_projector,
-               "loss_curve": [round(r["lm_loss"], 5) for r in read_log(out / "stage1" / "train_log.jsonl")]}
+        row = result_row("stage1", "stage 1: projector only", metrics, result, prof.lr_projector, out / "stage1")
         write_json_atomic(result_file, row)
         rows.append(row)
 
@@ -270,29 +266,19 @@ def run_mllm_demo(cfg) -> int:
             continue
         con.print(f"[bold]{METHODS[name].label}[/] ({name})")
         recipe = stage2_recipe(cfg, prof, out, name, data_dir / "vqa_stage2.json", tg_path)
-        # Resume a killed run from its last checkpoint (the Trainer's resume is bit-exact, tested).
-        resume = (out / name / "checkpoints").exists() or (out / name / "train_result.json").exists()
-        if not resume and (out / name).exists():
-            shutil.rmtree(out / name)  # an earlier attempt died before its first checkpoint
         t0 = time.perf_counter()
-        result = train(recipe, resume=resume, model=stage1, tokenizer=processor)
-        tuned = result.model
-        if tuned is None:  # finished by an earlier process: load its folder on the stage-1 model
-            tuned, _ = load_model(result.model_dir, device=device)
+        result, tuned = train_arm(recipe, out / name, stage1, processor, device)
         stage(f"train {name}", t0)
         t0 = time.perf_counter()
         metrics = evaluate_mllm(tuned, processor, suite, ref, data["heldout"])
         stage(f"evaluate {name}", t0)
-        row = {"name": name, "label": METHODS[name].label, **metrics, "trainable_params": result.trainable_params,
-               "total_params": result.total_params, "train_seconds": result.wall_time_s, "steps": result.steps,
-               "final_loss": result.final_loss, "examples": result.examples, "counts": result.counts,
-               "lr": recipe.optim.lr, "loss_curve": [round(r["lm_loss"], 5) for r in read_log(out / name / "train_log.jsonl")]}
+        row = result_row(name, METHODS[name].label, metrics, result, recipe.optim.lr, out / name)
         write_json_atomic(result_file, row)
         rows.append(row)
         del result, tuned
 
     add_mllm_comparisons(rows, ref)
-    total = time.perf_counter() - t_start + sum(stages[k] for k in reused)
+    total = stage.total(t_start)
     summary = {"scenario": "mllm", "config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof),
                "rows": rows, "tg_corpus": str(tg_path) if tg_path else None,
                "tg_seconds": stages["TG self-decompression"], "total_seconds": round(total, 1), "stages": stages,
@@ -306,5 +292,5 @@ def run_mllm_demo(cfg) -> int:
     print_demo_table(rows, domain="VQA", domain_ref="stage 1")
     plot_demo(rows, out / "demo.png", domain="held-out easy-VQA accuracy %", domain_ref="stage 1")
     write_text_atomic(out / "report.md", mllm_markdown(summary))
-    con.print(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
+    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
     return 0
