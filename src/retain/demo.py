@@ -81,6 +81,10 @@ class DemoProfile:
     """Sequences per step."""
     max_length: int
     """Token cap per training example."""
+    micro_batch: int
+    """Sequences per forward pass. Below ``batch_size``, each step's examples are sorted by length and run
+    as ``batch_size / micro_batch`` passes (``train.sort_by_length``): the same examples and gradient per
+    step, less padding. Chosen for speed alone (``benchmarks/bench_padding.py``; README, "Profile")."""
     tg_share: float
     """Share of each TG run's mixture taken from the TG corpus."""
     lr: dict[str, float]
@@ -99,11 +103,15 @@ class DemoProfile:
     ``benchmarks/sweep_lr.py`` chose ``lr``; the demo never trains on them (so it trains on the same
     examples the sweep did), and never reports on them."""
 
+    def __post_init__(self) -> None:
+        if self.micro_batch < 1 or self.batch_size % self.micro_batch:
+            raise RetainError(f"micro_batch={self.micro_batch}: must divide batch_size={self.batch_size}")
+
 
 PROFILES: dict[str, DemoProfile] = {
     # ~20 minutes on a 2-core CPU with SmolLM2-135M (measured numbers in the README).
     "default": DemoProfile(
-        tg_levels=[[16, 96], [2, 96]], domain_examples=1200, steps=24, batch_size=8, max_length=128,
+        tg_levels=[[16, 96], [2, 96]], domain_examples=1200, steps=24, batch_size=8, max_length=128, micro_batch=8,
         tg_share=0.25, lr={"full": 3e-5, "lora": 1e-3, "loramoe": 1e-3}, eval_profile="default",
         methods=["full", "lora", "full_tg", "loramoe_tg"],
         lr_rule=("per method kind, the best balanced accuracy on a 200-item dev split of the SST-2 train side "
@@ -116,13 +124,13 @@ PROFILES: dict[str, DemoProfile] = {
     ),
     # For a GPU: a bigger tree, more steps, the full evaluation suite.
     "full": DemoProfile(
-        tg_levels=[[120, 256], [4, 192]], domain_examples=20000, steps=600, batch_size=16, max_length=512,
+        tg_levels=[[120, 256], [4, 192]], domain_examples=20000, steps=600, batch_size=16, max_length=512, micro_batch=16,
         tg_share=0.25, lr={"full": 5e-5, "lora": 3e-4, "loramoe": 3e-4}, eval_profile="full",
         methods=["full", "lora", "full_tg", "loramoe_tg", "lora_tg"],
     ),
     # Seconds, for tests: checks the plumbing, not the science.
     "smoke": DemoProfile(
-        tg_levels=[[2, 16], [1, 16]], domain_examples=24, steps=2, batch_size=2, max_length=96,
+        tg_levels=[[2, 16], [1, 16]], domain_examples=24, steps=2, batch_size=2, max_length=96, micro_batch=1,
         tg_share=0.5, lr={"full": 1e-4, "lora": 1e-3, "loramoe": 1e-3}, eval_profile="tiny",
         methods=["full", "loramoe_tg"],
     ),
@@ -319,8 +327,9 @@ def build_recipe(cfg: DemoConfig, prof: DemoProfile, name: str, tg_path: Path, o
         # this scale, so it may be repeated; the domain set is large enough never to be.
         mixture=MixtureConfig(size=prof.steps * prof.batch_size, allow_repeat=True),
         optim=OptimConfig(lr=prof.lr[method], warmup_ratio=0.1, schedule="cosine"),
-        train=TrainLoopConfig(output_dir=str(out / name), max_steps=prof.steps, batch_size=prof.batch_size,
-                              max_length=prof.max_length, seed=cfg.seed, save_every=max(1, prof.steps // 4),
+        train=TrainLoopConfig(output_dir=str(out / name), max_steps=prof.steps, batch_size=prof.micro_batch,
+                              grad_accum=prof.batch_size // prof.micro_batch,
+                              sort_by_length=prof.micro_batch < prof.batch_size, max_length=prof.max_length, seed=cfg.seed, save_every=max(1, prof.steps // 4),
                               kl_anchor=prof.kl_anchor if arm.kl_anchor else 0.0),
     )
 

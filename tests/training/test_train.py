@@ -59,6 +59,20 @@ def test_grad_accumulation_matches_one_big_batch(make_recipe, tmp_path):
         torch.testing.assert_close(weights[0][n], weights[1][n], atol=2e-5, rtol=1e-4)
 
 
+def test_length_sorted_steps_give_the_same_update(make_recipe, tmp_path):
+    """sort_by_length reorders a step's examples before they are cut into forward passes: 4x1 unsorted and
+    2x2 sorted train on the same examples per step, so they end at the same weights."""
+    weights = []
+    for i, (bs, acc, srt) in enumerate([(4, 1, False), (2, 2, True), (1, 4, True)]):
+        data = make_recipe(method="lora", train={"max_steps": 3, "batch_size": bs, "grad_accum": acc,
+                                                 "sort_by_length": srt, "output_dir": str(tmp_path / f"s{i}")})
+        res = train(recipe_from_dict(data))
+        weights.append({n: p.detach().clone() for n, p in res.model.named_parameters() if p.requires_grad})
+    for w in weights[1:]:
+        for n in weights[0]:
+            torch.testing.assert_close(weights[0][n], w[n], atol=2e-5, rtol=1e-4)
+
+
 def test_in_memory_base_model_is_copied(make_recipe, tiny_llama_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

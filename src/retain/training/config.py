@@ -106,6 +106,13 @@ class TrainLoopConfig:
     """Sequences per forward pass per process."""
     grad_accum: int = 1
     """Forward passes per optimizer step. Global batch = batch_size * grad_accum * processes."""
+    sort_by_length: bool = False
+    """Sort each optimizer step's examples by token count, longest first, before they are cut into the
+    step's forward passes (grad_accum × processes of batch_size). The step trains on the same examples and
+    the loss is normalised by the step's assistant tokens, so the gradient is the same up to float
+    rounding (dropout masks differ); padding shrinks. Useful only with grad_accum > 1 or several processes:
+    e.g. batch_size 4 × grad_accum 2 sorted instead of batch_size 8. LoRAMoE's LBC, like any per-batch
+    loss, is then computed per forward pass."""
     max_length: int = 512
     """Truncate each chat-formatted example to this many tokens."""
     bf16_autocast: bool = False

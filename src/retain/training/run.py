@@ -246,7 +246,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     n_train, n_total = trainable_parameters(trainee)
 
     meta = {"world_size": world, "batch_size": recipe.train.batch_size,
-            "grad_accum": recipe.train.grad_accum, "examples": len(features), "seed": recipe.train.seed}
+            "grad_accum": recipe.train.grad_accum, "examples": len(features), "seed": recipe.train.seed,
+            "sort_by_length": recipe.train.sort_by_length}
     ckpts = complete_checkpoints(out) if resume else []
     saved = check_resume(ckpts[-1], meta) if ckpts else None
     start = saved["step"] if saved else 0
@@ -267,7 +268,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main)
     trainer = RetainTrainer(
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
-        train_dataset=StreamDataset(features, recipe.train.seed, steps * g),
+        train_dataset=StreamDataset(features, recipe.train.seed, steps * g,
+                                    sort_window=g if recipe.train.sort_by_length else 0),
         # No processing_class: checkpoints hold weights and optimizer state only (the tokenizer goes to model/).
         data_collator=collator, callbacks=[callback],
         base_model=recipe.model.name,

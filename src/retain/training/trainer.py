@@ -10,7 +10,9 @@ sample types and LBC come from :class:`retain.integrations.trl.LoRAMoETrainer`. 
   ``G = batch_size * grad_accum * processes``, optimizer step ``s`` reads stream positions
   ``[s*G, (s+1)*G)``; accelerate hands micro-batch ``a`` of rank ``r`` positions ``[a*B*W + r*B, ... + B)``
   of them. A step therefore always sees the same examples, whatever happened before it, and a resume
-  skips exactly the batches already trained on.
+  skips exactly the batches already trained on. With ``train.sort_by_length`` each step's ``G`` positions
+  are reordered longest first before they are cut into forward passes: the step holds the same examples
+  and, the loss being normalised per step, the same gradient, with less padding in each forward pass.
 - **The loss**: summed next-token cross-entropy over assistant tokens (:func:`token_loss`) divided by the
   assistant tokens of the whole step (all micro-batches, all ranks: the Trainer's ``num_items_in_batch``),
   so gradient accumulation and process count do not change what is optimised.
@@ -60,18 +62,35 @@ class StreamDataset(torch.utils.data.Dataset):
 
     Position ``p`` is example ``perm_e[p mod N]`` of epoch ``e = p // N``, where ``perm_e`` is
     ``torch.randperm(N)`` under a generator seeded ``seed + e``. Read sequentially.
+
+    ``sort_window=G`` (the global batch) reorders each window of positions ``[w*G, (w+1)*G)`` by token
+    count, longest first (ties keep stream order): the window's examples are unchanged, so a step trains
+    on the same set, but the forward passes cut from it pad less. 0 = stream order.
     """
 
-    def __init__(self, features: list[dict], seed: int, length: int):
-        self.features, self.seed, self.length = features, seed, length
+    def __init__(self, features: list[dict], seed: int, length: int, sort_window: int = 0):
+        self.features, self.seed, self.length, self.sort_window = features, seed, length, sort_window
         self._perm: tuple[int, list[int]] | None = None  # one epoch's permutation in memory
+        self._window: tuple[int, list[int]] | None = None  # one window's sorted stream positions
 
-    def index(self, pos: int) -> int:
+    def stream_index(self, pos: int) -> int:
+        """Example at stream position ``pos`` before any within-step sort."""
         epoch, i = divmod(pos, len(self.features))
         if self._perm is None or self._perm[0] != epoch:
             g = torch.Generator().manual_seed(self.seed + epoch)
             self._perm = (epoch, torch.randperm(len(self.features), generator=g).tolist())
         return self._perm[1][i]
+
+    def index(self, pos: int) -> int:
+        if self.sort_window <= 1:
+            return self.stream_index(pos)
+        w, i = divmod(pos, self.sort_window)
+        if self._window is None or self._window[0] != w:
+            lo = w * self.sort_window
+            ids = [self.stream_index(p) for p in range(lo, min(lo + self.sort_window, self.length))]
+            order = sorted(range(len(ids)), key=lambda k: (-len(self.features[ids[k]]["input_ids"]), k))
+            self._window = (w, [ids[k] for k in order])
+        return self._window[1][i]
 
     def __len__(self) -> int:
         return self.length
@@ -259,11 +278,15 @@ def complete_checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+META_ADDED = {"sort_by_length": False}
+"""Data-order settings added to ``retain_state.json`` later, with the value older checkpoints had."""
+
+
 def check_resume(folder: Path, meta: dict) -> dict:
     """``retain_state.json`` of ``folder``; raises when a setting that fixes the data order changed."""
     saved = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
     for key, value in meta.items():
-        if saved.get(key) != value:
+        if saved.get(key, META_ADDED.get(key)) != value:
             raise RetainError(
                 f"{folder}: {key} was {saved.get(key)!r} when saved, now {value!r}; resume with the "
                 "same recipe and process count, or start a new output_dir"
