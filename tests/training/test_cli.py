@@ -125,6 +125,26 @@ def test_cli_overrides_reach_the_run(make_recipe, tmp_path, capsys):
     assert "trained full: 2 steps" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("quiet", [False, True])
+def test_stdout_holds_the_result_only_with_or_without_the_bar(make_recipe, tmp_path, capsys, quiet):
+    """The Trainer's bar would write each step's log dict to stdout; results only go there (the output rule)."""
+    from retain.utils import console
+
+    path = make_recipe(method="loramoe", write=True)
+    argv = ["train", str(path), "--train.output_dir", str(tmp_path / "o"), "--train.max_steps", "3",
+            "--train.progress", "true"]
+    try:
+        rc = main((["--quiet"] if quiet else []) + argv)
+    finally:
+        console.configure(quiet=False)
+    out, err = capsys.readouterr()
+    assert rc == 0
+    lines = out.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("trained loramoe: 3 steps") and "{" not in out
+    assert ("lm_loss=" in err) is not quiet  # the bar (stderr) shows the loss unless --quiet
+    assert len((tmp_path / "o" / "train_log.jsonl").read_text().splitlines()) == 3
+
+
 def test_old_spellings_still_work_with_one_notice_each(make_recipe, tmp_path, capsys):
     path = make_recipe(method="full", write=True)
     rc = main(["train", str(path), "--output_dir", str(tmp_path / "o"), "--max_steps", "2",

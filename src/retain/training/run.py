@@ -178,8 +178,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
-        CHECKPOINTS, RetainTrainer, RunLogCallback, StreamDataset, check_resume, complete_checkpoints, read_log,
-        total_steps,
+        CHECKPOINTS, RetainTrainer, RunLogCallback, StepBarCallback, StreamDataset, check_resume,
+        complete_checkpoints, read_log, total_steps,
     )
     from retain.utils.io import (
         _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
@@ -277,10 +277,13 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     callback.trainer = trainer
     if is_main:
         log.info("engine: transformers Trainer, accelerate %s", trainer.accelerator.distributed_type.value)
-    if not console.show_progress(recipe.train.progress):
-        from transformers import PrinterCallback
+    # No per-step dicts on stdout (train_log.jsonl has them): without a bar the Trainer's PrinterCallback
+    # prints them, and its tqdm bar writes them to stdout too; StepBarCallback shows the loss on the bar.
+    from transformers import PrinterCallback, ProgressCallback
 
-        trainer.remove_callback(PrinterCallback)  # no per-step dicts on stdout: train_log.jsonl has them
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(StepBarCallback())
     try:
         trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
     except Exception as e:  # a checkpoint write on a full disk: one line; --resume skips the torn folder

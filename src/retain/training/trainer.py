@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import TrainerCallback
+from transformers import ProgressCallback, TrainerCallback
 
 from retain.data.collate import IGNORE_INDEX
 from retain.errors import RetainError
@@ -194,6 +194,21 @@ class RetainTrainer(LoRAMoETrainer):
             self.lr_scheduler = build_scheduler(optimizer or self.optimizer, self.recipe.optim, num_training_steps)
             self._created_lr_scheduler = True
         return self.lr_scheduler
+
+
+class StepBarCallback(ProgressCallback):
+    """transformers' tqdm bar (stderr) with the latest loss in its postfix.
+
+    The stock :class:`~transformers.ProgressCallback` also writes every log dict with ``tqdm.write``,
+    which goes to **stdout**, against retain's output rule (stdout carries results only); the rows are in
+    ``train_log.jsonl``. Here a log updates the bar instead.
+    """
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            shown = {k: logs[k] for k in ("lm_loss", "lbc_loss", "kl_loss", "grad_norm") if k in logs}
+            self.training_bar.set_postfix({k: f"{float(v):.4g}" for k, v in (shown or {"loss": logs["loss"]}).items()},
+                                          refresh=False)
 
 
 class RunLogCallback(TrainerCallback):
