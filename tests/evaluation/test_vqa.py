@@ -71,3 +71,42 @@ def test_retain_eval_on_mllm_folders_pairs_vqa_and_text_metrics(tiny_mllm, tmp_p
     assert same["domain_score"] == base["domain_score"]  # the same model: same VQA answers
     assert same["vs_base"]["domain"]["diff"] == 0 and same["retention"] in (None, 1.0)
     assert same["kl_drift"] < 1e-6
+
+
+@pytest.mark.parametrize("method", ["lora", "loramoe"])
+def test_retain_eval_on_mllm_adapter_folders(tiny_mllm, tmp_path, method):
+    """An MLLM LoRA / LoRAMoE folder written by `retain train` loads with its processor, scores VQA through
+    the adapted model, and pairs with its MLLM base; a zero-step adapter is the base (same answers)."""
+    from PIL import Image
+
+    from retain.evaluation.config import EvalConfig
+    from retain.evaluation.run import run_eval
+    from retain.multimodal.model import save_mllm
+    from retain.training.config import (DatasetSpec, MixtureConfig, ModelConfig, OptimConfig, Recipe,
+                                        TrainConfig)
+    from retain.training.run import train
+
+    model, processor = tiny_mllm
+    base = save_mllm(model, processor, tmp_path / "mllm")
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(tmp_path / "red.png")
+    vqa = tmp_path / "vqa.json"
+    vqa.write_text(json.dumps([{"image": "red.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat color is the shape?"}, {"from": "gpt", "value": "red"}]}] * 4))
+    tg = tmp_path / "tg.jsonl"
+    tg.write_text(json.dumps({"messages": [{"role": "user", "content": "Tell me a fact."},
+                                           {"role": "assistant", "content": "Water is wet."}]}) + "\n")
+    recipe = Recipe(datasets=[DatasetSpec(path=str(vqa), type="task", weight=0.5),
+                              DatasetSpec(path=str(tg), type="world", weight=0.5)],
+                    method=method, model=ModelConfig(name=str(base), device="cpu"),
+                    mixture=MixtureConfig(size=4, allow_repeat=True), optim=OptimConfig(lr=1e-2),
+                    train=TrainConfig(output_dir=str(tmp_path / "run"), max_steps=2, batch_size=2, max_length=64,
+                                      progress=False))
+    res = train(recipe)
+    cfg = EvalConfig(base=str(base), tuned=[str(res.model_dir)], profile="tiny", vqa_items=6,
+                     out=str(tmp_path / "eval"), device="cpu")
+    assert run_eval(cfg) == 0
+    base_row, tuned = json.loads((tmp_path / "eval" / "eval.json").read_text())["rows"]
+    assert tuned["domain"]["name"] == "easy_vqa" and tuned["domain"]["n"] == 6
+    assert tuned["kl_drift"] > 1e-6  # the adapter (trained at lr 1e-2) is applied on the text path
+    assert base_row["items"]["domain:easy_vqa"]["ids"] == tuned["items"]["domain:easy_vqa"]["ids"]  # paired
+    assert "domain" in tuned["vs_base"]

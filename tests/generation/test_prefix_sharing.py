@@ -125,3 +125,17 @@ def test_lru_is_dropped_when_weights_change_in_place(tiny_llama_path):
 def test_prefix_cache_tokens_must_not_be_negative():
     with pytest.raises(RetainError, match="prefix_cache_tokens"):
         make_backend(BackendConfig(prefix_cache_tokens=-1))
+
+
+def test_attention_kernels_leave_out_cudnn_on_cuda_only():
+    """On CUDA, generation runs without cuDNN's SDPA kernel (a plan per new shape; see hf_backend); the flags
+    come back on exit, and on CPU nothing changes."""
+    from retain.generation.backends.hf_backend import attention_kernels
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels(torch.device("cuda")):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with attention_kernels(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

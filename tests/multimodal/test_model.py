@@ -173,3 +173,30 @@ def test_language_model_export_gives_the_text_path_logits(tiny_mllm, tmp_path):
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert torch.allclose(lm(ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_a_bfloat16_mllm_takes_the_processors_float32_pixels(tiny_mllm):
+    """The processor gives float32 pixels; a model loaded in bfloat16 (a GPU setting) casts them in the tower's
+    pre-hook (training) and in VQA scoring, instead of failing in the first convolution."""
+    import copy
+
+    from PIL import Image
+
+    from retain.data import easy_vqa
+    from retain.evaluation.vqa import score_vqa
+    from retain.multimodal.model import freeze_vision_tower, tower_dtype
+
+    model, processor = tiny_mllm
+    m = copy.deepcopy(model).to(torch.bfloat16)
+    assert tower_dtype(m) == torch.bfloat16
+    recs = easy_vqa.records("heldout", n=2, seed=0)
+    images = [Image.open(easy_vqa.image_folder() / r["image"]).convert("RGB") for r in recs]
+    pix = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    assert pix.dtype == torch.float32
+    with pytest.raises(RuntimeError):  # what transformers does without the cast
+        m.model.vision_tower(pix)
+    freeze_vision_tower(m)
+    out = m.model.vision_tower(pix).last_hidden_state
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
+    res = score_vqa(m, processor, recs, easy_vqa.image_folder(), easy_vqa.answers())
+    assert len(res) == 2 and all(r["gold"] == easy_vqa.answers().index(rec["answer"]) for r, rec in zip(res, recs))

@@ -80,8 +80,10 @@ def score_vqa(model, processor, records: Sequence[dict], image_folder: str | Pat
         if r["answer"] not in index:
             raise RetainError(f"{r.get('id')}: answer {r['answer']!r} is not one of {answers}")
         rows.append((r, _prompt_ids(processor, r["conversations"][0]["value"])))
+    from retain.multimodal.model import tower_dtype
+
     out: list[dict] = []
-    dev = model_device(model)
+    dev, pix_dtype = model_device(model), tower_dtype(model)  # a bfloat16 model takes bfloat16 pixels
     with eval_mode(model):
         for s in range(0, len(rows), batch_size):
             chunk = rows[s:s + batch_size]
@@ -98,7 +100,7 @@ def score_vqa(model, processor, records: Sequence[dict], image_folder: str | Pat
                     images.append(im.convert("RGB"))
             pix = processor.image_processor(images, return_tensors="pt")["pixel_values"]
             logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
-                           pixel_values=pix.to(dev), logits_to_keep=1, use_cache=False).logits[:, -1].float()
+                           pixel_values=pix.to(dev, pix_dtype), logits_to_keep=1, use_cache=False).logits[:, -1].float()
             lp = torch.log_softmax(logits, -1)[:, keys.to(dev)].cpu()  # (B, n_answers)
             for (r, _), row in zip(chunk, lp):
                 gold = index[r["answer"]]

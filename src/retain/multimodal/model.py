@@ -312,10 +312,17 @@ def tiny_mllm(tokenizer_source: str | Path, image_size: int = 64, seed: int = 0)
     return model.eval(), build_processor(tok, image_size)
 
 
+def tower_dtype(model) -> torch.dtype:
+    """The floating dtype of the vision tower's weights (what its ``pixel_values`` must be)."""
+    tower = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return next(p.dtype for p in tower.model.vision_tower.parameters() if p.is_floating_point())
+
+
 def freeze_vision_tower(model) -> None:
     """Stop gradients into the vision tower and keep it in eval mode even under ``model.train()``
     (a forward pre-hook puts it back): BatchNorm then keeps using, and never updates, its ImageNet
-    running statistics."""
+    running statistics. The same hook casts float ``pixel_values`` (the processor's float32) to the
+    tower's dtype, so a model loaded in bfloat16 trains on them (transformers' FastVLM does not cast)."""
     tower = model.model.vision_tower
     tower.requires_grad_(False)
     tower.eval()
@@ -323,6 +330,10 @@ def freeze_vision_tower(model) -> None:
         def keep_eval(module, args):
             if module.training:
                 module.eval()
+            dtype = tower_dtype(model)
+            if args and torch.is_tensor(args[0]) and args[0].is_floating_point() and args[0].dtype != dtype:
+                return (args[0].to(dtype), *args[1:])
+            return None
         tower._retain_eval_hook = tower.register_forward_pre_hook(keep_eval)
 
 

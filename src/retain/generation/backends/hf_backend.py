@@ -25,6 +25,11 @@
   prompts end at the same column; the attention mask hides the pads. Results come back in input order.
 - Stop tokens = EOS from the tokenizer and generation config, plus the chat template's end-of-turn token,
   found by rendering a one-turn dialogue (``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3, ...).
+- **Attention kernels on CUDA** (:func:`attention_kernels`): generation runs with PyTorch's SDPA limited to
+  the flash / memory-efficient / math kernels. The cuDNN kernel, which PyTorch 2.11 picks on an H100,
+  builds an execution plan for every new shape, and decoding makes a new shape at every step (the KV
+  grows) and every call (new widths): measured on an H100, a tree's backend calls ran 10-15x slower
+  than with the same shapes repeated.
 - Sampling is transformers' own (temperature / top_p; temperature 0 = greedy; top-k disabled, as in the
   OpenAI API). Seeds: batch ``b`` of a call samples under ``seed + b`` inside ``torch.random.fork_rng``,
   so the same inputs, seed, batch size and cache contents give the same outputs (the batches are formed
@@ -33,6 +38,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any, Sequence
 
@@ -182,8 +188,9 @@ class HFBackend:
             return [(k[:, :m], v[:, :m]) for k, v in hit]
         cache = DynamicCache(ddp_cache_data=[(k[None, :, :m], v[None, :, :m]) for k, v in hit]) if hit else DynamicCache()
         device = self.model.device
-        out = self.model(input_ids=torch.tensor([ids[m:]], device=device), use_cache=True, past_key_values=cache,
-                         position_ids=torch.arange(m, len(ids), device=device)[None])
+        with attention_kernels(device):
+            out = self.model(input_ids=torch.tensor([ids[m:]], device=device), use_cache=True, past_key_values=cache,
+                             position_ids=torch.arange(m, len(ids), device=device)[None])
         self.stats["prefilled_tokens"] += len(ids) - m
         kv = [(layer.keys[0], layer.values[0]) for layer in out.past_key_values.layers]
         self.prefix_cache.put(arr, kv)
@@ -245,7 +252,7 @@ class HFBackend:
         if not greedy:
             gen_kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         devices = [device] if device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with torch.random.fork_rng(devices=devices), attention_kernels(device):
             if seed is not None:
                 torch.manual_seed(seed)
             seqs = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
@@ -265,6 +272,16 @@ class HFBackend:
                 )
             )
         return results
+
+
+def attention_kernels(device: torch.device) -> contextlib.AbstractContextManager:
+    """Inside: on CUDA, SDPA may use the flash, memory-efficient and math kernels but not cuDNN's, whose
+    per-shape plan building dominates decoding (see the module docstring); elsewhere nothing changes."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
 
 def _plain_dynamic_cache(model: Any) -> bool:
