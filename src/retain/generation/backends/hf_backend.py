@@ -26,10 +26,11 @@
 - Stop tokens = EOS from the tokenizer and generation config, plus the chat template's end-of-turn token,
   found by rendering a one-turn dialogue (``<|im_end|>`` for ChatML, ``<|eot_id|>`` for Llama 3, ...).
 - **Attention kernels on CUDA** (:func:`attention_kernels`): generation runs with PyTorch's SDPA limited to
-  the flash / memory-efficient / math kernels. The cuDNN kernel, which PyTorch 2.11 picks on an H100,
-  builds an execution plan for every new shape, and decoding makes a new shape at every step (the KV
-  grows) and every call (new widths): measured on an H100, a tree's backend calls ran 10-15x slower
-  than with the same shapes repeated.
+  the flash / memory-efficient / math kernels. With a padding mask, PyTorch 2.11 on an H100 picks cuDNN's
+  kernel first, which builds an execution plan for every new shape, and decoding makes a new shape at
+  every step (the KV grows) and every call (new widths). Measured on an H100 with cuDNN (README, "Measured
+  on a GPU"): the strategy that met a tree's shapes first ran 13x slower than the one that re-used its
+  plans, and one-at-a-time decoding 6x slower on first-seen shapes than on the same shapes again.
 - Sampling is transformers' own (temperature / top_p; temperature 0 = greedy; top-k disabled, as in the
   OpenAI API). Seeds: batch ``b`` of a call samples under ``seed + b`` inside ``torch.random.fork_rng``,
   so the same inputs, seed, batch size and cache contents give the same outputs (the batches are formed
