@@ -73,6 +73,34 @@ def test_length_sorted_steps_give_the_same_update(make_recipe, tmp_path):
             torch.testing.assert_close(weights[0][n], w[n], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("method", ["full", "lora", "loramoe"])
+def test_lm_head_on_labelled_positions_only_gives_the_same_update(make_recipe, tmp_path, monkeypatch, method):
+    """Training asks for logits where a label follows only (logits_to_keep, boolean form): the same loss
+    and weights as computing the head everywhere, and the loss really receives the (n, V) logits."""
+    import retain.training.trainer as trainer_mod
+
+    seen, real = [], trainer_mod.token_loss_sum
+
+    def spy(logits, labels):
+        seen.append(logits.dim())
+        return real(logits, labels)
+
+    monkeypatch.setattr(trainer_mod, "token_loss_sum", spy)
+    runs = []
+    for on in (True, False):
+        monkeypatch.setattr(trainer_mod, "accepts_logits_to_keep", lambda model, on=on: on)
+        seen.clear()
+        res = train(recipe_from_dict(make_recipe(method=method, train={"max_steps": 3, "grad_accum": 2,
+                                                                        "output_dir": str(tmp_path / f"h{on}")})))
+        assert set(seen) == ({2} if on else {3})
+        rows = [json.loads(x) for x in (tmp_path / f"h{on}" / "train_log.jsonl").read_text().splitlines()]
+        runs.append(([r["lm_loss"] for r in rows],
+                     {n: p.detach().clone() for n, p in res.model.named_parameters() if p.requires_grad}))
+    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
+    for n in runs[0][1]:
+        torch.testing.assert_close(runs[0][1][n], runs[1][1][n], atol=1e-5, rtol=1e-4)
+
+
 def test_in_memory_base_model_is_copied(make_recipe, tiny_llama_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
