@@ -25,11 +25,33 @@ from retain.data.collate import IGNORE_INDEX, Collator, encode_chat, encode_text
 from retain.errors import RetainError
 
 
+def image_side(image_processor: Any) -> tuple[int, int]:
+    """(height, width) in pixels of every image the processor returns: ``crop_size`` when it center-crops
+    (CLIP / SigLIP processors: resize the shortest edge, then crop), else a fixed ``size``. Raises when
+    the size depends on the image (e.g. ``shortest_edge`` without a crop): the token count must be known
+    before any image loads."""
+    def hw(size: Any) -> tuple[int, int] | None:
+        get = size.get if hasattr(size, "get") else (lambda k: getattr(size, k, None))
+        h, w = get("height"), get("width")
+        return (int(h), int(w)) if h and w else None
+
+    crop = getattr(image_processor, "crop_size", None)
+    if getattr(image_processor, "do_center_crop", False) and crop is not None and hw(crop):
+        return hw(crop)
+    size = getattr(image_processor, "size", None)
+    if size is not None and hw(size):
+        return hw(size)
+    raise RetainError(f"{type(image_processor).__name__}: size={size} gives images of varying size; "
+                      "retain needs a fixed image size (set size height/width, or do_center_crop with crop_size)")
+
+
 def tokens_per_image(processor: Any) -> int:
-    """Placeholder tokens per image: (height / patch) · (width / patch) (+ extra tokens, − CLS) as
-    ``LlavaProcessor`` counts them for its fixed-size images (224 px, patch 32 -> 49)."""
-    size = processor.image_processor.size
-    n = (size["height"] // processor.patch_size) * (size["width"] // processor.patch_size)
+    """Placeholder tokens per image, as ``LlavaProcessor`` counts them from the processed image
+    (:func:`image_side`): (height / patch) · (width / patch) + extra tokens (CLS), − 1 for the
+    ``default`` feature strategy (CLS dropped). Miniature: 224 px, patch 32 -> 49; a CLIP ViT-L/14 at
+    336 px -> 576."""
+    h, w = image_side(processor.image_processor)
+    n = (h // processor.patch_size) * (w // processor.patch_size)
     n += processor.num_additional_image_tokens
     return n - 1 if processor.vision_feature_select_strategy == "default" else n
 
