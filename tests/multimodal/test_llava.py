@@ -118,3 +118,31 @@ def test_retain_eval_vqa_on_the_llava_runs(tiny_llava_path, trained, tmp_path):
     projector, lora, loramoe = rows
     assert projector["kl_drift"] < 1e-6  # only the projector moved: text-only logits unchanged
     assert lora["kl_drift"] > 1e-6 and loramoe["kl_drift"] > 1e-6
+
+
+def test_a_non_llava_mllm_folder_is_one_error_line(tmp_path):
+    """Idefics3 (SmolVLM: ``vision_model`` / ``connector``, images cut into tiles) loads with the Auto classes
+    but is not the layout retain trains: one error naming what is missing, not an AttributeError later."""
+    from transformers import AutoTokenizer, Idefics3Config, Idefics3ForConditionalGeneration
+    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
+
+    from retain.assets import smollm2_path
+    from retain.models import load_model
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_path()))
+    tok.add_special_tokens({"additional_special_tokens": ["<image>", "<fake_token_around_image>", "<global-img>"]})
+    processor = Idefics3Processor(image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 64},
+                                                                            max_image_size={"longest_edge": 32}),
+                                  tokenizer=tok, image_seq_len=4)
+    config = Idefics3Config(
+        text_config=dict(model_type="llama", vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        scale_factor=2, image_token_id=tok.convert_tokens_to_ids("<image>"))
+    Idefics3ForConditionalGeneration(config).save_pretrained(tmp_path / "smolvlm", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "smolvlm")
+    with pytest.raises(RetainError, match=r"smolvlm: Idefics3ForConditionalGeneration .* not a LLaVA-family model "
+                                          r"\(no vision_tower, multi_modal_projector, language_model, processor"):
+        load_model(tmp_path / "smolvlm", device="cpu")

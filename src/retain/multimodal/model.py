@@ -370,7 +370,27 @@ def load_mllm(path: str | Path, dtype: torch.dtype = torch.float32):
     model = AutoModelForImageTextToText.from_pretrained(str(p), dtype=dtype, use_safetensors=True,
                                                         trust_remote_code=False)
     processor = AutoProcessor.from_pretrained(str(p), trust_remote_code=False)
+    check_llava_family(model, processor, where=str(p))
     return model.eval(), processor
+
+
+LLAVA_MODULES = ("vision_tower", "multi_modal_projector", "language_model")
+LLAVA_PROCESSOR_FIELDS = ("patch_size", "num_additional_image_tokens", "vision_feature_select_strategy", "image_token_id")
+
+
+def check_llava_family(model, processor, where: str = "model") -> None:
+    """Raise unless ``model`` / ``processor`` have the LLaVA family's layout, which retain's multimodal path
+    uses: ``model.model.{vision_tower, multi_modal_projector, language_model}`` and a processor that puts a
+    fixed number of ``<image>`` tokens per image (``LlavaProcessor``'s fields). Plain LLaVA and FastVLM
+    pass; Qwen2-VL (``visual``, image-size-dependent token counts, ``image_grid_thw``) and Idefics3 /
+    SmolVLM (``vision_model`` / ``connector``, image tiles) do not."""
+    inner = getattr(model, "model", None)
+    missing = [m for m in LLAVA_MODULES if not hasattr(inner, m)]
+    missing += [f"processor.{f}" for f in LLAVA_PROCESSOR_FIELDS if getattr(processor, f, None) is None]
+    if missing:
+        raise RetainError(f"{where}: {type(model).__name__} / {type(processor).__name__} is not a LLaVA-family "
+                          f"model (no {', '.join(missing)}); retain trains and scores LLaVA-layout models "
+                          "(LlavaForConditionalGeneration, FastVLM) with LlavaProcessor; others are not supported yet")
 
 
 def save_language_model(model, processor, out_dir: str | Path) -> Path:
