@@ -135,6 +135,7 @@ def test_stage_clock_keeps_recorded_times_of_skipped_stages(tmp_path):
     clock("train lora", time.perf_counter() - 2.0, done_earlier=True)  # not recorded: timed now
     assert clock.stages["train full"] == 123.4 and clock.reused == ["train full"]
     assert 2.0 <= clock.stages["train lora"] < 60
+    assert 123.4 <= clock.total() < 123.4 + 60  # this invocation's seconds + the skipped stage's recorded ones
     fresh = StageClock(tmp_path / "none", Console(file=open(tmp_path / "log2.txt", "w")))
     fresh("train full", time.perf_counter(), done_earlier=True)
     assert fresh.reused == [] and fresh.stages["train full"] < 60

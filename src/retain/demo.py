@@ -204,13 +204,15 @@ class StageClock:
 
     ``clock(label, since)`` records ``time.perf_counter() - since`` and prints it. A re-run skips the stages
     it finds finished (``done_earlier=True``); their times are the ones recorded when they ran (read from
-    ``out/demo.json``), listed in ``reused``, so a resumed run still reports what each stage cost.
+    ``out/demo.json``), listed in ``reused``, so a resumed run still reports what each stage cost. The clock
+    starts when the run does (:func:`open_run` makes it).
     """
 
     def __init__(self, out: Path, con) -> None:
         from retain.utils.io import read_json
 
         self.con = con
+        self.started = time.perf_counter()
         self.recorded: dict[str, float] = (
             read_json(out / "demo.json").get("stages", {}) if (out / "demo.json").exists() else {})
         self.stages: dict[str, float] = {}
@@ -225,9 +227,9 @@ class StageClock:
         self.stages[label] = round(time.perf_counter() - since, 1)
         self.con.print(f"[dim]{label}: {self.stages[label]:.0f} s[/]")
 
-    def total(self, since: float) -> float:
-        """Seconds of this invocation (``perf_counter() - since``) plus the recorded times of skipped stages."""
-        return time.perf_counter() - since + sum(self.stages[k] for k in self.reused)
+    def total(self) -> float:
+        """Seconds since this clock started (this invocation) plus the recorded times of skipped stages."""
+        return time.perf_counter() - self.started + sum(self.stages[k] for k in self.reused)
 
 
 def open_run(cfg: "DemoConfig", out: Path):
@@ -372,7 +374,6 @@ def run_demo(cfg: DemoConfig) -> int:
         check_tg_corpus(cfg.tg_corpus)
     out = Path(cfg.out or "runs/demo")
     con, device, stage = open_run(cfg, out)
-    t_start = time.perf_counter()
     stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo[/] · profile {cfg.profile} · model {cfg.model} · {', '.join(methods)}")
@@ -424,7 +425,7 @@ def run_demo(cfg: DemoConfig) -> int:
         del model, result
 
     add_comparisons(rows, ref)
-    total = stage.total(t_start)
+    total = stage.total()
     summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
                "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
                "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,

@@ -196,7 +196,6 @@ def run_mllm_demo(cfg) -> int:
     easy_vqa.image_folder()  # the package is installed: before any model loads
     out = Path(cfg.out or "runs/demo_mllm")
     con, device, stage = open_run(cfg, out)
-    t_start = time.perf_counter()
     stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo --scenario mllm[/] · profile {cfg.profile} · LLM {cfg.model} · {', '.join(methods)}")
@@ -278,7 +277,7 @@ def run_mllm_demo(cfg) -> int:
         del result, tuned
 
     add_mllm_comparisons(rows, ref)
-    total = stage.total(t_start)
+    total = stage.total()
     summary = {"scenario": "mllm", "config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof),
                "rows": rows, "tg_corpus": str(tg_path) if tg_path else None,
                "tg_seconds": stages["TG self-decompression"], "total_seconds": round(total, 1), "stages": stages,
