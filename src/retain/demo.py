@@ -232,6 +232,16 @@ class StageClock:
         return time.perf_counter() - self.started + sum(self.stages[k] for k in self.reused)
 
 
+def run_summary(cfg: "DemoConfig", prof, rows: list[dict[str, Any]], tg_path: Path | None, stage: StageClock,
+                ref) -> dict[str, Any]:
+    """The ``demo.json`` fields both scenarios write: config, profile, rows, TG corpus and its seconds, the
+    run's stage times (``stage``) and the base's known items per probe (``ref``)."""
+    return {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
+            "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stage.stages["TG self-decompression"],
+            "total_seconds": round(stage.total(), 1), "stages": stage.stages, "stages_done_earlier": stage.reused,
+            "known": {k: len(v) for k, v in ref.known.items()}}
+
+
 def open_run(cfg: "DemoConfig", out: Path):
     """Start a demo run in ``out`` (both scenarios): emptied first with ``--fresh``, else finished stages are
     kept; seeds set; -> ``(console, device, StageClock)``."""
@@ -374,7 +384,6 @@ def run_demo(cfg: DemoConfig) -> int:
         check_tg_corpus(cfg.tg_corpus)
     out = Path(cfg.out or "runs/demo")
     con, device, stage = open_run(cfg, out)
-    stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo[/] · profile {cfg.profile} · model {cfg.model} · {', '.join(methods)}")
     t0 = time.perf_counter()
@@ -425,11 +434,7 @@ def run_demo(cfg: DemoConfig) -> int:
         del model, result
 
     add_comparisons(rows, ref)
-    total = stage.total()
-    summary = {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
-               "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stages["TG self-decompression"],
-               "total_seconds": round(total, 1), "stages": stages, "stages_done_earlier": reused,
-               "known": {k: len(v) for k, v in ref.known.items()}}
+    summary = run_summary(cfg, prof, rows, tg_path, stage, ref)
     write_json_atomic(out / "demo.json", summary)
     from retain.evaluation.report import demo_markdown, plot_demo, print_demo_table
 
@@ -438,5 +443,6 @@ def run_demo(cfg: DemoConfig) -> int:
     from retain.utils.io import write_text_atomic
 
     write_text_atomic(out / "report.md", demo_markdown(summary))
-    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
+    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · "
+                   f"total {summary['total_seconds'] / 60:.1f} min")
     return 0

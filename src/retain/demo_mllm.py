@@ -26,7 +26,6 @@ miniature MLLM = SmolLM2 + frozen EfficientNet-Lite0 + new 2-layer projector (:m
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from dataclasses import dataclass
@@ -178,7 +177,9 @@ def run_mllm_demo(cfg) -> int:
     """``retain demo --scenario mllm`` (cfg: :class:`retain.demo.DemoConfig`)."""
 
     from retain.data import easy_vqa
-    from retain.demo import METHODS, check_tg_corpus, make_tg_corpus, open_run, result_row, train_arm
+    from retain.demo import (
+        METHODS, check_tg_corpus, make_tg_corpus, open_run, result_row, run_summary, train_arm,
+    )
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import BaseReference
     from retain.evaluation.vqa import evaluate_mllm
@@ -196,7 +197,6 @@ def run_mllm_demo(cfg) -> int:
     easy_vqa.image_folder()  # the package is installed: before any model loads
     out = Path(cfg.out or "runs/demo_mllm")
     con, device, stage = open_run(cfg, out)
-    stages, reused = stage.stages, stage.reused
 
     con.rule(f"[bold]retain demo --scenario mllm[/] · profile {cfg.profile} · LLM {cfg.model} · {', '.join(methods)}")
     t0 = time.perf_counter()
@@ -277,11 +277,7 @@ def run_mllm_demo(cfg) -> int:
         del result, tuned
 
     add_mllm_comparisons(rows, ref)
-    total = stage.total()
-    summary = {"scenario": "mllm", "config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof),
-               "rows": rows, "tg_corpus": str(tg_path) if tg_path else None,
-               "tg_seconds": stages["TG self-decompression"], "total_seconds": round(total, 1), "stages": stages,
-               "stages_done_earlier": reused, "known": {k: len(v) for k, v in ref.known.items()},
+    summary = {"scenario": "mllm", **run_summary(cfg, prof, rows, tg_path, stage, ref),
                "vqa": {"heldout_items": len(data["heldout"]), "majority_answer": majority,
                        "majority_share": majority_share, "stage1_examples": len(data["stage1"]),
                        "stage2_examples": len(data["stage2"])}}
@@ -291,5 +287,6 @@ def run_mllm_demo(cfg) -> int:
     print_demo_table(rows, domain="VQA", domain_ref="stage 1")
     plot_demo(rows, out / "demo.png", domain="held-out easy-VQA accuracy %", domain_ref="stage 1")
     write_text_atomic(out / "report.md", mllm_markdown(summary))
-    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · total {total / 60:.1f} min")
+    console.result(f"wrote {out / 'report.md'}, {out / 'demo.png'}, {out / 'demo.json'} · "
+                   f"total {summary['total_seconds'] / 60:.1f} min")
     return 0
