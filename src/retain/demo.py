@@ -232,6 +232,33 @@ class StageClock:
         return time.perf_counter() - self.started + sum(self.stages[k] for k in self.reused)
 
 
+def reference_stage(base, tok, suite, out: Path, stage: StageClock):
+    """The base model's calibration and drift reference (both scenarios): loaded from ``out/reference`` when
+    an earlier run saved it, else built and saved; timed as the stage "base calibration"."""
+    from retain.evaluation.suite import BaseReference
+
+    t0 = time.perf_counter()
+    ref_dir = out / "reference"
+    calibrated = (ref_dir / "calibration.json").exists()
+    if calibrated:
+        ref = BaseReference.load(ref_dir, suite)
+    else:
+        ref = BaseReference.build(base, tok, suite)
+        ref.save(ref_dir)
+    stage("base calibration", t0, done_earlier=calibrated)
+    return ref
+
+
+def tg_stage(cfg: "DemoConfig", prof, methods: list[str], out: Path, base, tok, stage: StageClock) -> Path | None:
+    """The TG corpus when a method mixes it in (both scenarios; :func:`make_tg_corpus`), else None; timed as
+    the stage "TG self-decompression" (done earlier when ``out/tg`` already holds it)."""
+    t0 = time.perf_counter()
+    tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
+    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m].tg for m in methods) else None
+    stage("TG self-decompression", t0, done_earlier=tg_done)
+    return tg_path
+
+
 def run_summary(cfg: "DemoConfig", prof, rows: list[dict[str, Any]], tg_path: Path | None, stage: StageClock,
                 ref) -> dict[str, Any]:
     """The ``demo.json`` fields both scenarios write: config, profile, rows, TG corpus and its seconds, the
@@ -370,7 +397,7 @@ def run_demo(cfg: DemoConfig) -> int:
     """CLI entry: runs every stage (skipping finished ones), prints the table, writes the report."""
 
     from retain.evaluation.config import EvalSuite
-    from retain.evaluation.suite import BaseReference, evaluate
+    from retain.evaluation.suite import evaluate
     from retain.models import load_model
     from retain.utils.io import read_json, write_json_atomic
 
@@ -392,23 +419,12 @@ def run_demo(cfg: DemoConfig) -> int:
     stage("load model", t0)
 
     con.rule("1/3 base model: calibration (known facts) and drift reference")
-    ref_dir = out / "reference"
-    t0 = time.perf_counter()
-    calibrated = (ref_dir / "calibration.json").exists()
-    if calibrated:
-        ref = BaseReference.load(ref_dir, suite)
-    else:
-        ref = BaseReference.build(base, tok, suite)
-        ref.save(ref_dir)
-    stage("base calibration", t0, done_earlier=calibrated)
+    ref = reference_stage(base, tok, suite, out, stage)
     rows: list[dict[str, Any]] = [{"name": "base", "label": "base model", **ref.base_metrics,
                                    "trainable_params": 0, "train_seconds": 0.0}]
 
     con.rule("2/3 TG self-decompression")
-    t0 = time.perf_counter()
-    tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
-    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m].tg for m in methods) else None
-    stage("TG self-decompression", t0, done_earlier=tg_done)
+    tg_path = tg_stage(cfg, prof, methods, out, base, tok, stage)
 
     con.rule("3/3 fine-tune and evaluate")
     for name in methods:

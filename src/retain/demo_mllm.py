@@ -178,10 +178,9 @@ def run_mllm_demo(cfg) -> int:
 
     from retain.data import easy_vqa
     from retain.demo import (
-        METHODS, check_tg_corpus, make_tg_corpus, open_run, result_row, run_summary, train_arm,
+        METHODS, check_tg_corpus, open_run, reference_stage, result_row, run_summary, tg_stage, train_arm,
     )
     from retain.evaluation.config import EvalSuite
-    from retain.evaluation.suite import BaseReference
     from retain.evaluation.vqa import evaluate_mllm
     from retain.models import load_model
     from retain.multimodal.model import MiniMLLMConfig, build_mini_mllm, load_mllm
@@ -205,21 +204,12 @@ def run_mllm_demo(cfg) -> int:
     stage("load base LLM", t0)
 
     con.rule("1/4 base LLM: calibration (known facts) and drift reference")
-    t0 = time.perf_counter()
-    ref_dir = out / "reference"
-    calibrated = (ref_dir / "calibration.json").exists()
-    ref = BaseReference.load(ref_dir, suite) if calibrated else BaseReference.build(base, tok, suite)
-    if not calibrated:
-        ref.save(ref_dir)
-    stage("base calibration", t0, done_earlier=calibrated)
+    ref = reference_stage(base, tok, suite, out, stage)
     rows: list[dict[str, Any]] = [{"name": "base", "label": f"{cfg.model} (base LLM, text only)", **ref.base_metrics,
                                    "trainable_params": 0, "train_seconds": 0.0}]
 
     con.rule("2/4 TG self-decompression (base LLM)")
-    t0 = time.perf_counter()
-    tg_done = cfg.tg_corpus is None and (out / "tg" / "sft.jsonl").exists()
-    tg_path = make_tg_corpus(cfg, prof, out, base, tok) if any(METHODS[m].tg for m in methods) else None
-    stage("TG self-decompression", t0, done_earlier=tg_done)
+    tg_path = tg_stage(cfg, prof, methods, out, base, tok, stage)
     del base
 
     data = vqa_data(prof, cfg.seed)
