@@ -79,7 +79,11 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     assert [r["model"] for r in rows] == ["base", "full-ft"]
     assert base["kl_drift"] == 0.0 and tuned["kl_drift"] > 0
     assert base["retention"] in (1.0, None)  # None only if the random base knows nothing
-    assert set(tuned["probes"]) == {"arc_easy", "mmlu", "triviaqa"} and tuned["domain"]["n"] == 6
+    assert set(tuned["probes"]) == {"arc_easy", "mmlu", "triviaqa", "chat:triviaqa"} and tuned["domain"]["n"] == 6
+    # the behaviour view (chat-format answers) beside the knowledge view, with its paired comparison
+    assert tuned["probes"]["chat:triviaqa"]["view"] == "behaviour" and tuned["probes"]["mmlu"]["view"] == "knowledge"
+    assert base["reply_change"] == 0.0 and tuned["behaviour"]["n"] == 8
+    assert len(tuned["items"]["chat:triviaqa"]["text"]) == 8 and "behaviour" in tuned["vs_base"]
     assert "| base |" in (out / "eval.md").read_text()
     assert "retain eval" in capsys.readouterr().out
     # second run re-uses the saved reference and reproduces the tuned row

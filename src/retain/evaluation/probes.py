@@ -1,6 +1,8 @@
 """Knowledge probes and the domain score: which items, in which prompt format, scored how.
 
-Three kinds of probe, one item shape each (see :mod:`retain.data.olmo_eval`):
+Four kinds of probe, one item shape each (see :mod:`retain.data.olmo_eval`). Two views of retention
+come out of them: **knowledge** (``mc`` and ``gen``: log-likelihood and few-shot completion, robust to the
+answer format) and **behaviour** (``chat``: the model's own answer in its chat format, what a user sees).
 
 - ``mc`` (ARC, MMLU, SciQ, user MC files): cloze format ``"Question: q\\nAnswer:"`` + ``" <choice>"``,
   every choice scored by its summed log-likelihood (contexts shared through the KV cache). We report
@@ -8,10 +10,17 @@ Three kinds of probe, one item shape each (see :mod:`retain.data.olmo_eval`):
   in characters, lm-eval's definition). **Primary: acc_norm**: the raw sum favours short choices, so
   with a 135M model many raw-``acc`` hits come from the length prior rather than knowledge, and that
   prior survives fine-tuning (it would inflate retention).
-- ``gen`` (TriviaQA, NQ-Open, user generation files): a fixed 3-shot plain-text prompt (the shots
-  teach the short-answer format; without them SmolLM2 answers in sentences and exact match is ~0),
-  greedy decoding of at most ``max_new_tokens``, cut at the first newline; exact match after
-  SQuAD normalization against any accepted answer.
+- ``gen`` (TriviaQA, NQ-Open, user generation files with ``prompt: fewshot`` or ``zeroshot``): a 3-shot
+  plain-text prompt (:data:`SHOT_POOL`; the shots teach the short-answer format; without them SmolLM2
+  answers in sentences and exact match is ~0) or none, greedy decoding of at most ``max_new_tokens``,
+  cut at the first newline; exact match after SQuAD normalization against any accepted answer. Shots
+  never give away an item: a shot whose answer or subject is an item's answer is swapped for another
+  (:func:`pick_shots`); built-in probes leave such items out of their sample instead.
+- ``chat`` (the behaviour probe: ``chat:triviaqa``, ``chat:nq_open``, user generation files with the
+  default ``prompt: chat``): the question plus :data:`CHAT_INSTRUCTION` as one user turn rendered with
+  the tested model's own chat template (its default system turn included), greedy decoding stopped at
+  EOS, the end of the first line, or ``chat_new_tokens``; scored by :func:`answer_in_reply`, which
+  accepts a correct fact in any format ("Ottawa", "Answer: Ottawa", "The capital of Canada is Ottawa.").
 - ``letter`` (the domain, e.g. SST-2 or MedMCQA held-out): the chat prompt the domain fine-tune is
   trained on (:func:`retain.data.olmo_eval.format_mc_prompt`) with the assistant turn opened by
   ``"Answer:"``; the prediction is the option whose answer key (its letter, or its label word for
@@ -33,14 +42,24 @@ from typing import Literal
 
 from retain.errors import RetainError
 
-Kind = Literal["mc", "gen", "letter"]
+Kind = Literal["mc", "gen", "letter", "chat"]
+PromptFormat = Literal["chat", "fewshot", "zeroshot"]
 
-GEN_SHOTS = (
-    "Question: What is the capital of France?\nAnswer: Paris\n\n"
-    "Question: Who wrote the play Romeo and Juliet?\nAnswer: William Shakespeare\n\n"
-    "Question: Which planet is known as the Red Planet?\nAnswer: Mars\n\n"
+SHOT_POOL: tuple[tuple[str, str], ...] = (
+    ("What is the capital of France?", "Paris"),
+    ("Who wrote the play Romeo and Juliet?", "William Shakespeare"),
+    ("Which planet is known as the Red Planet?", "Mars"),
+    ("What is the chemical symbol for gold?", "Au"),
+    ("How many legs does a spider have?", "Eight"),
+    ("Which ocean lies between Africa and Australia?", "Indian Ocean"),
 )
-"""Fixed few-shot prefix of generation probes (facts outside TriviaQA/NQ items by construction)."""
+"""Few-shot examples of ``gen`` probes: the first three that give away no item of the probe are used
+(:func:`pick_shots`), in this order."""
+N_SHOTS = 3
+
+CHAT_INSTRUCTION = "Answer with just the name or short phrase."
+"""Appended (on its own line) to every question of a ``chat`` probe: the format a user would ask for. A
+fine-tune that answers "Answer: Ottawa" or "The capital of Canada is Ottawa." is still scored correct."""
 
 
 @dataclass
@@ -48,6 +67,52 @@ class Probe:
     name: str
     kind: Kind
     items: list[dict] = field(default_factory=list)
+    shots: str = ""
+    """``gen`` probes: the few-shot block before every question ("" for zero-shot)."""
+
+    @property
+    def prompt_format(self) -> str:
+        """How items are put to the model, as printed in reports."""
+        if self.kind == "chat":
+            return f"chat: the model's chat template, question + '{CHAT_INSTRUCTION}', greedy, first line"
+        if self.kind == "gen":
+            n = self.shots.count("Question:")
+            return f"{n}-shot completion 'Question: q\\nAnswer:'" if n else "zero-shot completion 'Question: q\\nAnswer:'"
+        if self.kind == "mc":
+            return "cloze 'Question: q\\nAnswer: <choice>', log-likelihood per character (acc_norm)"
+        return "chat template, option key after 'Answer:' by next-token log-probability"
+
+
+def shot_block(shots: list[tuple[str, str]]) -> str:
+    return "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in shots)
+
+
+def _words(text: str) -> str:
+    return f" {normalize_answer(text)} "
+
+
+def shot_gives_away(shot: tuple[str, str], item: dict) -> bool:
+    """A shot gives an item away when its answer is one of the item's answers, or an item answer is
+    named in the shot (question or answer), after SQuAD normalization ("capital of France -> Paris"
+    for "What is the capital of France?", or for any item whose answer is Paris)."""
+    shot_text = _words(shot[0] + " " + shot[1])
+    shot_answer = normalize_answer(shot[1])
+    for a in item.get("answers", ()):
+        na = normalize_answer(a)
+        if na and (na == shot_answer or f" {na} " in shot_text):
+            return True
+    return False
+
+
+def pick_shots(items: list[dict], pool: tuple[tuple[str, str], ...] = SHOT_POOL, n: int = N_SHOTS
+               ) -> list[tuple[str, str]] | None:
+    """The first ``n`` shots of ``pool`` that give away none of ``items``, or None if fewer remain."""
+    clean = [s for s in pool if not any(shot_gives_away(s, it) for it in items)]
+    return clean[:n] if len(clean) >= n else None
+
+
+GEN_SHOTS = shot_block(list(SHOT_POOL[:N_SHOTS]))
+"""The default few-shot block (the first three shots), used by built-in ``gen`` probes."""
 
 
 # ------------------------------------------------------------------------------------------------
@@ -57,6 +122,8 @@ class Probe:
 BUILTIN_KINDS: dict[str, Kind] = {
     "triviaqa": "gen", "nq_open": "gen", "arc_easy": "mc", "arc_challenge": "mc", "mmlu": "mc", "sciq": "mc",
 }
+BEHAVIOUR_SOURCES: tuple[str, ...] = ("triviaqa", "nq_open")
+"""Closed-book question sets of the behaviour probe (``EvalSuite.behaviour``); never a domain's data."""
 
 
 def _item_chars(it: dict) -> int:
@@ -78,7 +145,21 @@ def builtin_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None
 
     if name not in BUILTIN_KINDS:
         raise RetainError(f"unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))} (or give a probe file)")
-    return Probe(name, BUILTIN_KINDS[name], sample_items(olmo_eval.load_items(name), n, seed, max_chars))
+    items = olmo_eval.load_items(name)
+    if BUILTIN_KINDS[name] == "gen":  # items the default shots would give away are not sampled
+        items = [it for it in items if not any(shot_gives_away(s, it) for s in SHOT_POOL[:N_SHOTS])]
+        return Probe(name, "gen", sample_items(items, n, seed, max_chars), shots=GEN_SHOTS)
+    return Probe(name, BUILTIN_KINDS[name], sample_items(items, n, seed, max_chars))
+
+
+def behaviour_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 400) -> Probe:
+    """``chat:<name>``: closed-book questions of a built-in set asked in the chat format (see module doc).
+    The sample is drawn with its own seed offset, so it is not the same items as the few-shot probe."""
+    from retain.data import olmo_eval
+
+    if name not in BEHAVIOUR_SOURCES:
+        raise RetainError(f"unknown behaviour probe '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
+    return Probe(f"chat:{name}", "chat", sample_items(olmo_eval.load_items(name), n, seed + 7919, max_chars))
 
 
 def domain_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 600) -> Probe:
@@ -91,11 +172,16 @@ def domain_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None 
     return Probe(f"domain:{name}", "letter", sample_items(items, n, seed, max_chars))
 
 
-def load_probe_file(path: str | Path) -> Probe:
+def load_probe_file(path: str | Path, prompt: PromptFormat = "chat") -> Probe:
     """A user probe file (JSONL). Each line is either
-    ``{"question": str, "answers": [str, ...]}`` (generation, exact match) or
+    ``{"question": str, "answers": [str, ...]}`` (generation) or
     ``{"question": str, "choices": [str, ...], "answer": int}`` (multiple choice, 0-based index).
-    All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``."""
+    All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``.
+
+    ``prompt`` (generation files only; multiple choice is always scored by log-likelihood): ``chat`` (a
+    behaviour probe: the model's chat template, the reply matched by :func:`answer_in_reply`), ``fewshot``
+    (3 shots of :data:`SHOT_POOL` that give away none of the file's items, else an error) or ``zeroshot``
+    (plain ``Question: q\nAnswer:``; exact match)."""
     from retain.utils.io import iter_jsonl_lines
 
     path = Path(path)
@@ -131,7 +217,19 @@ def load_probe_file(path: str | Path) -> Probe:
         items.append(item)
     if not items:
         raise RetainError(f"{path}: no probe items; see the probe file format in the README")
-    return Probe(f"file:{path.name}", kind or "gen", items)
+    if kind == "mc":
+        return Probe(f"file:{path.name}", "mc", items)
+    if prompt == "chat":
+        return Probe(f"file:{path.name}", "chat", items)
+    if prompt == "zeroshot":
+        return Probe(f"file:{path.name}", "gen", items)
+    if prompt != "fewshot":
+        raise RetainError(f"probe prompt '{prompt}': choose chat, fewshot or zeroshot")
+    shots = pick_shots(items)
+    if shots is None:
+        raise RetainError(f"{path}: the file's answers appear in the few-shot examples (retain.evaluation.probes."
+                          "SHOT_POOL), so fewer than 3 clean shots remain; use --probe_prompt chat or zeroshot")
+    return Probe(f"file:{path.name}", "gen", items, shots=shot_block(shots))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -153,6 +251,34 @@ def exact_match(prediction: str, answers: list[str]) -> bool:
     return any(p == normalize_answer(a) for a in answers)
 
 
+_LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:is)?\s*[:\-–]\s*", re.IGNORECASE)
+
+
+def answer_in_reply(reply: str, answers: list[str], question: str = "") -> bool:
+    """Format-robust match of a chat reply against every gold alias.
+
+    After SQuAD normalization (:func:`normalize_answer`) and dropping a leading answer label
+    ("Answer:", "**Answer:**", "The answer is:"), the reply is correct when it equals an alias or contains
+    it as a whole-word phrase. An alias that already appears in the question counts only as the whole
+    reply, so echoing the question is not an answer. Only the reply as cut by the stop rule is seen
+    (first line, ``chat_new_tokens`` tokens), which bounds what a rambling reply can collect."""
+    text = _LABEL.sub("", reply, count=1)
+    r = normalize_answer(text)
+    if not r:
+        return False
+    q = f" {normalize_answer(question)} "
+    padded = f" {r} "
+    for a in answers:
+        na = normalize_answer(a)
+        if not na:
+            continue
+        if r == na:
+            return True
+        if f" {na} " in padded and f" {na} " not in q:
+            return True
+    return False
+
+
 # ------------------------------------------------------------------------------------------------
 # Scoring
 # ------------------------------------------------------------------------------------------------
@@ -161,8 +287,15 @@ def mc_context(item: dict) -> str:
     return f"Question: {item['question']}\nAnswer:"
 
 
-def gen_prompt(item: dict) -> str:
-    return f"{GEN_SHOTS}Question: {item['question']}\nAnswer:"
+def gen_prompt(item: dict, shots: str = GEN_SHOTS) -> str:
+    return f"{shots}Question: {item['question']}\nAnswer:"
+
+
+def chat_prompt(tokenizer, item: dict) -> str:
+    """One user turn (question + :data:`CHAT_INSTRUCTION`) in the tokenizer's own chat template, generation
+    prompt opened."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": f"{item['question']}\n{CHAT_INSTRUCTION}"}],
+                                         tokenize=False, add_generation_prompt=True)
 
 
 def letter_prompt(tokenizer, item: dict) -> str:
@@ -190,8 +323,10 @@ def _margin(xs: list[float], gold: int) -> float:
     return xs[gold] - max(x for j, x in enumerate(xs) if j != gold)
 
 
-def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new_tokens: int = 12) -> list[dict]:
-    """Per-item results ``{"id", "correct", "margin", ...}`` in item order (see module docstring)."""
+def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new_tokens: int = 12,
+                chat_new_tokens: int = 24) -> list[dict]:
+    """Per-item results ``{"id", "correct", "margin", ...}`` in item order (see module docstring); ``gen`` and
+    ``chat`` results also carry ``"prediction"`` (the reply as cut by the stop rule)."""
     from retain.evaluation import scoring
 
     items, desc = probe.items, probe.name
@@ -229,8 +364,18 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
             out.append({"id": it["id"], "correct": _argmax(row) == it["answer"], "margin": _margin(row, it["answer"]),
                         "pred": _argmax(row), "gold": it["answer"], "k": len(row)})
         return out
-    preds = scoring.greedy_generate(model, tokenizer, [gen_prompt(it) for it in items], max_new_tokens=max_new_tokens,
-                                    batch_size=max(batch_size, 32), shared_prefix=GEN_SHOTS, desc=desc)
+    if probe.kind == "chat":
+        preds = scoring.greedy_generate(model, tokenizer, [chat_prompt(tokenizer, it) for it in items],
+                                        max_new_tokens=chat_new_tokens, batch_size=max(batch_size, 32),
+                                        shared_prefix=chat_prefix(tokenizer), desc=desc)
+        out = []
+        for it, p in zip(items, preds):
+            ok = answer_in_reply(p, it["answers"], it["question"])
+            out.append({"id": it["id"], "correct": ok, "margin": float(ok), "prediction": p.strip()})
+        return out
+    preds = scoring.greedy_generate(model, tokenizer, [gen_prompt(it, probe.shots) for it in items],
+                                    max_new_tokens=max_new_tokens, batch_size=max(batch_size, 32),
+                                    shared_prefix=probe.shots, desc=desc)
     return [{"id": it["id"], "correct": exact_match(p, it["answers"]), "margin": float(exact_match(p, it["answers"])),
              "prediction": p.strip()} for it, p in zip(items, preds)]
 

@@ -7,9 +7,13 @@ both ``retain demo`` (``demo.json``) and ``retain eval`` (``eval.json``).
 - Every number shown comes from the rows the run wrote; nothing is recomputed here, the paired 95 %
   intervals included (``vs_base``, ``vs_full``, ``vs_lora``: :func:`retain.evaluation.compare.compare`
   entries stored by :func:`retain.demo.add_comparisons` and ``retain eval``).
-- Tables: per model, domain score with its gain over the base, known-fact retention, the change of the
-  known items' margins and KL drift, each with ``±`` the half-width of its paired 95 % interval
-  against the base; then every method against plain full fine-tuning, and every other method against
+- Two views of retention, named everywhere: **behaviour** (the tuned model's own chat-format answers to
+  closed-book questions the base answered; what a user meets) and **knowledge** (multiple-choice
+  log-likelihood and few-shot completion; robust to the answer format). :data:`HEADLINE_RULE` says
+  which one heads the tables and the plot, and why; it was fixed before the comparison was re-run.
+- Tables: per model, domain score with its gain over the base, behaviour and knowledge retention, the
+  change of the known items' margins, reply change and KL drift (opening and whole reply), each with
+  ``±`` the half-width of its paired 95 % interval against the base; then every method against plain full fine-tuning, and every other method against
   plain LoRA (the two baselines of both papers), intervals as ``[lo, hi]``.
 - The wording rule (:func:`retain.evaluation.stats.verdict`): a sentence says "more", "less",
   "gained" or "lost" only when the 95 % interval of that difference excludes 0; otherwise it says
@@ -34,6 +38,13 @@ COLLAPSE_SHARE = 0.8
 few options its accuracy is then mostly the class prior (measured: SST-2 fine-tunes that answered one
 label on 94-100 % of held-out items; see docs/domain.md)."""
 
+HEADLINE_RULE = ("Headline retention = behaviour (chat-format answers), knowledge second. Rule fixed before the "
+                 "comparison was re-run: the headline is the measure of what a user of the tuned model meets, their "
+                 "own questions in the chat format; the knowledge view (log-likelihood, few-shot completion) is "
+                 "robust to the answer format, so it shows whether a fact is still in the weights, not whether "
+                 "the user still gets it.")
+"""Which retention view heads the reports, and why (printed in the demo report)."""
+
 BASELINES = {"full": "full FT", "lora": "LoRA"}
 """The reference methods every other method is compared with (row key ``vs_<name>``)."""
 
@@ -48,8 +59,15 @@ class Row:
     """Shown in tables and plots."""
     domain_score: float | None = None
     retention: float | None = None
+    """Knowledge retention (multiple choice + few-shot completion)."""
+    behaviour_retention: float | None = None
+    """Behaviour retention (the model's own chat-format answers)."""
+    behaviour: dict | None = None
+    """``{"n", "accuracy", "known", "retained", "lost", "gained", "label_share", "reply_change"}``."""
+    reply_change: float | None = None
     margin_change: float | None = None
     kl_drift: float | None = None
+    kl_opening: float | None = None
     probe_accuracy: float | None = None
     probes: dict[str, dict] = field(default_factory=dict)
     """Per probe: ``{"accuracy", "known", "retained", ...}``."""
@@ -98,8 +116,12 @@ def _params(n: int | None) -> str:
 # The demo: methods side by side
 # ---------------------------------------------------------------------------------------------
 
-HEADER = ["method", "domain score %", "gain vs base (pts)", "known-fact retention %", "margin change (nats/char)",
-          "KL drift (nats/tok)", "probe acc %", "lr", "trainable", "train s", "eval s"]
+HEADER = ["method", "domain score %", "gain vs base (pts)", "behaviour kept %", "knowledge kept %",
+          "margin change (nats/char)", "reply change %", "opening KL (nats/tok)", "KL drift (nats/tok)",
+          "probe acc %", "lr", "trainable", "train s", "eval s"]
+SHORT = {"domain score %": "domain %", "gain vs base (pts)": "gain (pts)", "behaviour kept %": "behav. kept %",
+         "knowledge kept %": "knowl. kept %", "reply change %": "reply chg %", "KL drift (nats/tok)": "KL/tok"}
+"""Terminal headers (the terminal table keeps a subset of columns and must fit 100 columns)."""
 
 
 def header(domain: str = "domain score", domain_ref: str = "base") -> list[str]:
@@ -108,7 +130,16 @@ def header(domain: str = "domain score", domain_ref: str = "base") -> list[str]:
 
 
 def vs_header(ref: str) -> list[str]:
-    return [f"method vs {BASELINES[ref]}", "domain (pts)", "retention (pts)", "margin (nats/char)", "KL drift (nats/tok)"]
+    return [f"method vs {BASELINES[ref]}", "domain (pts)", "behaviour kept (pts)", "knowledge kept (pts)",
+            "margin (nats/char)", "reply change (pts)", "KL drift (nats/tok)"]
+
+
+def _kept(value: float | None, row: dict | None) -> str:
+    """``92.3 ± 3.1 (6 lost)``: retention with the half-width of its interval and the known items lost."""
+    cell = fmt_pm(value, row, 100, 1)
+    if row and row.get("lost") is not None and value is not None:
+        cell += f" ({row['lost']} lost)"
+    return cell
 
 
 def demo_cells(rows: Iterable[Row | dict]) -> list[list[str]]:
@@ -119,8 +150,11 @@ def demo_cells(rows: Iterable[Row | dict]) -> list[list[str]]:
         cells.append([
             r.label, _pct(r.domain_score),
             "–" if dom is None else f"{100 * dom.diff:+.1f} ± {100 * dom.half_width:.1f}",
-            fmt_pm(r.retention, vb.get("retention"), 100, 1),
+            _kept(r.behaviour_retention, vb.get("behaviour")),
+            _kept(r.retention, vb.get("retention")),
             fmt_pm(r.margin_change, vb.get("margin"), 1, 3),
+            fmt_pm(r.reply_change, vb.get("reply_change"), 100, 1),
+            fmt_pm(r.kl_opening, vb.get("kl_opening"), 1, 3),
             fmt_pm(r.kl_drift, vb.get("drift"), 1, 3),
             _pct(r.probe_accuracy), f"{r.lr:g}" if r.lr else "–", _params(r.trainable_params),
             f"{r.train_seconds or 0:.0f}", f"{r.seconds:.0f}",
@@ -136,7 +170,9 @@ def vs_cells(rows: Iterable[Row | dict], ref: str = "full") -> list[list[str]]:
         if not vf:
             continue
         cells.append([r.label, fmt_interval(interval(vf.get("domain")), 100),
+                      fmt_interval(interval(vf.get("behaviour")), 100),
                       fmt_interval(interval(vf.get("retention")), 100), fmt_interval(interval(vf.get("margin")), 1, 3),
+                      fmt_interval(interval(vf.get("reply_change")), 100),
                       fmt_interval(interval(vf.get("drift")), 1, 3)])
     return cells
 
@@ -147,11 +183,11 @@ def markdown_table(rows: Iterable[Row | dict], domain: str = "domain score", dom
 
 def print_demo_table(rows: Iterable[Row | dict], domain: str = "domain score", domain_ref: str = "base") -> None:
     rows = as_rows(rows)
-    keep = [HEADER.index(h) for h in ("method", "domain score %", "gain vs base (pts)", "known-fact retention %",
-                                      "margin change (nats/char)", "KL drift (nats/tok)", "lr", "train s")]
+    keep = [HEADER.index(h) for h in ("method", "domain score %", "gain vs base (pts)", "behaviour kept %",
+                                      "knowledge kept %", "reply change %", "KL drift (nats/tok)")]
     names = header(domain, domain_ref)
     print_rich_table("retain demo: what each fine-tune learned and kept (± = 95 % paired interval vs the base)",
-                     [names[i] for i in keep], [[c[i] for i in keep] for c in demo_cells(rows)])
+                     [SHORT.get(HEADER[i], names[i]) for i in keep], [[c[i] for i in keep] for c in demo_cells(rows)])
     for ref, label in BASELINES.items():
         cells = vs_cells(rows, ref)
         if cells:
@@ -180,11 +216,20 @@ def verdicts(rows: Iterable[Row | dict], domain: str = "domain score", domain_re
         warn = (f" — but {100 * collapse:.0f} % of its answers are one option (balanced accuracy "
                 f"{100 * r.domain.get('balanced_accuracy', 0):.1f} %): a label-prior shift, not learning"
                 if collapse is not None and collapse >= COLLAPSE_SHARE else "")
+        beh = r.behaviour or {}
+        lost = (f", {beh['lost']} of {beh['known']} known answers lost, {beh['gained']} gained"
+                if beh.get("known") else "")
+        label = (f", {100 * beh['label_share']:.0f} % of replies open with an answer label"
+                 if beh.get("label_share") else "")
         parts = [
             f"{domain}: " + _iv_words(vb.get("domain"), 100, f"pts vs {domain_ref}", 1,
                                       f"learned (gain over the {domain_ref})", f"got worse than the {domain_ref}") + warn,
-            "known facts: " + _iv_words(vb.get("retention"), 100, "pts vs base", 1, "gained",
-                                        "forgot some (retention below 100 %)", same="no detectable forgetting"),
+            *(["behaviour (its own chat answers): " + _iv_words(
+                vb.get("behaviour"), 100, "pts vs base", 1, "gained", "forgot some (retention below 100 %)",
+                same="no detectable forgetting") + lost + label] if vb.get("behaviour") else []),
+            "knowledge (log-likelihood, few-shot): " + _iv_words(
+                vb.get("retention"), 100, "pts vs base", 1, "gained", "forgot some (retention below 100 %)",
+                same="no detectable forgetting"),
             "margins: " + _iv_words(vb.get("margin"), 1, "nats/char vs base", 3, "grew", "shrank",
                                     same="no detectable change"),
         ]
@@ -194,8 +239,12 @@ def verdicts(rows: Iterable[Row | dict], domain: str = "domain score", domain_re
                 continue
             parts += [
                 f"vs {label}, domain: " + _iv_words(vf.get("domain"), 100, "pts", 1, "learned more", "learned less"),
-                f"vs {label}, retention: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
+                *([f"vs {label}, behaviour: " + _iv_words(vf.get("behaviour"), 100, "pts", 1, "kept more",
+                                                          "kept less")] if vf.get("behaviour") else []),
+                f"vs {label}, knowledge: " + _iv_words(vf.get("retention"), 100, "pts", 1, "kept more", "kept less"),
                 f"vs {label}, margins: " + _iv_words(vf.get("margin"), 1, "nats/char", 3, "kept more", "kept less"),
+                *([f"vs {label}, replies changed: " + _iv_words(vf.get("reply_change"), 100, "pts", 1, "more often",
+                                                                "less often")] if vf.get("reply_change") else []),
                 f"vs {label}, drift: " + _iv_words(vf.get("drift"), 1, "nats/token", 3, "drifted more", "drifted less"),
             ]
         out.append(f"**{r.label}**: " + "; ".join(parts) + ".")
@@ -222,6 +271,37 @@ def probe_table(rows: Iterable[Row | dict]) -> str:
     return md_table(["method"] + [f"{n} % (kept/known)" for n in names], cells).rstrip("\n")
 
 
+def _retention_legend(known: dict[str, int]) -> list[str]:
+    """The legend lines of the two retention views (``known``: probe name -> items the base knows)."""
+    from retain.evaluation.probes import CHAT_INSTRUCTION
+
+    beh = {k: v for k, v in known.items() if k.startswith("chat:")}
+    kno = {k: v for k, v in known.items() if k not in beh}
+    out = []
+    if beh:
+        out.append(f"- **behaviour kept** (headline): {sum(beh.values())} closed-book questions the base answered "
+                   f"correctly in its own chat replies ({', '.join(f'{k} {v}' for k, v in beh.items())}); the share "
+                   f"the tuned model still answers correctly when asked the same way (its chat template, the question "
+                   f"+ \"{CHAT_INSTRUCTION}\", greedy, first line, 24 tokens at most; a gold alias anywhere in the "
+                   "reply counts, so \"Answer: Ottawa\" and \"The capital is Ottawa.\" are both right). "
+                   "`(n lost)`: known answers the tuned model no longer gives.")
+    if kno:
+        out.append(f"- **knowledge kept**: of the {sum(kno.values())} multiple-choice / few-shot probe items the base "
+                   f"answered correctly with a margin ({', '.join(f'{k} {v}' for k, v in kno.items())}), the share "
+                   "still answered correctly, scored by log-likelihood, which is blind to the answer format.")
+    return out
+
+
+def _drift_legend() -> list[str]:
+    return [
+        "- **reply change**: share of the behaviour questions whose reply text differs from the base's reply "
+        "(normalized): how often a user sees a different answer.",
+        "- **opening KL**: KL(base ‖ tuned) on the first 4 tokens of the base's replies to general chat prompts, "
+        "where a changed format shows; **KL drift**: the same averaged over the whole reply (32 tokens), which "
+        "hides a changed opening (see docs/drift.md).",
+    ]
+
+
 def demo_markdown(summary: dict[str, Any]) -> str:
     rows, prof, cfg = as_rows(summary["rows"]), summary["profile"], summary["config"]
     known = summary.get("known") or {}
@@ -240,15 +320,16 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Learning rates {prof['lr']}: {prof.get('lr_rule') or 'fixed per profile'}",
         "",
+        HEADLINE_RULE,
+        "",
         markdown_table(rows),
         "- **domain score**: accuracy on held-out domain items (never trained on); the gain is paired against "
         "the base, item by item.",
-        f"- **known-fact retention**: of the {sum(known.values())} probe items the base model answered correctly "
-        f"with a margin ({', '.join(f'{k} {v}' for k, v in known.items())}), the share still answered correctly.",
+        *_retention_legend(known),
         "- **margin change**: on the known items, the mean change of the gold answer's lead over the best wrong "
         "answer (acc_norm score, nats per character); negative = the model moved away from what the base knew. "
         "It is continuous, so it does not churn at chance like a 0/1 outcome.",
-        "- **KL drift**: mean per-token KL(base ‖ tuned) on the base's own replies to general chat prompts.",
+        *_drift_legend(),
         "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples) of the difference from the "
         "base; `[lo, hi]` below are intervals of the difference from full fine-tuning, then from LoRA.",
         "",
@@ -286,15 +367,18 @@ def mllm_markdown(summary: dict[str, Any]) -> str:
         f"{prof['tg_share']:.0%} of each batch to the base LLM's TG corpus (text only; tree {prof['tg_levels']}, "
         f"{summary.get('tg_seconds', 0):.0f} s to generate). Budgets fixed by the rule in docs/mllm.md.",
         "",
+        HEADLINE_RULE,
+        "",
         markdown_table(rows, "VQA acc", "stage 1"),
         f"- **VQA acc**: accuracy on {vqa['heldout_items']} held-out easy-VQA questions (test images, never "
         f"trained on), the answer with the highest next-token log-probability among the 13; always answering "
         f"'{vqa['majority_answer']}' scores {100 * vqa['majority_share']:.1f} %. The gain is paired item by item "
         "against stage 1 (the MLLM before stage 2).",
-        f"- **known-fact retention**, **margin change**, **KL drift**: the text path against the base LLM "
-        f"({sum(known.values())} known probe items: {', '.join(f'{k} {v}' for k, v in known.items())}; KL on "
-        "its own replies to chat prompts). The stage-1 MLLM's text path is the base LLM's, so these are also "
-        "the changes from before stage 2.",
+        "- **behaviour kept**, **knowledge kept**, **margin change**, **reply change**, **KL drift**: the text "
+        "path against the base LLM (the model asked without an image). The stage-1 MLLM's text path is the base "
+        "LLM's, so these are also the changes from before stage 2.",
+        *_retention_legend(known),
+        *_drift_legend(),
         "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples); `[lo, hi]` below are "
         "intervals of the difference from full fine-tuning, then from LoRA (stage 2).",
         "",
@@ -334,22 +418,25 @@ def _pyplot():
 
 def plot_demo(rows: Iterable[Row | dict], path: str | Path, domain: str = "domain score % (learned)",
               domain_ref: str = "base") -> None:
-    """Left: domain score vs retention with 95 % error bars. Middle: KL drift with error bars.
-    Right: training-loss curves."""
+    """Left: domain score vs the headline retention (behaviour when measured, else knowledge) with 95 % error
+    bars. Middle: KL drift with error bars. Right: training-loss curves."""
     plt = _pyplot()
     rows = as_rows(rows)
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(15, 4.4))
     tuned = [r for r in rows if not r.is_base]
+    behaviour = any(r.behaviour_retention is not None for r in rows)
+    key, metric = ("behaviour_retention", "behaviour") if behaviour else ("retention", "retention")
     for i, r in enumerate(rows):
-        if r.domain_score is None or r.retention is None:
+        if r.domain_score is None or getattr(r, key) is None:
             continue
         vb = r.vs_base or {}
-        dom, ret = interval(vb.get("domain")), interval(vb.get("retention"))
-        x, y = 100 * r.retention, 100 * r.domain_score
+        dom, ret = interval(vb.get("domain")), interval(vb.get(metric))
+        x, y = 100 * getattr(r, key), 100 * r.domain_score
         xerr = None if ret is None else [[100 * (ret.diff - ret.lo)], [100 * (ret.hi - ret.diff)]]
         yerr = None if dom is None else [[100 * (dom.diff - dom.lo)], [100 * (dom.hi - dom.diff)]]
         ax1.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color=f"C{i}", capsize=3, label=r.label)
-    ax1.set_xlabel("known-fact retention % (kept)")
+    ax1.set_xlabel("behaviour retention %: known answers kept in its own chat replies" if behaviour
+                   else "known-fact retention % (kept)")
     ax1.set_ylabel(domain)
     ax1.set_title("learned vs kept (95 % paired intervals vs base)" if domain_ref == "base" else
                   f"learned (vs {domain_ref}) vs kept (vs base), 95 % paired intervals", fontsize=9)

@@ -121,9 +121,7 @@ def run_eval(cfg: EvalConfig) -> int:
 
         vqa = score_vqa(base, base_proc, heldout, easy_vqa.image_folder(), easy_vqa.answers(), batch_size=suite.batch_size)
         items = ref.base_metrics.get("items") or {}
-        full = {n: [{"id": i, "correct": c, "margin": m} for i, c, m in zip(r["ids"], r["correct"], r["margin"])]
-                for n, r in items.items()}
-        merged = evaluate_from_results({**full, PROBE_NAME: vqa}, None, suite, {"kl_drift": ref.base_metrics.get("kl_drift")})
+        merged = evaluate_from_results({PROBE_NAME: vqa}, None, suite, {})  # the domain fields of the base row
         ref.base_metrics.update(domain_score=merged["domain_score"], domain=merged["domain"],
                                 items={**items, PROBE_NAME: merged["items"][PROBE_NAME]})
     rows = []

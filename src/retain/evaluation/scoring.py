@@ -217,9 +217,13 @@ def greedy_generate(
 ) -> list[str]:
     """Greedy continuations of plain-text prompts (batched, left-padded), cut at the first ``stop``.
 
+    Stop rule per row: the EOS token, a generated token whose text contains ``stop`` (the first newline by
+    default), or ``max_new_tokens``. A finished row leaves the batch at once (its KV-cache rows are
+    dropped), so one rambling row does not make the others pay for its tokens.
+
     Hand-written decoding loop rather than ``model.generate``: it lets every row share the KV cache of
-    ``shared_prefix`` (a few-shot block common to all prompts, computed once), and it stops a row as
-    soon as its text contains ``stop``. Greedy decoding has no other state, so this is short.
+    ``shared_prefix`` (a few-shot block or a chat template's system turn, computed once per batch) and
+    drops finished rows. Greedy decoding has no other state, so this is short.
     """
     if any(not p.startswith(shared_prefix) for p in prompts):
         raise ValueError("every prompt must start with shared_prefix")
@@ -233,25 +237,30 @@ def greedy_generate(
         for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
             batch = order[start: start + batch_size]
             out, mask, pos = _forward_after_prefix(model, prefix_ids, prefix_cache, [seqs[i] for i in batch], pad)
-            new = [[] for _ in batch]
-            done = torch.zeros(len(batch), dtype=torch.bool)
+            new: dict[int, list[int]] = {r: [] for r in range(len(batch))}
+            alive = list(range(len(batch)))  # batch rows still decoding, in cache-row order
+            cache, logits = out.past_key_values, out.logits[:, -1]
             for step in range(max_new_tokens):
-                nxt = out.logits[:, -1].argmax(-1)
-                for r, t in enumerate(nxt.tolist()):
-                    if done[r]:
-                        continue
+                nxt = logits.argmax(-1)
+                keep = []
+                for k, (r, t) in enumerate(zip(alive, nxt.tolist())):
                     if t == eos:
-                        done[r] = True
                         continue
                     new[r].append(t)
-                    if stop and stop in tokenizer.decode(new[r][-1:]):
-                        done[r] = True
-                if bool(done.all()) or step == max_new_tokens - 1:
+                    if not (stop and stop in tokenizer.decode([t])):
+                        keep.append(k)
+                if not keep or step == max_new_tokens - 1:
                     break
+                if len(keep) < len(alive):
+                    idx = torch.tensor(keep, device=nxt.device)
+                    cache.batch_select_indices(idx)
+                    mask, pos, nxt = mask[idx], pos[idx], nxt[idx]
+                    alive = [alive[k] for k in keep]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 pos = pos + 1
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
-                            past_key_values=out.past_key_values, use_cache=True)
+                            past_key_values=cache, use_cache=True)
+                cache, logits = out.past_key_values, out.logits[:, -1]
             for r, i in enumerate(batch):
                 text = tokenizer.decode(new[r], skip_special_tokens=True)
                 texts[i] = text.split(stop)[0] if stop else text

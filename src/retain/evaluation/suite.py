@@ -8,13 +8,24 @@
   (Σ retained / Σ known) and per probe. A random guesser keeps about 1/k of known k-choice items, so
   MC retention has a floor near 0.25–0.3, not 0 (reported as ``retention_chance``: the mean 1/k over
   known items); generation retention has no such floor.
-- **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean.
+- **Behaviour retention** (``behaviour_retention``): the same on the chat-format probes (``chat:*`` and
+  user generation files asked in chat): of the questions the base answers correctly *in its own chat
+  replies*, the share the model still answers correctly in its replies. ``retention`` is the
+  **knowledge** view (multiple choice + few-shot completion, robust to the answer format); behaviour is
+  what a user of the tuned model meets. ``behaviour`` also counts ``lost`` (known items now wrong),
+  ``gained`` (items the base missed, now right) and ``label_share`` (replies opening with an answer label
+  such as "Answer:", the format a domain fine-tune teaches).
+- **Reply change** (``reply_change``, a drift view): the share of behaviour-probe replies whose text
+  differs from the base's reply to the same question (after normalization). 0 for the base.
+- **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean over the
+  knowledge probes.
 - **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
 - **Margin change** (the continuous retention measure): on the known multiple-choice items, the mean
   change of the gold choice's margin (its acc_norm score minus the best wrong choice's, nats/char)
   from the base to the model. It moves before an item flips, and it does not churn at chance the
   way a 0/1 outcome near a coin flip does, so it separates methods with fewer items.
-- **Drift**: mean per-token KL(base ‖ model) on the built-in chat prompts (see :mod:`.drift`).
+- **Drift**: mean per-token KL(base ‖ model) on the built-in chat prompts, and the opening KL on their
+  first tokens (``kl_opening``; see :mod:`.drift`).
 - **Per-item outcomes** (``items``: per probe the ids, 0/1 correctness and margins; ``drift_prompts``:
   per-prompt KL and token counts) are kept in every metrics dict, so that any two models scored
   with the same suite can be compared item by item with confidence intervals
@@ -32,8 +43,9 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
-from retain.evaluation.drift import DriftReference, drift_reference, kl_per_prompt, weighted_mean
-from retain.evaluation.probes import Probe, builtin_probe, domain_probe, load_probe_file, score_probe
+from retain.evaluation.drift import DriftReference, drift_reference, kl_opening, kl_positions, weighted_mean
+from retain.evaluation.probes import (Probe, _LABEL, behaviour_probe, builtin_probe, domain_probe, load_probe_file,
+                                      normalize_answer, score_probe)
 from retain.utils.io import atomic_path, read_json, write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
@@ -41,15 +53,27 @@ REFERENCE_TENSORS = "base_reference.safetensors"
 
 
 def build_probes(suite: EvalSuite) -> list[Probe]:
-    """Knowledge probes of a suite (built-ins in a fixed order, then user files)."""
+    """Probes of a suite: knowledge built-ins, behaviour built-ins (``chat:*``), then user files (in
+    ``suite.probe_prompt``)."""
     probes = [builtin_probe(name, n, suite.seed, suite.max_item_chars) for name, n in suite.probes.items() if n > 0]
-    probes += [load_probe_file(p) for p in suite.probe_files]
+    probes += [behaviour_probe(name, n, suite.seed, suite.max_item_chars)
+               for name, n in (suite.behaviour or {}).items() if n > 0]
+    probes += [load_probe_file(p, suite.probe_prompt) for p in suite.probe_files]
     return probes
+
+
+def probe_kinds(probes: list[Probe]) -> dict[str, str]:
+    """Probe name -> kind (``mc``, ``gen``, ``chat``)."""
+    return {p.name: p.kind for p in probes}
+
+
+def _kind(name: str, kinds: dict[str, str]) -> str:
+    return kinds.get(name) or ("chat" if name.startswith("chat:") else "?")
 
 
 def is_known(result: dict, kind: str, margin: float) -> bool:
     """Calibration criterion for one base result (see module docstring)."""
-    if kind == "gen":
+    if kind in ("gen", "chat"):
         return bool(result["correct"])
     if kind == "mc":
         return bool(result["correct"] and result["correct_raw"] and result["margin"] >= margin)
@@ -77,6 +101,11 @@ class BaseReference:
         """Names of the multiple-choice probes (the ones with margins)."""
         return {p.name for p in self.probes if p.kind == "mc"}
 
+    @property
+    def chat_probes(self) -> set[str]:
+        """Names of the behaviour probes (chat format)."""
+        return {p.name for p in self.probes if p.kind == "chat"}
+
     @classmethod
     def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
         probes = build_probes(suite)
@@ -89,7 +118,7 @@ class BaseReference:
         ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, {}, None, probes, domain)
         results: dict[str, list[dict]] = {}
         metrics = evaluate(base_model, tokenizer, suite, ref, _results=results)
-        metrics["kl_drift"] = 0.0 if drift is not None else None
+        metrics["kl_drift"] = metrics["kl_opening"] = 0.0 if drift is not None else None
         ref.drift = drift
         timings, seconds = metrics["timings"], metrics["seconds"]
         ref.known = {p.name: [r["id"] for r in results[p.name] if is_known(r, p.kind, suite.known_margin)] for p in probes}
@@ -118,9 +147,10 @@ class BaseReference:
         meta = read_json(folder / CALIBRATION_FILE)
         probes = build_probes(suite)
         items = {p.name: [it["id"] for it in p.items] for p in probes}
-        if meta.get("items") != items or meta["suite"].get("drift_prompts") != suite.drift_prompts:
-            raise RetainError(f"{folder / CALIBRATION_FILE}: built for a different suite (probes, items or drift "
-                              "prompts differ); drop --reference to recompute it")
+        same = all(meta["suite"].get(k) == getattr(suite, k) for k in ("drift_prompts", "chat_new_tokens", "probe_prompt"))
+        if meta.get("items") != items or not same:
+            raise RetainError(f"{folder / CALIBRATION_FILE}: built for a different suite (probes, items, prompt format "
+                              "or drift prompts differ); drop --reference to recompute it")
         drift = None
         if meta.get("drift"):
             tensors = load_file(str(folder / REFERENCE_TENSORS))
@@ -145,15 +175,19 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     for p in [*probes, *([domain] if domain is not None else [])]:
         t = time.perf_counter()
         results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
-                                      max_new_tokens=suite.max_new_tokens)
+                                      max_new_tokens=suite.max_new_tokens, chat_new_tokens=suite.chat_new_tokens)
         timings[p.name] = round(time.perf_counter() - t, 2)
-    kl, drift_prompts = None, None
+    extra: dict = {"kl_drift": None, "kl_opening": None}
+    drift_prompts = None
     if ref is not None and ref.drift is not None:
         t = time.perf_counter()
-        kls, counts = kl_per_prompt(model, tokenizer, ref.drift, batch_size=suite.batch_size)
-        kl, drift_prompts = weighted_mean(kls, counts), {"kl": kls, "tokens": counts}
+        pos = kl_positions(model, tokenizer, ref.drift, batch_size=suite.batch_size)
+        kls = [float(k.mean()) if k.numel() else 0.0 for k in pos]
+        counts, first = list(ref.drift.n_reply), kl_opening(pos)
+        drift_prompts = {"kl": kls, "tokens": counts, "kl_opening": first}
+        extra = {"kl_drift": weighted_mean(kls, counts), "kl_opening": sum(first) / len(first) if first else None}
         timings["kl_drift"] = round(time.perf_counter() - t, 2)
-    out = evaluate_from_results(results, ref, suite, {"kl_drift": kl})
+    out = evaluate_from_results(results, ref, suite, extra)
     out["drift_prompts"] = drift_prompts
     out["seconds"] = round(time.perf_counter() - t0, 2)
     out["timings"] = timings
@@ -162,11 +196,14 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
 
 def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
     """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need),
-    plus ``"pred"`` and ``"gold"`` (option indices) for the domain, to tell learning from a label shift."""
+    ``"text"`` (the model's answers) for generation and chat probes, and ``"pred"`` and ``"gold"`` (option
+    indices) for the domain, to tell learning from a label shift."""
     out = {}
     for name, rs in results.items():
         rec = {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
                "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]}
+        if rs and all("prediction" in r for r in rs):
+            rec["text"] = [r["prediction"] for r in rs]
         if name.startswith("domain:") and rs and all("pred" in r and "gold" in r for r in rs):
             rec["pred"], rec["gold"] = [int(r["pred"]) for r in rs], [int(r["gold"]) for r in rs]
         out[name] = rec
@@ -190,16 +227,31 @@ def _acc(rs: list[dict], key: str = "correct") -> float | None:
     return sum(bool(r[key]) for r in rs) / len(rs) if rs else None
 
 
+def same_reply(a: str, b: str) -> bool:
+    """Two replies say the same (SQuAD-normalized text equal): the unit of ``reply_change``."""
+    return normalize_answer(a) == normalize_answer(b)
+
+
+def has_label(reply: str) -> bool:
+    """The reply opens with an answer label ("Answer:", "The answer is:"), a domain format."""
+    return bool(_LABEL.match(reply))
+
+
 def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | None, suite: EvalSuite,
                           extra: dict) -> dict:
-    """Aggregate per-item results into the metrics dict (retention uses ``ref.known``)."""
+    """Aggregate per-item results into the metrics dict (retention uses ``ref.known``): knowledge
+    (``retention``, non-chat probes) and behaviour (``behaviour_retention``, chat probes) kept apart."""
+    kinds = probe_kinds(ref.probes) if ref is not None else {}
+    base_items = (ref.base_metrics.get("items") or {}) if ref is not None else {}
     probe_rows: dict[str, dict] = {}
-    known_total = retained_total = 0
-    chance_total = 0.0
+    tot = {"knowledge": [0, 0, 0.0], "behaviour": [0, 0, 0.0]}  # known, retained, chance
+    beh = {"n": 0, "correct": 0, "lost": 0, "gained": 0, "labelled": 0, "changed": 0, "compared": 0}
+    items_view: dict[str, list[int] | None] = {}  # chat probe -> per item: reply differs from the base's
     for name, rs in results.items():
         if name.startswith("domain:"):
             continue
-        row = {"n": len(rs), "accuracy": _acc(rs)}
+        chat = _kind(name, kinds) == "chat"
+        row = {"n": len(rs), "accuracy": _acc(rs), "view": "behaviour" if chat else "knowledge"}
         if rs and "correct_raw" in rs[0]:
             row["acc_raw"] = _acc(rs, "correct_raw")
         if ref is not None and ref.known.get(name) is not None:
@@ -209,25 +261,58 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
             chance = sum(1 / r["k"] for r in rs if r["id"] in known and r.get("k"))
             row.update(known=len(known), retained=retained, retention=retained / len(known) if known else None,
                        retention_chance=chance / len(known) if known else None)
-            known_total += len(known)
-            retained_total += retained
-            chance_total += chance
+            t = tot["behaviour" if chat else "knowledge"]
+            t[0] += len(known)
+            t[1] += retained
+            t[2] += chance
+        if chat:
+            items_view[name] = [int(not same_reply(r["prediction"], t)) for r, t in
+                                zip(rs, (base_items.get(name) or {}).get("text", []))] or None
+            base = base_items.get(name) or {}
+            base_ok = dict(zip(base.get("ids", []), base.get("correct", [])))
+            base_text = dict(zip(base.get("ids", []), base.get("text", [])))
+            known = set((ref.known.get(name) or []) if ref is not None else [])
+            row["label_share"] = sum(has_label(r["prediction"]) for r in rs) / len(rs) if rs else None
+            beh["n"] += len(rs)
+            beh["correct"] += sum(bool(r["correct"]) for r in rs)
+            beh["labelled"] += sum(has_label(r["prediction"]) for r in rs)
+            beh["lost"] += sum(1 for r in rs if r["id"] in known and not r["correct"])
+            beh["gained"] += sum(1 for r in rs if r["id"] in base_ok and not base_ok[r["id"]] and r["correct"])
+            for r in rs:
+                if r["id"] in base_text:
+                    beh["compared"] += 1
+                    beh["changed"] += not same_reply(r["prediction"], base_text[r["id"]])
         probe_rows[name] = row
-    accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None]
+    accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None and r["view"] == "knowledge"]
     dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
     items = compact_results(results)
+    for name, changed in items_view.items():  # behaviour probes: marked, with their reply changes
+        items[name]["view"] = "behaviour"
+        if changed is not None and len(changed) == len(items[name]["ids"]):
+            items[name]["changed"] = changed
+    kn, bh = tot["knowledge"], tot["behaviour"]
+    behaviour = None
+    if beh["n"]:
+        behaviour = {"n": beh["n"], "accuracy": beh["correct"] / beh["n"], "known": bh[0], "retained": bh[1],
+                     "lost": beh["lost"], "gained": beh["gained"], "label_share": beh["labelled"] / beh["n"],
+                     "reply_change": beh["changed"] / beh["compared"] if beh["compared"] else None}
     return {
         "domain_score": _acc(dom[1]) if dom else None,
-        "retention": retained_total / known_total if known_total else None,
-        "retention_chance": chance_total / known_total if known_total else None,
+        "retention": kn[1] / kn[0] if kn[0] else None,
+        "retention_chance": kn[2] / kn[0] if kn[0] else None,
+        "behaviour_retention": bh[1] / bh[0] if bh[0] else None,
+        "reply_change": behaviour["reply_change"] if behaviour else None,
         "margin_change": margin_change(items, ref),
         "probe_accuracy": sum(accs) / len(accs) if accs else None,
         "kl_drift": extra.get("kl_drift"),
+        "kl_opening": extra.get("kl_opening"),
         "probes": probe_rows,
+        "behaviour": behaviour,
         "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1]),
                     **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "pred" in items[dom[0]] else {})}
                    if dom else None),
-        "known_total": known_total,
+        "known_total": kn[0],
+        "behaviour_known": bh[0],
         "items": items,
     }
 

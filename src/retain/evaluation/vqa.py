@@ -131,7 +131,7 @@ def evaluate_mllm(model, processor, suite, ref, heldout: Sequence[dict]) -> dict
     results[PROBE_NAME] = score_vqa(model, processor, heldout, easy_vqa.image_folder(), easy_vqa.answers(),
                                     batch_size=suite.batch_size)
     vqa_s = round(time.perf_counter() - t, 2)
-    out = evaluate_from_results(results, ref, suite, {"kl_drift": m["kl_drift"]})
+    out = evaluate_from_results(results, ref, suite, {"kl_drift": m["kl_drift"], "kl_opening": m["kl_opening"]})
     out.update(drift_prompts=m["drift_prompts"], seconds=round(m["seconds"] + vqa_s, 2),
                timings={**m["timings"], "vqa": vqa_s})
     return out
