@@ -238,3 +238,35 @@ def test_behaviour_sample_is_seeded_and_distinct_from_the_fewshot_sample():
     assert {it["id"] for it in a.items} != {it["id"] for it in few.items}
     with pytest.raises(RetainError, match="unknown behaviour probe 'sciq'"):
         behaviour_probe("sciq", 5)
+
+
+# ------------------------------------------------------------------ fine-tunes are asked the known items + a sample
+
+def test_asked_items_are_every_known_one_and_a_seeded_sample_of_the_rest():
+    from retain.evaluation.suite import asked_items
+
+    ids = [f"q{i}" for i in range(20)]
+    known = ["q3", "q7", "q11"]
+    a = asked_items(ids, known, 4, seed=0)
+    assert set(known) <= set(a) and len(a) == 7 and a == sorted(a, key=ids.index)  # item order kept
+    assert a == asked_items(ids, known, 4, seed=0) and a != asked_items(ids, known, 4, seed=1)
+    assert asked_items(ids, known, -1, seed=0) == ids and asked_items(ids, known, 50, seed=0) == ids
+
+
+def test_a_fine_tune_is_asked_the_sample_and_its_accuracy_is_estimated_per_stratum(tiny, tiny_perturbed):
+    from retain.evaluation.config import EvalSuite
+    from retain.evaluation.suite import BaseReference, evaluate
+
+    model, tok = tiny
+    suite = EvalSuite.profile("tiny", probes={}, behaviour={"triviaqa": 8}, behaviour_unknown=3, domain=None,
+                              drift_prompts=0)
+    ref = BaseReference.build(model, tok, suite)
+    name = "chat:triviaqa"
+    assert len(ref.asked[name]) == len(ref.known[name]) + min(3, 8 - len(ref.known[name]))
+    m = evaluate(tiny_perturbed[0], tok, suite, ref)
+    row = m["probes"][name]
+    assert row["asked"] == len(ref.asked[name]) and row["n"] == 8
+    assert m["items"][name]["ids"] == ref.asked[name] and len(m["items"][name]["changed"]) == row["asked"]
+    assert m["behaviour"]["asked"] == row["asked"] and m["behaviour"]["n"] == 8
+    # the base itself was asked every item, and its replies are its own: nothing changed
+    assert ref.base_metrics["reply_change"] == 0.0 and len(ref.base_metrics["items"][name]["ids"]) == 8

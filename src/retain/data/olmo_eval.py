@@ -274,7 +274,26 @@ def skills() -> list[dict]:
     return [it for s in SKILLS for it in basic_skill(s)] + copycolors()
 
 
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve".split())}
+
+
+@functools.lru_cache(maxsize=None)
+def common_knowledge() -> list[dict]:
+    """OLMo's ``basic_skills_common_knowledge`` as open questions: each sentence stem ("The number of legs of
+    a cat is") asked to be completed, its gold choice the answer (number words also accept their digits).
+    About 1,000 everyday facts; not a domain (see :data:`SKILLS`), so it can serve as a behaviour probe."""
+    out = []
+    for d in oe_eval_docs("basic_skills_common_knowledge", "rc_5shot"):
+        gold = str(d["choices"][int(d["gold"])]).strip()
+        answers = [gold] + ([_NUMBER_WORDS[gold.lower()]] if gold.lower() in _NUMBER_WORDS else [])
+        stem = str(d["question"]).strip()
+        out.append({"id": f"ck-{d['_key']}", "question": f"Complete the sentence: {stem} ...", "answers": answers})
+    return out
+
+
 PROBES: dict[str, Callable[[], list[dict]]] = {
+    "common_knowledge": common_knowledge,
     "triviaqa": triviaqa,
     "nq_open": nq_open,
     "arc_easy": lambda: arc("easy"),

@@ -22,7 +22,7 @@ FULL_PROBES: dict[str, int] = {"arc_easy": 570, "arc_challenge": 299, "mmlu": 20
                                "nq_open": 1000}
 
 
-DEFAULT_BEHAVIOUR: dict[str, int] = {"triviaqa": 1000, "nq_open": 500}
+DEFAULT_BEHAVIOUR: dict[str, int] = {"common_knowledge": 600, "triviaqa": 400}
 """Closed-book questions asked in the chat format (the behaviour probe, ``chat:<name>``). Sized by the rule
 in docs/behaviour.md (fixed on the base model alone, before any method was compared)."""
 
@@ -35,8 +35,12 @@ class EvalSuite:
     """Built-in knowledge probes and how many items each (arc_easy, arc_challenge, mmlu, sciq: multiple
     choice; triviaqa, nq_open: generation). MMLU excludes medical subjects (see retain.data.olmo_eval)."""
     behaviour: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
-    """Behaviour probes: built-in closed-book sets (triviaqa, nq_open) and how many questions each, asked
+    """Behaviour probes: built-in closed-book sets (common_knowledge, triviaqa, nq_open) and how many questions each, asked
     through the tested model's chat template and scored on its own greedy reply (``chat:<name>``)."""
+    behaviour_unknown: int = 50
+    """Fine-tuned models are asked every behaviour question the base answered correctly (retention needs only
+    those) plus a seeded sample of this many questions per probe that the base got wrong (for the ``gained``
+    count and an accuracy estimate); -1 asks every question. The base is always asked every question."""
     probe_files: list[str] = field(default_factory=list)
     """User probe files (JSONL; see the README for the two line formats)."""
     probe_prompt: Literal["chat", "fewshot", "zeroshot"] = "chat"
@@ -62,7 +66,7 @@ class EvalSuite:
     """Items per forward pass (multiple choice: contexts; their choices ride along)."""
     max_new_tokens: int = 12
     """Generation budget of few-shot generation probes (answers are short; cut at the first newline)."""
-    chat_new_tokens: int = 24
+    chat_new_tokens: int = 32
     """Generation budget of behaviour (chat) probes; a reply also stops at EOS and at the end of its first line."""
 
     @classmethod
@@ -72,10 +76,11 @@ class EvalSuite:
         if name == "default":
             suite = cls()
         elif name == "full":
-            suite = cls(probes=dict(FULL_PROBES), behaviour={"triviaqa": 4000, "nq_open": 2000}, domain_items=817,
+            suite = cls(probes=dict(FULL_PROBES), behaviour={"common_knowledge": 1000, "triviaqa": 4000, "nq_open": 2000},
+                        behaviour_unknown=-1, domain_items=817,
                         batch_size=64, max_item_chars=2000)
         elif name == "quick":  # about half the default cost, for demos that evaluate many models on a CPU
-            suite = cls(probes={"sciq": 200, "arc_easy": 100, "mmlu": 50}, behaviour={"triviaqa": 500, "nq_open": 250},
+            suite = cls(probes={"sciq": 200, "arc_easy": 100, "mmlu": 50}, behaviour={"common_knowledge": 300, "triviaqa": 200},
                         domain_items=100, drift_prompts=16)
         elif name == "tiny":
             suite = cls(probes={"arc_easy": 12, "mmlu": 8, "triviaqa": 8}, behaviour={"triviaqa": 8}, domain_items=12,

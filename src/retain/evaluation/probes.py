@@ -122,7 +122,7 @@ GEN_SHOTS = shot_block(list(SHOT_POOL[:N_SHOTS]))
 BUILTIN_KINDS: dict[str, Kind] = {
     "triviaqa": "gen", "nq_open": "gen", "arc_easy": "mc", "arc_challenge": "mc", "mmlu": "mc", "sciq": "mc",
 }
-BEHAVIOUR_SOURCES: tuple[str, ...] = ("triviaqa", "nq_open")
+BEHAVIOUR_SOURCES: tuple[str, ...] = ("triviaqa", "nq_open", "common_knowledge")
 """Closed-book question sets of the behaviour probe (``EvalSuite.behaviour``); never a domain's data."""
 
 

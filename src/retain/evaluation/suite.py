@@ -14,9 +14,12 @@
   **knowledge** view (multiple choice + few-shot completion, robust to the answer format); behaviour is
   what a user of the tuned model meets. ``behaviour`` also counts ``lost`` (known items now wrong),
   ``gained`` (items the base missed, now right) and ``label_share`` (replies opening with an answer label
-  such as "Answer:", the format a domain fine-tune teaches).
-- **Reply change** (``reply_change``, a drift view): the share of behaviour-probe replies whose text
-  differs from the base's reply to the same question (after normalization). 0 for the base.
+  such as "Answer:", the format a domain fine-tune teaches). The base is asked every behaviour question;
+  a fine-tune only the ones the base knew (all that retention needs) plus a seeded sample of
+  ``suite.behaviour_unknown`` others (:func:`asked_items`, fixed by the calibration alone), so
+  ``gained`` counts that sample and ``accuracy`` is estimated per stratum (known, sampled unknown).
+- **Reply change** (``reply_change``, a drift view): the share of the asked behaviour questions whose
+  reply text differs from the base's reply to the same question (after normalization). 0 for the base.
 - **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean over the
   knowledge probes.
 - **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
@@ -90,6 +93,9 @@ class BaseReference:
     """Probe name -> ids of the items evaluated, in order."""
     known: dict[str, list[str]]
     """Probe name -> ids of the items the base knows."""
+    asked: dict[str, list[str]] = field(default_factory=dict)
+    """Behaviour probe name -> ids a fine-tuned model is asked: the known ones plus a seeded sample of
+    ``suite.behaviour_unknown`` unknown ones (empty: every item)."""
     base_metrics: dict = field(default_factory=dict)
     """The base model's own :func:`evaluate` result (domain score, accuracies; retention 1, KL 0)."""
     drift: DriftReference | None = None
@@ -115,13 +121,16 @@ class BaseReference:
             drift = drift_reference(base_model, tokenizer, n_prompts=suite.drift_prompts,
                                     new_tokens=suite.drift_new_tokens, batch_size=suite.batch_size)
         # Score the base without the drift reference (its KL to itself is 0 by construction).
-        ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, {}, None, probes, domain)
+        ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, {}, {}, None, probes,
+                  domain)
         results: dict[str, list[dict]] = {}
         metrics = evaluate(base_model, tokenizer, suite, ref, _results=results)
         metrics["kl_drift"] = metrics["kl_opening"] = 0.0 if drift is not None else None
         ref.drift = drift
         timings, seconds = metrics["timings"], metrics["seconds"]
         ref.known = {p.name: [r["id"] for r in results[p.name] if is_known(r, p.kind, suite.known_margin)] for p in probes}
+        ref.asked = {p.name: asked_items(ref.items[p.name], ref.known[p.name], suite.behaviour_unknown, suite.seed)
+                     for p in probes if p.kind == "chat"}
         ref.base_metrics = {"items": compact_results(results)}  # the base's own margins: margin_change 0
         ref.base_metrics = evaluate_from_results(results, ref, suite, metrics)
         ref.base_metrics.update(seconds=seconds, timings=timings, drift_prompts=None)
@@ -132,7 +141,8 @@ class BaseReference:
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"suite": self.suite, "items": self.items, "known": self.known, "base_metrics": self.base_metrics,
+        meta = {"suite": self.suite, "items": self.items, "known": self.known, "asked": self.asked,
+                "base_metrics": self.base_metrics,
                 "drift": None if self.drift is None else {"seqs": self.drift.seqs, "n_reply": self.drift.n_reply}}
         if self.drift is not None:
             with atomic_path(folder / REFERENCE_TENSORS) as tmp:
@@ -147,7 +157,8 @@ class BaseReference:
         meta = read_json(folder / CALIBRATION_FILE)
         probes = build_probes(suite)
         items = {p.name: [it["id"] for it in p.items] for p in probes}
-        same = all(meta["suite"].get(k) == getattr(suite, k) for k in ("drift_prompts", "chat_new_tokens", "probe_prompt"))
+        same = all(meta["suite"].get(k) == getattr(suite, k)
+                   for k in ("drift_prompts", "chat_new_tokens", "probe_prompt", "behaviour_unknown"))
         if meta.get("items") != items or not same:
             raise RetainError(f"{folder / CALIBRATION_FILE}: built for a different suite (probes, items, prompt format "
                               "or drift prompts differ); drop --reference to recompute it")
@@ -156,7 +167,22 @@ class BaseReference:
             tensors = load_file(str(folder / REFERENCE_TENSORS))
             drift = DriftReference.from_saved(meta["drift"], tensors)
         domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
-        return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), drift, probes, domain)
+        return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), meta.get("asked", {}),
+                   drift, probes, domain)
+
+
+def asked_items(ids: list[str], known: list[str], n_unknown: int, seed: int) -> list[str]:
+    """Ids a fine-tuned model is asked on a behaviour probe, in item order: every known id plus a seeded
+    sample of ``n_unknown`` of the others (all when ``n_unknown`` is -1 or not smaller than their number).
+    Fixed by the base's calibration alone, before any fine-tune is scored."""
+    import random
+
+    k = set(known)
+    unknown = [i for i in ids if i not in k]
+    if 0 <= n_unknown < len(unknown):
+        unknown = random.Random(seed + 104729).sample(unknown, n_unknown)
+    keep = k | set(unknown)
+    return [i for i in ids if i in keep]
 
 
 def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = None, *,
@@ -173,6 +199,9 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     results = {} if _results is None else _results
     timings: dict[str, float] = {}
     for p in [*probes, *([domain] if domain is not None else [])]:
+        if ref is not None and ref.asked.get(p.name) and len(ref.asked[p.name]) < len(p.items):
+            ask = set(ref.asked[p.name])  # a fine-tune: the known items and a sample of the others
+            p = Probe(p.name, p.kind, [it for it in p.items if it["id"] in ask], p.shots)
         t = time.perf_counter()
         results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
                                       max_new_tokens=suite.max_new_tokens, chat_new_tokens=suite.chat_new_tokens)
@@ -265,12 +294,20 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
             t[0] += len(known)
             t[1] += retained
             t[2] += chance
+        if chat and ref is not None and len(rs) < len(ref.items.get(name, rs)) and ref.known.get(name) is not None:
+            # asked the known items and a sample of the unknown ones: accuracy estimated per stratum
+            n_all, k_all = len(ref.items[name]), len(ref.known[name])
+            k_set = set(ref.known[name])
+            unk = [r for r in rs if r["id"] not in k_set]
+            rate = sum(bool(r["correct"]) for r in unk) / len(unk) if unk else 0.0
+            row.update(asked=len(rs), n=n_all,
+                       accuracy=(row.get("retained", 0) + rate * (n_all - k_all)) / n_all if n_all else None)
         if chat:
-            items_view[name] = [int(not same_reply(r["prediction"], t)) for r, t in
-                                zip(rs, (base_items.get(name) or {}).get("text", []))] or None
             base = base_items.get(name) or {}
+            texts = dict(zip(base.get("ids", []), base.get("text", [])))
+            items_view[name] = ([int(not same_reply(r["prediction"], texts[r["id"]])) for r in rs]
+                                if rs and all(r["id"] in texts for r in rs) else None)
             base_ok = dict(zip(base.get("ids", []), base.get("correct", [])))
-            base_text = dict(zip(base.get("ids", []), base.get("text", [])))
             known = set((ref.known.get(name) or []) if ref is not None else [])
             row["label_share"] = sum(has_label(r["prediction"]) for r in rs) / len(rs) if rs else None
             beh["n"] += len(rs)
@@ -278,10 +315,9 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
             beh["labelled"] += sum(has_label(r["prediction"]) for r in rs)
             beh["lost"] += sum(1 for r in rs if r["id"] in known and not r["correct"])
             beh["gained"] += sum(1 for r in rs if r["id"] in base_ok and not base_ok[r["id"]] and r["correct"])
-            for r in rs:
-                if r["id"] in base_text:
-                    beh["compared"] += 1
-                    beh["changed"] += not same_reply(r["prediction"], base_text[r["id"]])
+            if items_view[name] is not None:
+                beh["compared"] += len(rs)
+                beh["changed"] += sum(items_view[name])
         probe_rows[name] = row
     accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None and r["view"] == "knowledge"]
     dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
@@ -293,8 +329,12 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
     kn, bh = tot["knowledge"], tot["behaviour"]
     behaviour = None
     if beh["n"]:
-        behaviour = {"n": beh["n"], "accuracy": beh["correct"] / beh["n"], "known": bh[0], "retained": bh[1],
-                     "lost": beh["lost"], "gained": beh["gained"], "label_share": beh["labelled"] / beh["n"],
+        chat_rows = [r for r in probe_rows.values() if r["view"] == "behaviour"]
+        n_all = sum(r["n"] for r in chat_rows)
+        acc = sum(r["accuracy"] * r["n"] for r in chat_rows if r["accuracy"] is not None) / n_all if n_all else None
+        behaviour = {"n": n_all, "asked": beh["n"], "accuracy": acc, "known": bh[0], "retained": bh[1],
+                     "lost": beh["lost"], "gained": beh["gained"], "unknown_asked": beh["n"] - bh[0],
+                     "label_share": beh["labelled"] / beh["n"],
                      "reply_change": beh["changed"] / beh["compared"] if beh["compared"] else None}
     return {
         "domain_score": _acc(dom[1]) if dom else None,
