@@ -122,6 +122,10 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
     (d / "recipe_ok.yaml").write_text(json.dumps(recipe), encoding="utf-8")
     (d / "recipe_unknown_key.yaml").write_text(json.dumps({**recipe, "optim": {"learning_rate": 1e-4}}), encoding="utf-8")
     (d / "recipe_wrong_type.yaml").write_text(json.dumps({**recipe, "train": {"batch_size": "eight"}}), encoding="utf-8")
+    from retain.evaluation.probes import SHOT_POOL
+
+    (d / "shot_answers.jsonl").write_text("".join(f'{{"question": "q{i}?", "answers": ["{a}"]}}\n'
+                                                  for i, (_, a) in enumerate(SHOT_POOL)), encoding="utf-8")
     return d
 
 
@@ -151,7 +155,8 @@ BAD = {
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
-             ["--config", "{d}/missing.yaml"]],
+             ["--config", "{d}/missing.yaml"], ["--behaviour", "{sciq: 10}"], ["--probe_prompt", "sometimes"],
+             ["--probe_prompt", "fewshot", "--probe_files", "[{d}/shot_answers.jsonl]"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],

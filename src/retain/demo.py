@@ -2,9 +2,11 @@
 
 base model ──► TG self-decompression (its own knowledge as a multi-turn corpus)
            ──► domain SFT on SST-2 (train split; ``--domain`` picks another) with each method below
-           ──► evaluate every model: domain score (held-out SST-2), known-fact retention, margin
-               change, KL drift from the base, each with a paired 95 % interval against the base
-               and against full FT ──► two tables, ``report.md``, ``demo.png``
+           ──► evaluate every model: domain score (held-out SST-2), behaviour retention (its own
+               chat answers to closed-book questions the base answered), knowledge retention
+               (log-likelihood probes), margin change, reply change and KL drift from the base, each
+               with a paired 95 % interval against the base and against full FT and LoRA
+               ──► tables, ``report.md``, ``demo.png``
 
 Methods (``--methods``):
 
@@ -266,7 +268,8 @@ def run_summary(cfg: "DemoConfig", prof, rows: list[dict[str, Any]], tg_path: Pa
     return {"config": dataclasses.asdict(cfg), "profile": dataclasses.asdict(prof), "rows": rows,
             "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stage.stages["TG self-decompression"],
             "total_seconds": round(stage.total(), 1), "stages": stage.stages, "stages_done_earlier": stage.reused,
-            "known": {k: len(v) for k, v in ref.known.items()}}
+            "known": {k: len(v) for k, v in ref.known.items()},
+            "prompts": {p.name: p.prompt_format for p in ref.probes}}
 
 
 def open_run(cfg: "DemoConfig", out: Path):

@@ -340,11 +340,19 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- {v}" for v in verdicts(rows)] or ["- (no fine-tuned row)"]
-    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), ""]
+    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), "", *prompt_lines(summary)]
     if stages:
         lines += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
     lines += ["![demo](demo.png)", ""]
     return "\n".join(lines)
+
+
+def prompt_lines(summary: dict[str, Any]) -> list[str]:
+    """How each probe's items were put to the models (``summary["prompts"]``: probe name -> format)."""
+    prompts = summary.get("prompts") or {}
+    if not prompts:
+        return []
+    return ["How each probe asks its questions:", "", *[f"- `{k}`: {v}" for k, v in prompts.items()], ""]
 
 
 def mllm_markdown(summary: dict[str, Any]) -> str:
@@ -389,7 +397,7 @@ def mllm_markdown(summary: dict[str, Any]) -> str:
         "",
     ]
     lines += [f"- {v}" for v in verdicts(rows, "VQA", "stage 1")] or ["- (no fine-tuned row)"]
-    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), ""]
+    lines += ["", "Per-probe accuracy (retained/known):", "", probe_table(rows), "", *prompt_lines(summary)]
     if stages:
         lines += ["Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()), ""]
     lines += ["![demo](demo.png)", ""]

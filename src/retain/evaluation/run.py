@@ -25,13 +25,16 @@ from retain.utils import console
 
 
 def _check_inputs(cfg: EvalConfig, suite) -> None:
-    from retain.evaluation.probes import BUILTIN_KINDS, load_probe_file
+    from retain.evaluation.probes import BEHAVIOUR_SOURCES, BUILTIN_KINDS, load_probe_file
 
     for name in suite.probes:
         if name not in BUILTIN_KINDS:
             raise RetainError(f"--probes: unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))}")
+    for name in suite.behaviour or {}:
+        if name not in BEHAVIOUR_SOURCES:
+            raise RetainError(f"--behaviour: unknown source '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
     for f in suite.probe_files:
-        load_probe_file(f)  # raises file:line on bad format
+        load_probe_file(f, suite.probe_prompt)  # raises file:line on bad format, or shots that give items away
     from retain.adapters.check import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
