@@ -184,3 +184,34 @@ def test_full_disk_is_one_line_log_intact_and_rerun_completes(make_recipe, tmp_p
     rc, err = _run(capsys, path, "--resume")
     assert rc == 0, err
     assert (out / "model" / "adapter_model.safetensors").exists() and (out / "train_result.json").exists()
+
+
+def test_a_second_run_on_a_locked_folder_stops_before_the_model_loads(make_recipe, tmp_path, capsys, monkeypatch):
+    """Two `retain train` on one output_dir both used to pass the "already holds a run" check while their
+    models loaded, then mixed their logs. The folder is locked first; the second run gets one line, exit 2."""
+    import fcntl
+
+    from retain.training import run as train_run
+
+    path = make_recipe(method="full", write=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    loads = []
+    monkeypatch.setattr(train_run, "load_base", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError))
+    with open(out / ".lock", "a") as held:  # what a first run holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, err = _run(capsys, path, "--train.max_steps", 1)
+    assert rc == 2 and loads == [], err
+    assert err[-1:] == [f"error: {out}: another `retain train` is working on this folder; wait for it to finish or set "
+                   "--train.output_dir to another folder"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside the first run's lock
+    monkeypatch.undo()
+    assert main(["train", str(path), "--train.max_steps", "1"]) == 0  # free again: the run goes on
+
+
+def test_a_failed_start_leaves_no_folder_behind(make_recipe, tmp_path, capsys):
+    """The lock creates the run folder; a run that fails before writing anything removes it again."""
+    path = make_recipe(method="full", write=True, train={"max_length": 2})  # no assistant token fits
+    rc, err = _run(capsys, path)
+    assert rc == 2 and "train.max_length=2" in err[-1], err
+    assert not (tmp_path / "run").exists()

@@ -67,3 +67,19 @@ def test_full_disk_append_cuts_back_and_names_the_path(small_disk):
     with pytest.raises(RetainError, match="out.txt: no space left on device"):
         write_text_atomic(small_disk / "out.txt", "y" * 200_000)
     assert sorted(p.name for p in small_disk.iterdir()) == ["j.jsonl"]  # no temp file left
+
+
+def test_folder_lock_admits_one_process_and_leaves_no_empty_folder(tmp_path):
+    from retain.utils.io import FolderLock
+
+    run = tmp_path / "runs" / "a"
+    with FolderLock(run, "retain train"):
+        assert (run / ".lock").exists()
+        with pytest.raises(RetainError, match=r"runs/a: another `retain train` is working on this folder"):
+            with FolderLock(run, "retain train"):
+                pass
+        (run / "train_log.jsonl").write_text("", encoding="utf-8")
+    assert (run / "train_log.jsonl").exists()  # what a run wrote stays
+    with FolderLock(tmp_path / "b", "retain decompress"):
+        pass
+    assert not (tmp_path / "b").exists()  # created by the lock, nothing written: removed

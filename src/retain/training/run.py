@@ -4,7 +4,9 @@ Order of work, chosen so that bad input never leaves a half-written run folder:
 
 1. recipe parsed and validated (:mod:`retain.training.recipe`);
 2. every dataset read and validated, then mixed (:mod:`retain.data.formats`, :mod:`retain.data.mixture`);
-3. the output folder checked (an existing run needs ``--resume``);
+   the base model's folder checked (no weights loaded);
+3. the output folder locked (``.lock``, :class:`retain.utils.io.FolderLock`: a second ``retain train`` on
+   the same folder stops here with one line) and checked (an existing run needs ``--resume``);
 4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
 5. only then the folder is created: ``recipe.yaml``, ``train_log.jsonl`` (appended as steps finish),
    ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
@@ -115,8 +117,17 @@ def check_modality(recipe: Recipe, mixture, multimodal: bool) -> None:
                           "full, lora or loramoe, or an image-text-to-text model folder")
 
 
-def _check_output_dir(out: Path, resume: bool) -> None:
+def _run_files(out: Path) -> list[str]:
+    """The run files in ``out``. A ``train_log.jsonl`` with no row and nothing else (a start that failed
+    before its first step) is no run: the corrected command starts afresh without ``--resume``."""
     existing = [name for name in _RUN_FILES if (out / name).exists()]
+    if existing == ["train_log.jsonl"] and not (out / "train_log.jsonl").read_text(encoding="utf-8").strip():
+        return []
+    return existing
+
+
+def _check_output_dir(out: Path, resume: bool) -> None:
+    existing = _run_files(out)
     if existing and not resume:
         raise RetainError(
             f"{out}: already holds a run ({', '.join(existing)}); pass --resume to continue it, or set "
@@ -170,11 +181,42 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     still recorded as the base of the saved adapter). It is deep-copied first unless ``copy_model=False``
     (then it is trained in place, and LoRA/LoRAMoE inject layers into it).
     """
+    import contextlib
+    import os
+
+    from retain.multimodal.methods import is_multimodal
+    from retain.multimodal.model import is_mllm_folder
+    from retain.utils.io import FolderLock, read_json
+
+    recipe.validate()
+    out = Path(recipe.train.output_dir)
+    mixture = load_mixture(recipe)
+    if model is None:
+        multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
+    else:
+        multimodal = is_multimodal(model)
+    check_modality(recipe, mixture, multimodal)
+    # One process per run folder, locked before the folder is checked and any model loads (rank 0 of a
+    # launch holds it for all ranks); the kernel releases it when the process ends, however it ends.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    lock = FolderLock(out, "retain train", "wait for it to finish or set --train.output_dir to another folder")
+    with lock if rank0 else contextlib.nullcontext():
+        if resume and (out / "train_result.json").exists():
+            log.info("%s: run already finished; returning its result", out)
+            return TrainResult(**read_json(out / "train_result.json"))
+        _check_output_dir(out, resume)
+        return _train_locked(recipe, out, mixture, multimodal, resume, model, tokenizer, copy_model)
+
+
+def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: bool, model: Any, tokenizer: Any,
+                  copy_model: bool) -> TrainResult:
+    """:func:`train` once the inputs are checked and ``out`` is locked: load, train, save."""
     import torch
 
     from retain.adapters.methods import prepare_model, save_finetuned, trainable_parameters
     from retain.data.collate import Collator, encode_examples
     from retain.models import pad_token_id, resolve_device
+    from retain.multimodal.methods import prepare_mllm
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
@@ -185,23 +227,6 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
     )
     from retain.utils.seed import seed_everything
-
-    recipe.validate()
-    out = Path(recipe.train.output_dir)
-    if resume and (out / "train_result.json").exists():
-        log.info("%s: run already finished; returning its result", out)
-        return TrainResult(**read_json(out / "train_result.json"))
-    mixture = load_mixture(recipe)
-    _check_output_dir(out, resume)
-    from retain.multimodal.methods import is_multimodal, prepare_mllm
-    from retain.multimodal.model import is_mllm_folder
-
-    if model is None:
-        multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
-    else:
-        multimodal = is_multimodal(model)
-    check_modality(recipe, mixture, multimodal)
-
     from accelerate import PartialState
 
     # The process group (torchrun / accelerate launch) is joined here, as TrainingArguments would.

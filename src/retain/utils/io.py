@@ -193,3 +193,64 @@ def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = Fa
 
 def read_jsonl(path: str | os.PathLike, **kw: Any) -> list[dict]:
     return list(iter_jsonl(path, **kw))
+
+
+class FolderLock:
+    """Exclusive, non-blocking lock on ``folder/.lock`` (``fcntl.flock``), held while one process works
+    on a run folder (``retain train``, ``retain decompress``): a second process gets one line naming the
+    folder instead of mixing its outputs with the first's.
+
+    The folder is created when missing; when this lock created it and nothing but the lock file is in it
+    on release (the command failed before writing), it is removed again, so a failed start leaves nothing.
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, command: str, hint: str = "wait for it to finish or use another folder"):
+        self.folder, self.command, self.hint = Path(folder), command, hint
+        self._f: Any = None
+        self._created = False
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RetainError(f"{self.folder}: exists and is not a folder; choose another folder")
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.NAME
+        while True:
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                self._cleanup()
+                raise RetainError(f"{self.folder}: another `{self.command}` is working on this folder; "
+                                  f"{self.hint}") from None
+            try:  # the file we locked is still the one at the path (a releasing process may have removed it)
+                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._f = f
+                return self
+            f.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        if self._f is not None:
+            if self._created and [p.name for p in self.folder.iterdir()] == [self.NAME]:
+                with contextlib.suppress(OSError):
+                    (self.folder / self.NAME).unlink()
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty
