@@ -215,3 +215,79 @@ def test_a_failed_start_leaves_no_folder_behind(make_recipe, tmp_path, capsys):
     rc, err = _run(capsys, path)
     assert rc == 2 and "train.max_length=2" in err[-1], err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_users_recipe_in_the_output_folder_is_never_overwritten(make_recipe, tmp_path, capsys):
+    """output_dir = the folder that holds the user's recipe: the run used to replace it with its merged copy."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = out / "recipe.yaml"
+    data = make_recipe(method="full", train={"max_steps": 1})
+    mine.write_text("# my notes\n" + yaml.safe_dump(data), encoding="utf-8")
+    before = mine.read_text(encoding="utf-8")
+    rc, err = _run(capsys, mine)
+    assert rc == 2 and err[-1] == (f"error: {mine}: a file this run did not write (your recipe?); retain train writes "
+                                   "its own recipe.yaml there, so set --train.output_dir to another folder (or move "
+                                   "the file)"), err
+    assert mine.read_text(encoding="utf-8") == before and sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]
+    assert main(["train", str(mine), "--train.output_dir", str(tmp_path / "elsewhere")]) == 0
+    written = (tmp_path / "elsewhere" / "recipe.yaml").read_text(encoding="utf-8")
+    assert written.startswith("# Written by retain train") and mine.read_text(encoding="utf-8") == before
+    # the run's own copy is the run's: resuming from it (or rewriting it) is allowed
+    assert main(["train", str(tmp_path / "elsewhere" / "recipe.yaml"), "--resume"]) == 0
+
+
+def _lr_steps(out):
+    return [(r["step"], r["lr"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+
+
+def test_resume_refuses_a_changed_setting_and_names_the_key(make_recipe, tmp_path, capsys):
+    """`--resume --optim.lr 0.5` used to exit 0, train at the old lr and write 0.5 into the run's recipe.yaml."""
+    path = make_recipe(method="lora", write=True, train={"max_steps": 4, "save_every": 2})
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--train.max_steps", "2"]) == 0  # a run with a final result
+    recorded = (out / "recipe.yaml").read_text(encoding="utf-8")
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--optim.lr", "0.5")
+    assert rc == 2 and err[-1] == (f"error: --resume: optim.lr was 0.003 in {out / 'recipe.yaml'}, now 0.5; a resumed "
+                                   "run keeps the settings it trained with: drop the change, or set "
+                                   "--train.output_dir to a new folder"), err
+    assert (out / "recipe.yaml").read_text(encoding="utf-8") == recorded  # the record does not lie
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--lora.r", "8", "--train.seed", "3")
+    assert rc == 2 and "lora.r was 4" in err[-1] and "(also train.seed)" in err[-1], err
+    # safe keys (logging, checkpoints) may change: the finished run returns its result
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--train.log_every", "5")
+    assert rc == 0 and (out / "recipe.yaml").read_text(encoding="utf-8") == recorded, err  # nothing ran: unchanged
+
+
+def test_resume_with_more_steps_trains_them_when_the_schedule_allows(make_recipe, tmp_path, capsys):
+    """`--resume --train.max_steps 6` on a finished 3-step run used to return the old result and train nothing.
+    With a constant schedule and the final checkpoint kept, it trains steps 4-6, the same as a 6-step run."""
+    path = make_recipe(method="lora", write=True, optim={"schedule": "constant", "warmup_steps": 1},
+                       train={"keep_final_checkpoint": True})
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--train.max_steps", "3"]) == 0
+    assert main(["train", str(path), "--resume", "--train.max_steps", "6"]) == 0
+    assert "trained lora: 6 steps" in capsys.readouterr().out
+    assert json.loads((out / "train_result.json").read_text())["steps"] == 6
+    assert "max_steps: 6" in (out / "recipe.yaml").read_text(encoding="utf-8")
+    assert main(["train", str(path), "--train.max_steps", "6", "--train.output_dir", str(tmp_path / "straight")]) == 0
+    extended = [json.loads(r) for r in (out / "train_log.jsonl").read_text().splitlines()]
+    straight = [json.loads(r) for r in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in extended] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(extended, straight):
+        assert a["lr"] == b["lr"] and a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("schedule, keep, needle", [
+    ("cosine", True, "train.max_steps was 3, now 6; with optim.schedule cosine the learning rate of every step depends"),
+    ("constant", False, "finished at step 3 and kept no checkpoint to continue from, so train.max_steps cannot be raised"),
+])
+def test_resume_with_more_steps_is_refused_when_the_record_would_lie(make_recipe, tmp_path, capsys, schedule, keep,
+                                                                      needle):
+    path = make_recipe(method="full", write=True, optim={"schedule": schedule, "warmup_steps": 1},
+                       train={"keep_final_checkpoint": keep})
+    assert main(["train", str(path), "--train.max_steps", "3"]) == 0
+    before = (tmp_path / "run" / "train_result.json").read_text()
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "6")
+    assert rc == 2 and needle in err[-1], err
+    assert (tmp_path / "run" / "train_result.json").read_text() == before

@@ -200,8 +200,8 @@ class FolderLock:
     on a run folder (``retain train``, ``retain decompress``): a second process gets one line naming the
     folder instead of mixing its outputs with the first's.
 
-    The folder is created when missing; when this lock created it and nothing but the lock file is in it
-    on release (the command failed before writing), it is removed again, so a failed start leaves nothing.
+    The folder is created when missing. The lock file is removed on release, and so is the folder when this
+    lock created it and it is empty (the command failed before writing), so a failed start leaves nothing.
     The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
     """
 
@@ -242,9 +242,8 @@ class FolderLock:
         import fcntl
 
         if self._f is not None:
-            if self._created and [p.name for p in self.folder.iterdir()] == [self.NAME]:
-                with contextlib.suppress(OSError):
-                    (self.folder / self.NAME).unlink()
+            with contextlib.suppress(OSError):  # a process that opened it meanwhile sees the inode change, retries
+                (self.folder / self.NAME).unlink()
             fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
             self._f = None
