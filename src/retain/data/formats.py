@@ -141,8 +141,18 @@ def load_examples(
     return out
 
 
+FILE_SUFFIXES = (".jsonl", ".json")
+"""The dataset files read: JSON lines, or one JSON list of records."""
+
+
 def _iter_records(path: Path) -> Iterator[tuple[str, dict]]:
-    if path.suffix == ".json":
+    if path.is_file() and path.suffix.lower() not in FILE_SUFFIXES:
+        kind = f"a {path.suffix} file" if path.suffix else "a file without an extension"
+        raise RetainError(
+            f"{path}: {kind}; datasets are read from .jsonl (one JSON object per line) or .json (a list of "
+            f"objects) files in the formats {', '.join(FORMATS)}: convert it (pandas: "
+            "df.to_json('data.jsonl', orient='records', lines=True))")
+    if path.suffix.lower() == ".json":
         try:
             data = json.loads(read_text(path, "dataset file"))
         except json.JSONDecodeError as e:

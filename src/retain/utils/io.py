@@ -108,8 +108,8 @@ def append_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_text(path: str | os.PathLike, what: str = "file", *, torn_tail_ok: bool = False) -> str:
-    """The UTF-8 text of ``path``; a missing file, a folder or bytes that are not UTF-8 raise one
-    :class:`RetainError` line naming ``file:line`` and the offending byte.
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); a missing file, a folder or bytes that
+    are not UTF-8 raise one :class:`RetainError` line naming ``file:line`` and the offending byte.
 
     ``torn_tail_ok``: a last line without a newline that is not UTF-8 (a multi-byte character cut by a
     kill) is dropped instead."""
@@ -126,7 +126,7 @@ def read_text(path: str | os.PathLike, what: str = "file", *, torn_tail_ok: bool
         except UnicodeDecodeError:
             data = data[:cut]
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM (Windows editors write one) is not content
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise RetainError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); re-encode the file as "
