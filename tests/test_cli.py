@@ -125,6 +125,8 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
     (d / "recipe_dup_key.yaml").write_text(  # the second `train:` used to win silently
         f"model: {{name: {tiny_llama_path}}}\ndatasets: [{{path: {d / 'x.jsonl'}}}]\ntrain: {{output_dir: {d / 'never'}}}\n"
         f"train: {{max_steps: 1, output_dir: {d / 'never'}}}\n", encoding="utf-8")
+    (d / "dup_ids.jsonl").write_text('{"id": "a", "question": "q", "answers": ["x"]}\n'
+                                     '{"id": "a", "question": "r", "answers": ["y"]}\n', encoding="utf-8")
     (d / "data.csv").write_text("prompt,completion\nq,a\n", encoding="utf-8")
     (d / "data.parquet").write_bytes(b"PAR1\x00\x00PAR1")
     return d
@@ -163,7 +165,7 @@ BAD = {
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
-             ["--config", "{d}/missing.yaml"]],
+             ["--config", "{d}/missing.yaml"], ["--probe_files", "{d}/dup_ids.jsonl"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],

@@ -49,6 +49,14 @@ class Probe:
     kind: Kind
     items: list[dict] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        # Results, known items and comparisons are keyed by id: two items with one id would count twice.
+        seen: set = set()
+        for it in self.items:
+            if it["id"] in seen:
+                raise RetainError(f"probe {self.name}: duplicate item id {it['id']!r}; every item needs its own id")
+            seen.add(it["id"])
+
 
 # ------------------------------------------------------------------------------------------------
 # Item selection
@@ -95,12 +103,14 @@ def load_probe_file(path: str | Path) -> Probe:
     """A user probe file (JSONL). Each line is either
     ``{"question": str, "answers": [str, ...]}`` (generation, exact match) or
     ``{"question": str, "choices": [str, ...], "answer": int}`` (multiple choice, 0-based index).
-    All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``."""
+    All lines must be of one kind. Optional ``"id"`` (default ``<file stem>-<line>``), unique in the file.
+    Errors name ``file:line``."""
     from retain.utils.io import iter_jsonl_lines
 
     path = Path(path)
     items: list[dict] = []
     kind: Kind | None = None
+    first_line: dict[str, int] = {}  # id -> line: results are keyed by id, so each must be unique
     if not path.exists():
         raise RetainError(f"{path}: probe file not found")
     for lineno, obj in iter_jsonl_lines(path):  # names a folder, bad UTF-8 or bad JSON as file:line
@@ -128,6 +138,10 @@ def load_probe_file(path: str | Path) -> Probe:
             raise RetainError(f"{where}: mixes {this} and {kind} items; put each kind in its own file")
         kind = this
         item["id"] = str(obj.get("id", f"{path.stem}-{lineno}"))
+        if item["id"] in first_line:
+            raise RetainError(f"{where}: duplicate id {item['id']!r} (first on line {first_line[item['id']]}); "
+                              "give every item its own id")
+        first_line[item["id"]] = lineno
         items.append(item)
     if not items:
         raise RetainError(f"{path}: no probe items; see the probe file format in the README")

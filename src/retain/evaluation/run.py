@@ -25,13 +25,13 @@ from retain.utils import console
 
 
 def _check_inputs(cfg: EvalConfig, suite) -> None:
-    from retain.evaluation.probes import BUILTIN_KINDS, load_probe_file
+    from retain.evaluation.probes import BUILTIN_KINDS
+    from retain.evaluation.suite import load_probe_files
 
     for name in suite.probes:
         if name not in BUILTIN_KINDS:
             raise RetainError(f"--probes: unknown probe '{name}'; choose from: {', '.join(sorted(BUILTIN_KINDS))}")
-    for f in suite.probe_files:
-        load_probe_file(f)  # raises file:line on bad format
+    load_probe_files(suite.probe_files)  # raises file:line on bad format, and on two files of one name
     from retain.adapters.check import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
