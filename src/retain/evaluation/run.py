@@ -37,10 +37,14 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
     if Path(cfg.base).expanduser().is_dir():
         check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle,
                                trust_remote_code=cfg.trust_remote_code)
+    base_dir = Path(cfg.base).expanduser().resolve()
     for t in cfg.tuned:
         p = Path(t).expanduser()
         if not p.is_dir():
             raise RetainError(f"--tuned {t}: no such folder; give a folder written by retain train")
+        if p.resolve() == base_dir:
+            console.warn(f"--tuned {t} is the --base folder: its row repeats the base (retention 100 %, KL 0); "
+                         "give the fine-tuned folder (a run's model/)")
         # files, config keys, tensor names and shapes against the base: before any model runs
         check_finetuned_folder(p, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if suite.domain:
