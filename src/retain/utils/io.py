@@ -172,12 +172,20 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
         yield obj
 
 
-def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
-    """As :func:`iter_jsonl`, with each record's 1-based line number: ``(line, dict)``."""
+def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = False, max_chars: int | None = None,
+                     on_oversize: Any = None) -> Iterator[tuple[int, dict]]:
+    """As :func:`iter_jsonl`, with each record's 1-based line number: ``(line, dict)``.
+
+    ``max_chars``: a line longer than this is skipped before it is parsed, after ``on_oversize(line, chars)``."""
     path = Path(path)
     parts = read_text(path, torn_tail_ok=allow_truncated_tail).split("\n")  # not splitlines(): JSON strings may hold U+2028 or \x85
     lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    del parts
     for i, line in enumerate(lines, start=1):
+        if max_chars is not None and len(line) > max_chars:
+            if on_oversize is not None:
+                on_oversize(i, len(line))
+            continue
         if not line.strip():
             continue
         try:
