@@ -291,3 +291,15 @@ def test_resume_with_more_steps_is_refused_when_the_record_would_lie(make_recipe
     rc, err = _run(capsys, path, "--resume", "--train.max_steps", "6")
     assert rc == 2 and needle in err[-1], err
     assert (tmp_path / "run" / "train_result.json").read_text() == before
+
+
+def test_resume_after_a_kill_refuses_a_changed_lr(make_recipe, tmp_path, capsys):
+    """The issue's case: a run killed after a checkpoint, then `--resume --optim.lr 0.5`."""
+    path = make_recipe(method="lora", write=True, train={"max_steps": 2, "save_every": 1, "keep_final_checkpoint": True})
+    out = tmp_path / "run"
+    assert main(["train", str(path)]) == 0
+    (out / "train_result.json").unlink()  # as if killed after its last checkpoint
+    rc, err = _run(capsys, path, "--resume", "--optim.lr", "0.5")
+    assert rc == 2 and "--resume: optim.lr was 0.003" in err[-1], err
+    assert "lr: 0.003" in (out / "recipe.yaml").read_text(encoding="utf-8")
+    assert main(["train", str(path), "--resume"]) == 0  # the same settings resume
