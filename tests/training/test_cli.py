@@ -303,3 +303,18 @@ def test_resume_after_a_kill_refuses_a_changed_lr(make_recipe, tmp_path, capsys)
     assert rc == 2 and "--resume: optim.lr was 0.003" in err[-1], err
     assert "lr: 0.003" in (out / "recipe.yaml").read_text(encoding="utf-8")
     assert main(["train", str(path), "--resume"]) == 0  # the same settings resume
+
+
+def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_command(make_recipe, tmp_path, capsys):
+    """`--optim.betas '[1.5, 0.9]'` used to fail in torch after recipe.yaml and an empty train_log.jsonl were
+    written; the corrected command then met "already holds a run". Such a folder holds no run."""
+    from retain.training import run as train_run
+
+    path = make_recipe(method="full", write=True, train={"max_steps": 1})
+    out = tmp_path / "run"
+    out.mkdir()
+    header = getattr(train_run, "RUN_RECIPE_HEADER", "")  # the run's own recipe.yaml
+    (out / "recipe.yaml").write_text(header + "method: full\n", encoding="utf-8")
+    (out / "train_log.jsonl").write_text("", encoding="utf-8")
+    assert main(["train", str(path)]) == 0
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 1
