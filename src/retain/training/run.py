@@ -117,15 +117,6 @@ def check_modality(recipe: Recipe, mixture, multimodal: bool) -> None:
                           "full, lora or loramoe, or an image-text-to-text model folder")
 
 
-def _run_files(out: Path) -> list[str]:
-    """The run files in ``out``. A ``train_log.jsonl`` with no row and nothing else (a start that failed
-    before its first step) is no run: the corrected command starts afresh without ``--resume``."""
-    existing = [name for name in _RUN_FILES if (out / name).exists()]
-    if existing == ["train_log.jsonl"] and not (out / "train_log.jsonl").read_text(encoding="utf-8").strip():
-        return []
-    return existing
-
-
 RUN_RECIPE = "recipe.yaml"
 RUN_RECIPE_HEADER = ("# Written by retain train: the recipe this run trains (the file's keys with the flags applied).\n"
                      "# Continue the run with: retain train <this file> --resume\n")
@@ -145,9 +136,8 @@ class OutputPlan:
     """What :func:`check_output_dir` found: a finished run to return, or how to go on."""
 
     finished: TrainResult | None = None
-    """The run already finished with these settings: its result, nothing to train."""
-    extend: bool = False
-    """A finished run made longer: it continues from its final checkpoint."""
+    """The run already finished with these settings: its result, nothing to train (else: train, from the
+    last complete checkpoint when resuming; a finished run made longer continues from its final one)."""
 
 
 def _run_files(out: Path) -> list[str]:
@@ -176,9 +166,9 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
     """``{dotted key: (old value, new value)}`` for every recipe key whose value differs."""
-    from retain.training.recipe import dump_recipe
-
     import yaml
+
+    from retain.training.recipe import dump_recipe
 
     a, b = (_flat(yaml.safe_load(dump_recipe(r))) for r in (old, new))
     return {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
@@ -252,7 +242,7 @@ def check_output_dir(out: Path, recipe: Recipe, resume: bool) -> OutputPlan:
         raise RetainError(f"--resume: {out} finished at step {result.steps} and kept no checkpoint to continue "
                           f"from, so {next(iter(longer))} cannot be raised; set train.keep_final_checkpoint: true "
                           "to make runs extendable, or train a new --train.output_dir")
-    return OutputPlan(extend=True)
+    return OutputPlan()
 
 
 def training_arguments(recipe: Recipe, out: Path, steps: int):
