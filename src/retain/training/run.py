@@ -6,10 +6,11 @@ Order of work, chosen so that bad input never leaves a half-written run folder:
 2. every dataset read and validated, then mixed (:mod:`retain.data.formats`, :mod:`retain.data.mixture`);
    the base model's folder checked (no weights loaded);
 3. the output folder locked (``.lock``, :class:`retain.utils.io.FolderLock`: a second ``retain train`` on
-   the same folder stops here with one line) and checked (an existing run needs ``--resume``);
+   the same folder stops here with one line) and checked (:func:`check_output_dir`: an existing run needs
+   ``--resume``, which refuses changed settings; a file the run did not write is never overwritten);
 4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
-5. only then the folder is created: ``recipe.yaml``, ``train_log.jsonl`` (appended as steps finish),
-   ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
+5. only then files are written: ``recipe.yaml`` (the recipe with the flags applied, marked as the run's),
+   ``train_log.jsonl`` (appended as steps finish), ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
    ``retain_state.json`` is in it), and at the end ``model/`` (``save_finetuned``), ``loss.png`` and
    ``train_result.json``.
 
