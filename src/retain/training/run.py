@@ -10,9 +10,9 @@ Order of work, chosen so that bad input never leaves a half-written run folder:
    ``--resume``, which refuses changed settings; a file the run did not write is never overwritten);
 4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
 5. only then files are written: ``recipe.yaml`` (the recipe with the flags applied, marked as the run's),
-   ``train_log.jsonl`` (appended as steps finish), ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
-   ``retain_state.json`` is in it), and at the end ``model/`` (``save_finetuned``), ``loss.png`` and
-   ``train_result.json``.
+   ``train_log.jsonl`` (appended as steps finish), ``checkpoints/checkpoint-<step>/`` (the Trainer's, every
+   ``save_every`` steps; complete once ``retain_state.json`` is in it), and at the end ``model/``
+   (``save_finetuned``), ``loss.png`` and ``train_result.json``.
 
 The loop is transformers' ``Trainer`` (:class:`retain.training.trainer.RetainTrainer`). Under ``torchrun``
 or ``accelerate launch`` every rank runs the same code; only rank 0 writes files.
