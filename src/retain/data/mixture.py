@@ -98,7 +98,8 @@ def _warn_dropped(sources: list[Source], shares: list[float], counts: list[int])
             keep_all = math.ceil(n / w - 1e-9)
             log.warning("dataset %s: the weights use %d of its %d examples (%.0f %% left out); to train on all of "
                         "them at the same shares set mixture.size: %d with mixture.allow_repeat: true (the other "
-                        "datasets then repeat examples), or raise its weight", s.name, c, n, 100 * (n - c) / n, keep_all)
+                        "datasets then repeat examples), or raise its weight",
+                        s.name, c, n, 100 * (n - c) / n, keep_all)
 
 
 def mix(sources: list[Source], size: int | None = None, allow_repeat: bool = False, seed: int = 0) -> Mixture:

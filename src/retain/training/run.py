@@ -230,7 +230,8 @@ def check_output_dir(out: Path, recipe: Recipe, resume: bool) -> OutputPlan:
                 f"--resume: {key} was {was!r}, now {now!r}; with optim.schedule {recipe.optim.schedule}"
                 f"{' and warmup_ratio' if recipe.optim.warmup_ratio and not recipe.optim.warmup_steps else ''} the "
                 "learning rate of every step depends on the run's length, so the steps already trained would not be "
-                "those of the new length: train a new --train.output_dir (runs with a constant schedule can be extended)")
+                "those of the new length: train a new --train.output_dir (runs with a constant schedule can be "
+                "extended)")
     if not finished:
         return OutputPlan()
     result = TrainResult(**read_json(out / "train_result.json"))

@@ -253,7 +253,7 @@ class RunLogCallback(TrainerCallback):
     def __init__(self, log_path: Path, dropout_seed: int, checkpoint_meta: dict, resumed_state: dict | None,
                  is_main: bool, save_last: bool = False):
         self.log_path, self.dropout_seed, self.meta, self.is_main = log_path, dropout_seed, checkpoint_meta, is_main
-        self.save_last = save_last  # checkpoint the final step too (train.keep_final_checkpoint: the run can be extended)
+        self.save_last = save_last  # checkpoint the final step too (keep_final_checkpoint: a run can be extended)
         self.elapsed = float(resumed_state["elapsed"]) if resumed_state else 0.0
         self.resumed = resumed_state is not None
         self.session_seconds = 0.0

@@ -215,7 +215,8 @@ class FolderLock:
 
     NAME = ".lock"
 
-    def __init__(self, folder: str | os.PathLike, command: str, hint: str = "wait for it to finish or use another folder"):
+    def __init__(self, folder: str | os.PathLike, command: str,
+                 hint: str = "wait for it to finish or use another folder"):
         self.folder, self.command, self.hint = Path(folder), command, hint
         self._f: Any = None
         self._created = False
