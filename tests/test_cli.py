@@ -126,6 +126,13 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
 
     (d / "shot_answers.jsonl").write_text("".join(f'{{"question": "q{i}?", "answers": ["{a}"]}}\n'
                                                   for i, (_, a) in enumerate(SHOT_POOL)), encoding="utf-8")
+    (d / "recipe_dup_key.yaml").write_text(  # the second `train:` used to win silently
+        f"model: {{name: {tiny_llama_path}}}\ndatasets: [{{path: {d / 'x.jsonl'}}}]\ntrain: {{output_dir: {d / 'never'}}}\n"
+        f"train: {{max_steps: 1, output_dir: {d / 'never'}}}\n", encoding="utf-8")
+    (d / "dup_ids.jsonl").write_text('{"id": "a", "question": "q", "answers": ["x"]}\n'
+                                     '{"id": "a", "question": "r", "answers": ["y"]}\n', encoding="utf-8")
+    (d / "data.csv").write_text("prompt,completion\nq,a\n", encoding="utf-8")
+    (d / "data.parquet").write_bytes(b"PAR1\x00\x00PAR1")
     return d
 
 
@@ -151,12 +158,19 @@ BAD = {
               ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"],
               ["{d}/recipe_unknown_key.yaml"], ["{d}/recipe_wrong_type.yaml"], ["{d}/recipe_ok.yaml", "--optim.lr", "fast"],
               ["{d}/recipe_ok.yaml", "--optim.learnin_rate", "1"], ["{d}/recipe_ok.yaml", "--method", "lorra"],
-              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"]],
+              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"],
+              ["{d}/recipe_ok.yaml", "--optim.betas", "[1.5, 0.9]"], ["{d}/recipe_dup_key.yaml"],
+              ["{d}/recipe_ok.yaml", "--optim.weight_decay", "-0.1"], ["{d}/recipe_ok.yaml", "--optim.warmup_steps", "-1"],
+              ["{d}/recipe_ok.yaml", "--optim.max_grad_norm", "-1"], ["{d}/recipe_ok.yaml", "--train.seed", str(2**70)],
+              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/x.jsonl, limit: 0}]"],
+              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/x.jsonl, limit: -2}]"],
+              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/data.csv}]"],
+              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/data.parquet}]"]],
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
-             ["--config", "{d}/missing.yaml"], ["--behaviour", "{sciq: 10}"], ["--probe_prompt", "sometimes"],
-             ["--probe_prompt", "fewshot", "--probe_files", "[{d}/shot_answers.jsonl]"]],
+             ["--config", "{d}/missing.yaml"], ["--probe_files", "{d}/dup_ids.jsonl"], ["--behaviour", "{sciq: 10}"],
+             ["--probe_prompt", "sometimes"], ["--probe_prompt", "fewshot", "--probe_files", "[{d}/shot_answers.jsonl]"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],
@@ -179,6 +193,7 @@ def test_every_command_answers_bad_input_with_one_error_line(bad_inputs, capsys,
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert not (bad_inputs / "never").exists()  # nothing written before the input is valid (recipe_*.yaml's output_dir)
 
 
 def free_port() -> int:

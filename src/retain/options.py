@@ -91,16 +91,50 @@ def suggest_key(key: str, valid: Sequence[str]) -> str | None:
 # ---------------------------------------------------------------- config files
 
 
+@lru_cache(maxsize=None)
+def unique_key_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice (plain ``safe_load`` keeps the
+    last one silently): a ``ConstructorError`` at the second key's line. Everything else is ``safe_load``."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=deep)
+                    try:
+                        seen = first.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: SafeLoader's own error follows
+                        continue
+                    if seen != key_node.start_mark.line + 1:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key '{key}' given twice (first on line {seen}); keep one",
+                            key_node.start_mark)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` semantics, with a key given twice in one mapping refused (:func:`unique_key_loader`)."""
+    import yaml
+
+    return yaml.load(text, Loader=unique_key_loader())  # noqa: S506 - a SafeLoader subclass
+
+
 def read_config_file(path: str | Path, cls: type, what: str = "config") -> dict:
     """Read a YAML config file strictly: a mapping whose keys all exist in ``cls`` (deprecated keys are
-    renamed, with a notice). Raises RetainError naming ``path`` (and the line for bad YAML)."""
+    renamed, with a notice), no key given twice. Raises RetainError naming ``path`` (and the line for bad YAML)."""
     import yaml
 
     from retain.utils.io import read_text
 
     text = read_text(path, what)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -460,7 +494,9 @@ def _blame(message: str, args: list[str], config: str | None) -> str:
     """A config's own check names a key (``train.batch_size=0: ...``): prefix the file it came from
     when no flag set it."""
     key = re.match(r"[\w.\[\]]+", message)
-    flagged = key and any(_flag_name(a).rstrip("+") in (key.group(0).split("=")[0],) for a in args)
+    name = key.group(0).split("=")[0] if key else ""
+    flagged = key and any((f := _flag_name(a).rstrip("+")) and (name == f or name.startswith((f + ".", f + "[")))
+                          for a in args)
     if config and not flagged and not message.startswith(("--", str(config))):
         return f"{config}: {message}"
     return message

@@ -117,3 +117,32 @@ def test_plain_text_records_for_continued_pretraining(tmp_path):
     p.write_text('{"text": "ok"}\n{"messages": []}\n')
     with pytest.raises(RetainError, match=r"pt.jsonl:2: .*'text'"):
         load_examples(str(p))
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json"])
+def test_an_oversized_record_is_skipped_before_it_is_parsed(tmp_path, caplog, monkeypatch, suffix):
+    """A 50 MB single-line record took 103 s and 4.4 GB in the tokenizer before it was dropped."""
+    import json
+    import logging
+
+    from retain.data import formats
+
+    monkeypatch.setattr(formats, "MAX_RECORD_CHARS", 1000)  # the same rule at a test's size
+    rows = [{"prompt": "q1", "completion": "a1"}, {"prompt": "q2", "completion": "x" * 5000},
+            {"prompt": "q3", "completion": "a3"}]
+    path = tmp_path / f"d{suffix}"
+    path.write_text("\n".join(map(json.dumps, rows)) + "\n" if suffix == ".jsonl" else json.dumps(rows), encoding="utf-8")
+    parsed = []
+    real = json.loads
+    monkeypatch.setattr(json, "loads", lambda s, *a, **k: parsed.append(len(s)) or real(s, *a, **k))
+    with caplog.at_level(logging.WARNING, logger="retain.data.formats"):
+        out = formats.load_examples(str(path))
+    assert [ex["messages"][0]["content"] for ex in out] == ["q1", "q3"]
+    where = f"{path}:2" if suffix == ".jsonl" else f"{path}: item 1"
+    # the line with its newline; for a .json list the characters of the record's keys and strings
+    size = len(json.dumps(rows[1])) + 1 if suffix == ".jsonl" else sum(len(k) + len(v) for k, v in rows[1].items())
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{where}: a record of {size:,} characters, over the limit of 1,000 "
+        "(retain.data.formats.MAX_RECORD_CHARS); skipped"]
+    if suffix == ".jsonl":
+        assert max(parsed) < 1000  # the long line never reached the JSON parser

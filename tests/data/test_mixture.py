@@ -60,3 +60,28 @@ def test_unnormalised_weights_warn_and_zero_weight_drops_source(caplog):
         m = mix([_src("a", 10, 2), _src("b", 10, 0), _src("c", 10, 2)])
     assert "sum to 4" in caplog.text
     assert m.counts == {"a": 10, "b": 0, "c": 10}
+
+
+def test_weights_that_leave_out_most_of_a_dataset_say_so_in_one_line(caplog):
+    """0.8 / 0.2 over a 30-row dataset and a 2-row TG corpus trained on 8 of the 30 rows, with only a
+    `mixture:` info line as a trace."""
+    import re
+
+    from retain.data.mixture import DROP_WARNING_SHARE
+
+    srcs = [_src("datasets[0] task.jsonl", 30, 0.8), _src("datasets[1] tg.jsonl", 2, 0.2)]
+    with caplog.at_level(logging.WARNING, logger="retain.data.mixture"):
+        m = mix(srcs)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert m.counts == {"datasets[0] task.jsonl": 8, "datasets[1] tg.jsonl": 2}
+    assert warned == ["dataset datasets[0] task.jsonl: the weights use 8 of its 30 examples (73 % left out); to train "
+                      "on all of them at the same shares set mixture.size: 38 with mixture.allow_repeat: true (the "
+                      "other datasets then repeat examples), or raise its weight"]
+    size = int(re.search(r"mixture.size: (\d+)", warned[0]).group(1))
+    assert mix(srcs, size=size, allow_repeat=True).counts["datasets[0] task.jsonl"] == 30  # the advice keeps it all
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="retain.data.mixture"):
+        mix([_src("a", 100, 0.5), _src("b", 80, 0.5)])  # 20 % of a left out: under the documented share
+        mix(srcs, size=10)  # an explicit size is the user's choice
+        mix([_src("a", 30), _src("b", 2)])  # no weights: every example once
+    assert DROP_WARNING_SHARE == 0.25 and not [r for r in caplog.records if r.levelno == logging.WARNING]

@@ -133,3 +133,19 @@ def test_device_defaults_to_auto_like_every_other_command(tiny_llama_path):
     model, _ = load_model(tiny_llama_path, device="auto")
     want = "cuda" if __import__("torch").cuda.is_available() else "cpu"
     assert next(model.parameters()).device.type == want
+
+
+def test_tuned_the_same_folder_as_base_warns_in_one_line(tiny_llama_path, tmp_path, capsys, monkeypatch):
+    """`retain eval --base X --tuned X` scored the base against itself without a word."""
+    from retain.errors import RetainError
+    from retain.evaluation import run as eval_run
+
+    def stop(*a, **k):  # the check is before any model loads
+        raise RetainError("stop here")
+
+    monkeypatch.setattr(eval_run, "_load", stop)
+    same = tiny_llama_path + "/"  # another spelling of the same folder
+    assert main(["eval", "--base", tiny_llama_path, "--tuned", same, "--out", str(tmp_path / "o"), *SMALL]) == 2
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert warned == [f"warning: --tuned {same} is the --base folder: its row repeats the base (retention 100 %, "
+                      "KL 0); give the fine-tuned folder (a run's model/)"]

@@ -72,6 +72,7 @@ def test_chat_completion_shape_n_and_budget():
     ({"messages": user("x"), "n": 0}, "n"),
     ({"messages": user("x"), "max_tokens": 100000}, "max_tokens"),
     ({"messages": [*user("x"), {"role": "assistant", "content": "y"}]}, "assistant"),
+    ({"messages": user("x"), "seed": 2**70}, "seed"),  # was a 500 from torch.manual_seed
 ])
 def test_bad_requests_get_400_with_a_clear_message(body, where):
     with TestClient(create_app(EchoBackend(), max_tokens_limit=4096)) as client:
@@ -160,6 +161,10 @@ def test_api_key_is_required_when_configured():
         ok = client.post("/v1/chat/completions", json={"messages": user("x")}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
         assert client.get("/health").status_code == 200  # liveness stays open
+        for page in ("/docs", "/redoc", "/openapi.json"):  # used to answer without the key (and load CDN scripts)
+            assert client.get(page).status_code == 404, page
+    with TestClient(create_app(EchoBackend())) as client:  # no key (loopback): the docs stay
+        assert client.get("/openapi.json").status_code == 200
 
 
 class FailingBackend:

@@ -53,7 +53,7 @@ def test_accelerate_launch_two_cpu_processes_matches_one(make_recipe, tmp_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "run"
     assert "2 process(es)" in proc.stderr
-    ckpt = out / "checkpoints" / "checkpoint-2"
+    ckpt = out / "checkpoints" / "checkpoint-3"  # the final step's, kept (keep_final_checkpoint)
     assert (ckpt / "retain_state.json").is_file() and (ckpt / "rng_state_1.pth").is_file()
 
     single = train(load_recipe(path, [f"train.output_dir={tmp_path / 'single'}", "train.batch_size=4"]))

@@ -184,3 +184,137 @@ def test_full_disk_is_one_line_log_intact_and_rerun_completes(make_recipe, tmp_p
     rc, err = _run(capsys, path, "--resume")
     assert rc == 0, err
     assert (out / "model" / "adapter_model.safetensors").exists() and (out / "train_result.json").exists()
+
+
+def test_a_second_run_on_a_locked_folder_stops_before_the_model_loads(make_recipe, tmp_path, capsys, monkeypatch):
+    """Two `retain train` on one output_dir both used to pass the "already holds a run" check while their
+    models loaded, then mixed their logs. The folder is locked first; the second run gets one line, exit 2."""
+    import fcntl
+
+    from retain.training import run as train_run
+
+    path = make_recipe(method="full", write=True)
+    out = tmp_path / "run"
+    out.mkdir()
+    loads = []
+    monkeypatch.setattr(train_run, "load_base", lambda *a, **k: loads.append(a) or (_ for _ in ()).throw(AssertionError))
+    with open(out / ".lock", "a") as held:  # what a first run holds while it trains
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        rc, err = _run(capsys, path, "--train.max_steps", 1)
+    assert rc == 2 and loads == [], err
+    assert err[-1:] == [f"error: {out}: another `retain train` is working on this folder; wait for it to finish or set "
+                   "--train.output_dir to another folder"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside the first run's lock
+    monkeypatch.undo()
+    assert main(["train", str(path), "--train.max_steps", "1"]) == 0  # free again: the run goes on
+
+
+def test_a_failed_start_leaves_no_folder_behind(make_recipe, tmp_path, capsys):
+    """The lock creates the run folder; a run that fails before writing anything removes it again."""
+    path = make_recipe(method="full", write=True, train={"max_length": 2})  # no assistant token fits
+    rc, err = _run(capsys, path)
+    assert rc == 2 and "train.max_length=2" in err[-1], err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_users_recipe_in_the_output_folder_is_never_overwritten(make_recipe, tmp_path, capsys):
+    """output_dir = the folder that holds the user's recipe: the run used to replace it with its merged copy."""
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = out / "recipe.yaml"
+    data = make_recipe(method="full", train={"max_steps": 1})
+    mine.write_text("# my notes\n" + yaml.safe_dump(data), encoding="utf-8")
+    before = mine.read_text(encoding="utf-8")
+    rc, err = _run(capsys, mine)
+    assert rc == 2 and err[-1] == (f"error: {mine}: a file this run did not write (your recipe?); retain train writes "
+                                   "its own recipe.yaml there, so set --train.output_dir to another folder (or move "
+                                   "the file)"), err
+    assert mine.read_text(encoding="utf-8") == before and sorted(p.name for p in out.iterdir()) == ["recipe.yaml"]
+    assert main(["train", str(mine), "--train.output_dir", str(tmp_path / "elsewhere")]) == 0
+    written = (tmp_path / "elsewhere" / "recipe.yaml").read_text(encoding="utf-8")
+    assert written.startswith("# Written by retain train") and mine.read_text(encoding="utf-8") == before
+    # the run's own copy is the run's: resuming from it (or rewriting it) is allowed
+    assert main(["train", str(tmp_path / "elsewhere" / "recipe.yaml"), "--resume"]) == 0
+
+
+def _lr_steps(out):
+    return [(r["step"], r["lr"]) for r in map(json.loads, (out / "train_log.jsonl").read_text().splitlines())]
+
+
+def test_resume_refuses_a_changed_setting_and_names_the_key(make_recipe, tmp_path, capsys):
+    """`--resume --optim.lr 0.5` used to exit 0, train at the old lr and write 0.5 into the run's recipe.yaml."""
+    path = make_recipe(method="lora", write=True, train={"max_steps": 4, "save_every": 2})
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--train.max_steps", "2"]) == 0  # a run with a final result
+    recorded = (out / "recipe.yaml").read_text(encoding="utf-8")
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--optim.lr", "0.5")
+    assert rc == 2 and err[-1] == (f"error: --resume: optim.lr was 0.003 in {out / 'recipe.yaml'}, now 0.5; a resumed "
+                                   "run keeps the settings it trained with: drop the change, or set "
+                                   "--train.output_dir to a new folder"), err
+    assert (out / "recipe.yaml").read_text(encoding="utf-8") == recorded  # the record does not lie
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--lora.r", "8", "--train.seed", "3")
+    assert rc == 2 and "lora.r was 4" in err[-1] and "(also train.seed)" in err[-1], err
+    # safe keys (logging, checkpoints) may change: the finished run returns its result
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "2", "--train.log_every", "5")
+    assert rc == 0 and (out / "recipe.yaml").read_text(encoding="utf-8") == recorded, err  # nothing ran: unchanged
+
+
+def test_resume_with_more_steps_trains_them_when_the_schedule_allows(make_recipe, tmp_path, capsys):
+    """`--resume --train.max_steps 6` on a finished 3-step run used to return the old result and train nothing.
+    With a constant schedule and the final checkpoint kept, it trains steps 4-6, the same as a 6-step run."""
+    path = make_recipe(method="lora", write=True, optim={"schedule": "constant", "warmup_steps": 1},
+                       train={"keep_final_checkpoint": True})
+    out = tmp_path / "run"
+    assert main(["train", str(path), "--train.max_steps", "3"]) == 0
+    assert main(["train", str(path), "--resume", "--train.max_steps", "6"]) == 0
+    assert "trained lora: 6 steps" in capsys.readouterr().out
+    assert json.loads((out / "train_result.json").read_text())["steps"] == 6
+    assert "max_steps: 6" in (out / "recipe.yaml").read_text(encoding="utf-8")
+    assert main(["train", str(path), "--train.max_steps", "6", "--train.output_dir", str(tmp_path / "straight")]) == 0
+    extended = [json.loads(r) for r in (out / "train_log.jsonl").read_text().splitlines()]
+    straight = [json.loads(r) for r in (tmp_path / "straight" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in extended] == [1, 2, 3, 4, 5, 6]
+    for a, b in zip(extended, straight):
+        assert a["lr"] == b["lr"] and a["lm_loss"] == pytest.approx(b["lm_loss"], rel=1e-4, abs=1e-5)
+
+
+@pytest.mark.parametrize("schedule, keep, needle", [
+    ("cosine", True, "train.max_steps was 3, now 6; with optim.schedule cosine the learning rate of every step depends"),
+    ("constant", False, "finished at step 3 and kept no checkpoint to continue from, so train.max_steps cannot be raised"),
+])
+def test_resume_with_more_steps_is_refused_when_the_record_would_lie(make_recipe, tmp_path, capsys, schedule, keep,
+                                                                      needle):
+    path = make_recipe(method="full", write=True, optim={"schedule": schedule, "warmup_steps": 1},
+                       train={"keep_final_checkpoint": keep})
+    assert main(["train", str(path), "--train.max_steps", "3"]) == 0
+    before = (tmp_path / "run" / "train_result.json").read_text()
+    rc, err = _run(capsys, path, "--resume", "--train.max_steps", "6")
+    assert rc == 2 and needle in err[-1], err
+    assert (tmp_path / "run" / "train_result.json").read_text() == before
+
+
+def test_resume_after_a_kill_refuses_a_changed_lr(make_recipe, tmp_path, capsys):
+    """The issue's case: a run killed after a checkpoint, then `--resume --optim.lr 0.5`."""
+    path = make_recipe(method="lora", write=True, train={"max_steps": 2, "save_every": 1, "keep_final_checkpoint": True})
+    out = tmp_path / "run"
+    assert main(["train", str(path)]) == 0
+    (out / "train_result.json").unlink()  # as if killed after its last checkpoint
+    rc, err = _run(capsys, path, "--resume", "--optim.lr", "0.5")
+    assert rc == 2 and "--resume: optim.lr was 0.003" in err[-1], err
+    assert "lr: 0.003" in (out / "recipe.yaml").read_text(encoding="utf-8")
+    assert main(["train", str(path), "--resume"]) == 0  # the same settings resume
+
+
+def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_command(make_recipe, tmp_path, capsys):
+    """`--optim.betas '[1.5, 0.9]'` used to fail in torch after recipe.yaml and an empty train_log.jsonl were
+    written; the corrected command then met "already holds a run". Such a folder holds no run."""
+    from retain.training import run as train_run
+
+    path = make_recipe(method="full", write=True, train={"max_steps": 1})
+    out = tmp_path / "run"
+    out.mkdir()
+    header = getattr(train_run, "RUN_RECIPE_HEADER", "")  # the run's own recipe.yaml
+    (out / "recipe.yaml").write_text(header + "method: full\n", encoding="utf-8")
+    (out / "train_log.jsonl").write_text("", encoding="utf-8")
+    assert main(["train", str(path)]) == 0
+    assert len((out / "train_log.jsonl").read_text().splitlines()) == 1

@@ -122,3 +122,35 @@ def test_python_api_runs_the_same_checks(make_recipe):
         Recipe(datasets=[DatasetSpec(path="x.jsonl")], method="loramoe")
     with pytest.raises(RetainError, match="^datasets: empty"):
         recipe_from_dict({"method": "lora"})
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    """yaml.safe_load keeps the last of two equal keys silently; the one loader refuses them at any depth."""
+    from retain.options import load_yaml
+
+    path = tmp_path / "r.yaml"
+    path.write_text("method: lora\ntrain:\n  max_steps: 3\n  max_steps: 5\n", encoding="utf-8")
+    with pytest.raises(RetainError, match=r"r\.yaml:4: invalid YAML \(key 'max_steps' given twice \(first on line 3\)"):
+        load_recipe(path)
+    assert load_yaml("a: &x {b: 1}\nc: {<<: *x, b: 2}\n") == {"a": {"b": 1}, "c": {"b": 2}}  # merge keys still work
+
+
+@pytest.mark.parametrize("section, value, needle", [
+    ("optim", {"betas": [1.5, 0.9]}, r"optim.betas=\[1.5, 0.9\]: AdamW needs two values in \[0, 1\)"),
+    ("optim", {"weight_decay": -0.1}, "optim.weight_decay=-0.1: must be >= 0"),
+    ("optim", {"warmup_steps": -1}, "optim.warmup_steps=-1: must be >= 0"),
+    ("optim", {"max_grad_norm": -1.0}, "optim.max_grad_norm=-1.0: must be >= 0"),
+    ("train", {"seed": 2**70}, "train.seed=1180591620717411303424: must be in 0..4294967295"),
+])
+def test_values_the_optimizer_or_seeding_would_reject_fail_in_the_config(make_recipe, section, value, needle):
+    """These used to pass the recipe checks and fail in torch mid-start (a traceback, a half-made run folder)."""
+    with pytest.raises(RetainError, match=needle):
+        recipe_from_dict(make_recipe(**{section: value}))
+
+
+@pytest.mark.parametrize("limit", [0, -2])
+def test_a_dataset_limit_below_one_names_limit(make_recipe, limit):
+    data = make_recipe()
+    data["datasets"][1]["limit"] = limit
+    with pytest.raises(RetainError, match=rf"datasets\[1\].limit={limit}: must be >= 1"):
+        recipe_from_dict(data)

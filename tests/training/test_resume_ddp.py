@@ -90,7 +90,7 @@ def test_torchrun_two_processes_agree_and_match_single_process(make_recipe, tmp_
     assert len(r0) == len(r1) > 0 and all(torch.equal(a, b) for a, b in zip(r0, r1))
     result = json.loads((tmp_path / "run" / "train_result.json").read_text())
     assert result["steps"] == 4 and len(_log(tmp_path / "run" / "train_log.jsonl")) == 4
-    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    ckpt = tmp_path / "run" / "checkpoints" / "checkpoint-4"  # the final step's, kept (keep_final_checkpoint)
     rngs = [torch.load(ckpt / f"rng_state_{r}.pth", weights_only=False) for r in (0, 1)]
     assert not torch.equal(rngs[0]["cpu"], rngs[1]["cpu"])  # one dropout stream per rank (files this test wrote)
 

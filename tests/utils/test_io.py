@@ -67,3 +67,36 @@ def test_full_disk_append_cuts_back_and_names_the_path(small_disk):
     with pytest.raises(RetainError, match="out.txt: no space left on device"):
         write_text_atomic(small_disk / "out.txt", "y" * 200_000)
     assert sorted(p.name for p in small_disk.iterdir()) == ["j.jsonl"]  # no temp file left
+
+
+def test_folder_lock_admits_one_process_and_leaves_no_empty_folder(tmp_path):
+    from retain.utils.io import FolderLock
+
+    run = tmp_path / "runs" / "a"
+    with FolderLock(run, "retain train"):
+        assert (run / ".lock").exists()
+        with pytest.raises(RetainError, match=r"runs/a: another `retain train` is working on this folder"):
+            with FolderLock(run, "retain train"):
+                pass
+        (run / "train_log.jsonl").write_text("", encoding="utf-8")
+    assert (run / "train_log.jsonl").exists()  # what a run wrote stays
+    with FolderLock(tmp_path / "b", "retain decompress"):
+        pass
+    assert not (tmp_path / "b").exists()  # created by the lock, nothing written: removed
+
+
+def test_a_byte_order_mark_at_the_start_is_accepted(tmp_path):
+    """Windows editors save UTF-8 with a BOM; JSON readers used to call the first line invalid JSON."""
+    from retain.data.formats import load_examples
+    from retain.options import read_config_file
+    from retain.training.config import Recipe
+
+    bom = b"\xef\xbb\xbf"
+    (tmp_path / "d.jsonl").write_bytes(bom + b'{"prompt": "q", "completion": "a"}\n')
+    (tmp_path / "d.json").write_bytes(bom + b'[{"prompt": "q", "completion": "a"}]')
+    (tmp_path / "r.yaml").write_bytes(bom + b"method: full\ndatasets: [{path: d.jsonl}]\n")
+    assert [r for _, r in iter_jsonl_lines(tmp_path / "d.jsonl")] == [{"prompt": "q", "completion": "a"}]
+    assert load_examples(str(tmp_path / "d.json")) == load_examples(str(tmp_path / "d.jsonl"))
+    assert read_json(tmp_path / "d.json") == [{"prompt": "q", "completion": "a"}]
+    assert read_config_file(tmp_path / "r.yaml", Recipe)["method"] == "full"
+    assert read_text(tmp_path / "d.jsonl").startswith("{")

@@ -15,6 +15,9 @@ probability per step and not a repeat factor.
    in whole shuffled passes plus a partial pass, so every example appears ``floor`` or ``ceil`` of
    ``c_i / n_i`` times.
 5. The mixture is shuffled once more (same seed) so sources interleave.
+6. When the size is derived (no ``size``) and the weights leave out more than :data:`DROP_WARNING_SHARE`
+   (25 %) of a source's examples, one warning line names the source, how many of its examples are used,
+   and the ``mixture.size`` (with ``allow_repeat``) that would use all of them at the same shares.
 
 Worked example: MedMCQA has 2,000 examples with weight 3, the TG corpus 300 with weight 1. Shares are
 0.75 / 0.25; ``N = floor(min(2000/0.75, 300/0.25)) = 1200``: 900 MedMCQA + all 300 TG examples.
@@ -32,6 +35,10 @@ from dataclasses import dataclass, field
 from retain.errors import RetainError
 
 log = logging.getLogger(__name__)
+
+
+DROP_WARNING_SHARE = 0.25
+"""A derived mixture that leaves out more than this share of a source's examples says so (one warning line)."""
 
 
 @dataclass
@@ -83,6 +90,18 @@ def _counts(shares: list[float], size: int) -> list[int]:
     return counts
 
 
+def _warn_dropped(sources: list[Source], shares: list[float], counts: list[int]) -> None:
+    """One warning line per source whose weight leaves out more than DROP_WARNING_SHARE of its examples."""
+    for s, w, c in zip(sources, shares, counts):
+        n = len(s.examples)
+        if w > 0 and c < n and (n - c) / n > DROP_WARNING_SHARE:
+            keep_all = math.ceil(n / w - 1e-9)
+            log.warning("dataset %s: the weights use %d of its %d examples (%.0f %% left out); to train on all of "
+                        "them at the same shares set mixture.size: %d with mixture.allow_repeat: true (the other "
+                        "datasets then repeat examples), or raise its weight",
+                        s.name, c, n, 100 * (n - c) / n, keep_all)
+
+
 def mix(sources: list[Source], size: int | None = None, allow_repeat: bool = False, seed: int = 0) -> Mixture:
     """Mix ``sources`` by the rule in the module docstring. Deterministic for a given ``seed``."""
     if not sources:
@@ -101,9 +120,12 @@ def mix(sources: list[Source], size: int | None = None, allow_repeat: bool = Fal
         else:
             counts = _counts(shares, size)
     else:
-        if size is None:
+        derived = size is None
+        if derived:
             size = math.floor(min(len(s.examples) / w for s, w in zip(sources, shares) if w > 0) + 1e-9)
         counts = _counts(shares, size)
+        if derived:
+            _warn_dropped(sources, shares, counts)
     rng = random.Random(seed)
     out: list[dict] = []
     for s, c in zip(sources, counts):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from retain.errors import RetainError
 from retain.evaluation.stats import Interval, mcnemar_exact, paired_bootstrap
 
 METRICS = ("domain", "retention", "behaviour", "reply_change", "margin", "drift", "kl_opening")
@@ -43,6 +44,9 @@ def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: se
     items = metrics.get("items") or {}
     out: dict[str, tuple[dict[str, float], dict[str, float]]] = {m: ({}, {}) for m in METRICS}
     for name, rec in items.items():
+        if len(set(rec["ids"])) != len(rec["ids"]):  # keyed by id below: a repeated id would overwrite
+            dup = next(i for i in rec["ids"] if rec["ids"].count(i) > 1)
+            raise RetainError(f"probe {name}: item id {dup!r} appears twice in the results; ids must be unique")
         pairs = list(zip(rec["ids"], rec["correct"], rec["margin"]))
         if name.startswith("domain:"):
             for i, c, _ in pairs:

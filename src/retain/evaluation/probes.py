@@ -70,6 +70,14 @@ class Probe:
     shots: str = ""
     """``gen`` probes: the few-shot block before every question ("" for zero-shot)."""
 
+    def __post_init__(self) -> None:
+        # Results, known items and comparisons are keyed by id: two items with one id would count twice.
+        seen: set = set()
+        for it in self.items:
+            if it["id"] in seen:
+                raise RetainError(f"probe {self.name}: duplicate item id {it['id']!r}; every item needs its own id")
+            seen.add(it["id"])
+
     @property
     def prompt_format(self) -> str:
         """How items are put to the model, as printed in reports."""
@@ -176,7 +184,8 @@ def load_probe_file(path: str | Path, prompt: PromptFormat = "chat") -> Probe:
     """A user probe file (JSONL). Each line is either
     ``{"question": str, "answers": [str, ...]}`` (generation) or
     ``{"question": str, "choices": [str, ...], "answer": int}`` (multiple choice, 0-based index).
-    All lines must be of one kind. Optional ``"id"``. Errors name ``file:line``.
+    All lines must be of one kind. Optional ``"id"`` (default ``<file stem>-<line>``), unique in the file.
+    Errors name ``file:line``.
 
     ``prompt`` (generation files only; multiple choice is always scored by log-likelihood): ``chat`` (a
     behaviour probe: the model's chat template, the reply matched by :func:`answer_in_reply`), ``fewshot``
@@ -187,6 +196,7 @@ def load_probe_file(path: str | Path, prompt: PromptFormat = "chat") -> Probe:
     path = Path(path)
     items: list[dict] = []
     kind: Kind | None = None
+    first_line: dict[str, int] = {}  # id -> line: results are keyed by id, so each must be unique
     if not path.exists():
         raise RetainError(f"{path}: probe file not found")
     for lineno, obj in iter_jsonl_lines(path):  # names a folder, bad UTF-8 or bad JSON as file:line
@@ -214,6 +224,10 @@ def load_probe_file(path: str | Path, prompt: PromptFormat = "chat") -> Probe:
             raise RetainError(f"{where}: mixes {this} and {kind} items; put each kind in its own file")
         kind = this
         item["id"] = str(obj.get("id", f"{path.stem}-{lineno}"))
+        if item["id"] in first_line:
+            raise RetainError(f"{where}: duplicate id {item['id']!r} (first on line {first_line[item['id']]}); "
+                              "give every item its own id")
+        first_line[item["id"]] = lineno
         items.append(item)
     if not items:
         raise RetainError(f"{path}: no probe items; see the probe file format in the README")

@@ -25,7 +25,8 @@ from retain.utils import console
 
 
 def _check_inputs(cfg: EvalConfig, suite) -> None:
-    from retain.evaluation.probes import BEHAVIOUR_SOURCES, BUILTIN_KINDS, load_probe_file
+    from retain.evaluation.probes import BEHAVIOUR_SOURCES, BUILTIN_KINDS
+    from retain.evaluation.suite import load_probe_files
 
     for name in suite.probes:
         if name not in BUILTIN_KINDS:
@@ -33,17 +34,21 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
     for name in suite.behaviour or {}:
         if name not in BEHAVIOUR_SOURCES:
             raise RetainError(f"--behaviour: unknown source '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
-    for f in suite.probe_files:
-        load_probe_file(f, suite.probe_prompt)  # raises file:line on bad format, or shots that give items away
+    # raises file:line on bad format, on two files of one name, and on shots that give items away
+    load_probe_files(suite.probe_files, suite.probe_prompt)
     from retain.adapters.check import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
         check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle,
                                trust_remote_code=cfg.trust_remote_code)
+    base_dir = Path(cfg.base).expanduser().resolve()
     for t in cfg.tuned:
         p = Path(t).expanduser()
         if not p.is_dir():
             raise RetainError(f"--tuned {t}: no such folder; give a folder written by retain train")
+        if p.resolve() == base_dir:
+            console.warn(f"--tuned {t} is the --base folder: its row repeats the base (retention 100 %, KL 0); "
+                         "give the fine-tuned folder (a run's model/)")
         # files, config keys, tensor names and shapes against the base: before any model runs
         check_finetuned_folder(p, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if suite.domain:

@@ -61,7 +61,20 @@ def build_probes(suite: EvalSuite) -> list[Probe]:
     probes = [builtin_probe(name, n, suite.seed, suite.max_item_chars) for name, n in suite.probes.items() if n > 0]
     probes += [behaviour_probe(name, n, suite.seed, suite.max_item_chars)
                for name, n in (suite.behaviour or {}).items() if n > 0]
-    probes += [load_probe_file(p, suite.probe_prompt) for p in suite.probe_files]
+    return probes + load_probe_files(suite.probe_files, suite.probe_prompt)
+
+
+def load_probe_files(paths: list[str], prompt: str = "chat") -> list[Probe]:
+    """User probe files, each checked (:func:`load_probe_file`, asked in ``prompt``); results are keyed by
+    probe name (``file:<file name>``), so two files with one name are refused."""
+    probes, first = [], {}
+    for path in paths:
+        p = load_probe_file(path, prompt)  # type: ignore[arg-type]
+        if p.name in first:
+            raise RetainError(f"--probe_files: {first[p.name]} and {path} are both probe '{p.name}'; give each file "
+                              "once, under its own name")
+        first[p.name] = path
+        probes.append(p)
     return probes
 
 

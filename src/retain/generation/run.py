@@ -23,12 +23,10 @@
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import importlib
 import os
 import time
 from pathlib import Path
-from typing import Any
 
 from retain.errors import RetainError
 from retain.generation.backends.base import Backend
@@ -36,9 +34,9 @@ from retain.generation.backends.config import BackendConfig
 from retain.generation.config import DecompressConfig, ExportConfig, nodes_per_level
 from retain.generation.tree import NODES, QUESTIONS, TreeGrower, read_journal
 from retain.utils import console
-from retain.utils.io import read_json, write_json_atomic
+from retain.utils.io import FolderLock, read_json, write_json_atomic
 
-CONFIG, MANIFEST, LOCK = "config.json", "manifest.json", ".lock"
+CONFIG, MANIFEST = "config.json", "manifest.json"
 BACKEND_FACTORY_ENV = "RETAIN_BACKEND_FACTORY"
 
 
@@ -61,8 +59,7 @@ def decompress(cfg: DecompressConfig, backend: Backend | None = None) -> Path:
         resolve_model(cfg.model)  # a missing local folder fails here, before anything is written
     index = _question_index(cfg)
     backend = backend or _make_backend(bcfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(run_dir):
+    with FolderLock(run_dir, "retain decompress", "wait for it to finish or choose another run_dir"):
         if not (run_dir / CONFIG).exists():
             write_json_atomic(run_dir / CONFIG, {"fingerprint": cfg.fingerprint_hash(), "fields": cfg.fingerprint(),
                                                  "config": dataclasses.asdict(cfg)})
@@ -118,25 +115,6 @@ def _check_run_dir(run_dir: Path, cfg: DecompressConfig) -> dict:
         raise RetainError(f"{run_dir}: made with a different config ({diff} differ); rerun with the original "
                           "options or choose a new run_dir")
     return read_json(run_dir / MANIFEST) if (run_dir / MANIFEST).exists() else {}
-
-
-class _locked:
-    """Exclusive lock on ``run_dir/.lock`` so two processes never append to the same journals."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-
-    def __enter__(self) -> None:
-        self._f = open(self.path, "w")
-        try:
-            fcntl.flock(self._f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._f.close()
-            raise RetainError(f"{self.path.parent}: another `retain decompress` is working on this run directory") from None
-
-    def __exit__(self, *exc: Any) -> None:
-        fcntl.flock(self._f, fcntl.LOCK_UN)
-        self._f.close()
 
 
 def _backend_config(cfg: DecompressConfig) -> BackendConfig:

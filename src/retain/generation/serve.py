@@ -21,7 +21,7 @@
   ``model_not_found``, as OpenAI and vLLM answer. An empty ``model`` means the served one.
 - Top-level imports are stdlib and torch-free retain modules only, so ``retain --help`` does not pay for torch / fastapi.
 - Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key (compared
-  in constant time).
+  in constant time). With a key, the interactive docs (``/docs``, ``/redoc``, ``/openapi.json``) are off.
 """
 
 # No `from __future__ import annotations`: FastAPI must see the real request type inside create_app.
@@ -191,7 +191,10 @@ def create_app(
         task.cancel()
         batcher.executor.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="retain serve", lifespan=lifespan)
+    # With a key the server is private: no /docs, /redoc or /openapi.json (the schema unauthenticated, the
+    # pages' scripts from a CDN). Without one (loopback by default) they stay, for trying requests by hand.
+    private = {"docs_url": None, "redoc_url": None, "openapi_url": None} if api_key else {}
+    app = FastAPI(title="retain serve", lifespan=lifespan, **private)
     app.state.batcher = batcher
 
     def error(status: int, message: str, kind: str = "invalid_request_error", param: str | None = None,

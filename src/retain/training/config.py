@@ -90,6 +90,13 @@ class OptimConfig:
             raise RetainError(f"optim.lr={self.lr}: must be > 0")
         if not 0 <= self.warmup_ratio < 1:
             raise RetainError(f"optim.warmup_ratio={self.warmup_ratio}: must be in [0, 1)")
+        for key in ("weight_decay", "warmup_steps", "max_grad_norm"):
+            value = getattr(self, key)
+            if value is not None and not value >= 0:  # `not >=` also refuses NaN
+                off = " (null turns clipping off)" if key == "max_grad_norm" else ""
+                raise RetainError(f"optim.{key}={value}: must be >= 0{off}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise RetainError(f"optim.betas={list(self.betas)}: AdamW needs two values in [0, 1), e.g. [0.9, 0.999]")
 
 
 @dataclass
@@ -124,7 +131,8 @@ class TrainLoopConfig:
     keep_checkpoints: int = 1
     """How many recent checkpoints to keep while training."""
     keep_final_checkpoint: bool = False
-    """Keep checkpoints/ after training finishes (by default only the final model stays)."""
+    """Keep checkpoints/ after training finishes, with a checkpoint of the final step (by default only the final
+    model stays). A kept final checkpoint lets --resume with a larger train.max_steps continue the run."""
     log_every: int = 1
     """Write a train_log.jsonl row every N steps."""
     progress: bool = True
@@ -148,6 +156,8 @@ class TrainLoopConfig:
             raise RetainError(f"train.save_every={self.save_every}: must be >= 0")
         if self.kl_anchor < 0:
             raise RetainError(f"train.kl_anchor={self.kl_anchor}: must be >= 0 (0 turns the anchor off)")
+        if not 0 <= self.seed < 2**32:  # numpy's seed range (the Trainer seeds numpy with it)
+            raise RetainError(f"train.seed={self.seed}: must be in 0..{2**32 - 1}")
 
 
 TrainConfig = TrainLoopConfig
@@ -188,6 +198,10 @@ class Recipe:
         """What spans sections (each section checks its own values)."""
         if not self.datasets:
             raise RetainError("datasets: empty; list at least one dataset (in the recipe, or --datasets '[{path: x.jsonl}]')")
+        for i, d in enumerate(self.datasets):
+            if d.limit is not None and d.limit < 1:
+                raise RetainError(f"datasets[{i}].limit={d.limit}: must be >= 1 (the records to read), or leave "
+                                  "it out to read them all")
         if self.uses_lbc:
             for i, d in enumerate(self.datasets):
                 if d.type is None:

@@ -4,12 +4,15 @@ Order of work, chosen so that bad input never leaves a half-written run folder:
 
 1. recipe parsed and validated (:mod:`retain.training.recipe`);
 2. every dataset read and validated, then mixed (:mod:`retain.data.formats`, :mod:`retain.data.mixture`);
-3. the output folder checked (an existing run needs ``--resume``);
+   the base model's folder checked (no weights loaded);
+3. the output folder locked (``.lock``, :class:`retain.utils.io.FolderLock`: a second ``retain train`` on
+   the same folder stops here with one line) and checked (:func:`check_output_dir`: an existing run needs
+   ``--resume``, which refuses changed settings; a file the run did not write is never overwritten);
 4. model + tokenizer loaded, examples encoded, adapters injected (``prepare_model``);
-5. only then the folder is created: ``recipe.yaml``, ``train_log.jsonl`` (appended as steps finish),
-   ``checkpoints/checkpoint-<step>/`` (the Trainer's, every ``save_every`` steps; complete once
-   ``retain_state.json`` is in it), and at the end ``model/`` (``save_finetuned``), ``loss.png`` and
-   ``train_result.json``.
+5. only then files are written: ``recipe.yaml`` (the recipe with the flags applied, marked as the run's),
+   ``train_log.jsonl`` (appended as steps finish), ``checkpoints/checkpoint-<step>/`` (the Trainer's, every
+   ``save_every`` steps; complete once ``retain_state.json`` is in it), and at the end ``model/``
+   (``save_finetuned``), ``loss.png`` and ``train_result.json``.
 
 The loop is transformers' ``Trainer`` (:class:`retain.training.trainer.RetainTrainer`). Under ``torchrun``
 or ``accelerate launch`` every rank runs the same code; only rank 0 writes files.
@@ -115,13 +118,133 @@ def check_modality(recipe: Recipe, mixture, multimodal: bool) -> None:
                           "full, lora or loramoe, or an image-text-to-text model folder")
 
 
-def _check_output_dir(out: Path, resume: bool) -> None:
+RUN_RECIPE = "recipe.yaml"
+RUN_RECIPE_HEADER = ("# Written by retain train: the recipe this run trains (the file's keys with the flags applied).\n"
+                     "# Continue the run with: retain train <this file> --resume\n")
+"""First lines of the run's own ``recipe.yaml``: how a later run tells its file from a user's recipe."""
+
+RESUME_SAFE = ("train.output_dir", "train.progress", "train.log_every", "train.save_every", "train.keep_checkpoints",
+               "train.keep_final_checkpoint", "train.report_to")
+"""Recipe keys a resumed run may change: where and how often it logs and checkpoints, never what it trains."""
+RESUME_LENGTH = ("train.max_steps", "train.epochs")
+"""Keys that set the run's length: a resumed run may change them when the learning rate of a step does not
+depend on the run's length (``optim.schedule: constant`` and no ``warmup_ratio``), so the steps already
+trained are those of the longer (or shorter) run."""
+
+
+@dataclass
+class OutputPlan:
+    """What :func:`check_output_dir` found: a finished run to return, or how to go on."""
+
+    finished: TrainResult | None = None
+    """The run already finished with these settings: its result, nothing to train (else: train, from the
+    last complete checkpoint when resuming; a finished run made longer continues from its final one)."""
+
+
+def _run_files(out: Path) -> list[str]:
+    """The run files in ``out``. A ``train_log.jsonl`` with no row and nothing else (a start that failed
+    before its first step) is no run: the corrected command starts afresh without ``--resume``."""
     existing = [name for name in _RUN_FILES if (out / name).exists()]
+    if existing == ["train_log.jsonl"] and not (out / "train_log.jsonl").read_text(encoding="utf-8").strip():
+        return []
+    return existing
+
+
+def _written_by_run(path: Path) -> bool:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(len(RUN_RECIPE_HEADER)) == RUN_RECIPE_HEADER
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested recipe dict -> ``{"optim.lr": 0.001, "datasets": [...], ...}`` (lists stay whole)."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else k))
+    return out
+
+
+def recipe_changes(old: Recipe, new: Recipe) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (old value, new value)}`` for every recipe key whose value differs."""
+    import yaml
+
+    from retain.training.recipe import dump_recipe
+
+    a, b = (_flat(yaml.safe_load(dump_recipe(r))) for r in (old, new))
+    return {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k)}
+
+
+def _length_free_schedule(recipe: Recipe) -> bool:
+    o = recipe.optim
+    return o.schedule == "constant" and (o.warmup_steps > 0 or o.warmup_ratio == 0)
+
+
+def check_output_dir(out: Path, recipe: Recipe, resume: bool) -> OutputPlan:
+    """Refuse what would overwrite or misrecord a run, before any model loads.
+
+    - A folder holding a run needs ``--resume``; a fresh run never overwrites a ``recipe.yaml`` or a
+      ``loss.png`` it did not write (the user's own recipe, when ``output_dir`` is its folder).
+    - ``--resume`` of a run with something to keep (a complete checkpoint, or a finished result) compares
+      the recipe with the run's ``recipe.yaml``: a change of any key that alters what is trained is refused,
+      naming the key; :data:`RESUME_SAFE` keys may change; :data:`RESUME_LENGTH` keys may change when the
+      schedule does not depend on the run's length (a finished run then needs its final checkpoint:
+      ``train.keep_final_checkpoint: true``).
+    """
+    from retain.training.recipe import load_recipe
+    from retain.training.trainer import complete_checkpoints
+    from retain.utils.io import read_json
+
+    existing = _run_files(out)
     if existing and not resume:
         raise RetainError(
             f"{out}: already holds a run ({', '.join(existing)}); pass --resume to continue it, or set "
             "--output_dir to a new folder"
         )
+    if not existing:
+        for name in (RUN_RECIPE, "loss.png"):
+            p = out / name
+            if p.exists() and not (name == RUN_RECIPE and p.is_file() and _written_by_run(p)):
+                raise RetainError(f"{p}: a file this run did not write (your recipe?); retain train writes its own "
+                                  f"{name} there, so set --train.output_dir to another folder (or move the file)")
+        return OutputPlan()
+    finished = (out / "train_result.json").exists()
+    if not finished and not complete_checkpoints(out):
+        return OutputPlan()  # nothing kept: the run starts again at step 0 (with a warning), settings and all
+    stored = out / RUN_RECIPE
+    if not stored.is_file():
+        raise RetainError(f"{stored}: missing, so --resume cannot check that the settings are the run's; "
+                          "start a new --train.output_dir")
+    changes = recipe_changes(load_recipe(stored), recipe)
+    unsafe = {k: v for k, v in changes.items() if k not in RESUME_SAFE + RESUME_LENGTH}
+    if unsafe:
+        key, (was, now) = next(iter(unsafe.items()))
+        more = f" (also {', '.join(list(unsafe)[1:])})" if len(unsafe) > 1 else ""
+        raise RetainError(f"--resume: {key} was {was!r} in {stored}, now {now!r}{more}; a resumed run keeps the "
+                          "settings it trained with: drop the change, or set --train.output_dir to a new folder")
+    longer = {k: v for k, v in changes.items() if k in RESUME_LENGTH}
+    if longer:
+        key, (was, now) = next(iter(longer.items()))
+        if not _length_free_schedule(recipe):
+            raise RetainError(
+                f"--resume: {key} was {was!r}, now {now!r}; with optim.schedule {recipe.optim.schedule}"
+                f"{' and warmup_ratio' if recipe.optim.warmup_ratio and not recipe.optim.warmup_steps else ''} the "
+                "learning rate of every step depends on the run's length, so the steps already trained would not be "
+                "those of the new length: train a new --train.output_dir (runs with a constant schedule can be "
+                "extended)")
+    if not finished:
+        return OutputPlan()
+    result = TrainResult(**read_json(out / "train_result.json"))
+    if not longer:
+        return OutputPlan(finished=result)
+    if recipe.train.max_steps is not None and recipe.train.max_steps <= result.steps:
+        raise RetainError(f"--resume: train.max_steps={recipe.train.max_steps}, but the run in {out} already "
+                          f"finished {result.steps} steps; give more steps, or a new --train.output_dir")
+    if not complete_checkpoints(out):
+        raise RetainError(f"--resume: {out} finished at step {result.steps} and kept no checkpoint to continue "
+                          f"from, so {next(iter(longer))} cannot be raised; set train.keep_final_checkpoint: true "
+                          "to make runs extendable, or train a new --train.output_dir")
+    return OutputPlan()
 
 
 def training_arguments(recipe: Recipe, out: Path, steps: int):
@@ -170,11 +293,42 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     still recorded as the base of the saved adapter). It is deep-copied first unless ``copy_model=False``
     (then it is trained in place, and LoRA/LoRAMoE inject layers into it).
     """
+    import contextlib
+    import os
+
+    from retain.multimodal.methods import is_multimodal
+    from retain.multimodal.model import is_mllm_folder
+    from retain.utils.io import FolderLock
+
+    recipe.validate()
+    out = Path(recipe.train.output_dir)
+    mixture = load_mixture(recipe)
+    if model is None:
+        multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
+    else:
+        multimodal = is_multimodal(model)
+    check_modality(recipe, mixture, multimodal)
+    # One process per run folder, locked before the folder is checked and any model loads (rank 0 of a
+    # launch holds it for all ranks); the kernel releases it when the process ends, however it ends.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    lock = FolderLock(out, "retain train", "wait for it to finish or set --train.output_dir to another folder")
+    with lock if rank0 else contextlib.nullcontext():
+        plan = check_output_dir(out, recipe, resume)
+        if plan.finished is not None:
+            log.info("%s: run already finished; returning its result", out)
+            return plan.finished
+        return _train_locked(recipe, out, mixture, multimodal, resume, model, tokenizer, copy_model)
+
+
+def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: bool, model: Any, tokenizer: Any,
+                  copy_model: bool) -> TrainResult:
+    """:func:`train` once the inputs are checked and ``out`` is locked: load, train, save."""
     import torch
 
     from retain.adapters.methods import prepare_model, save_finetuned, trainable_parameters
     from retain.data.collate import Collator, encode_examples
     from retain.models import pad_token_id, resolve_device
+    from retain.multimodal.methods import prepare_mllm
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
@@ -185,23 +339,6 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
     )
     from retain.utils.seed import seed_everything
-
-    recipe.validate()
-    out = Path(recipe.train.output_dir)
-    if resume and (out / "train_result.json").exists():
-        log.info("%s: run already finished; returning its result", out)
-        return TrainResult(**read_json(out / "train_result.json"))
-    mixture = load_mixture(recipe)
-    _check_output_dir(out, resume)
-    from retain.multimodal.methods import is_multimodal, prepare_mllm
-    from retain.multimodal.model import is_mllm_folder
-
-    if model is None:
-        multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
-    else:
-        multimodal = is_multimodal(model)
-    check_modality(recipe, mixture, multimodal)
-
     from accelerate import PartialState
 
     # The process group (torchrun / accelerate launch) is joined here, as TrainingArguments would.
@@ -256,7 +393,9 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     log_path = out / "train_log.jsonl"
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "recipe.yaml", dump_recipe(recipe))
+        write_text_atomic(out / RUN_RECIPE, RUN_RECIPE_HEADER + dump_recipe(recipe))
+        if (out / "train_result.json").exists():  # a finished run made longer: finished again at the end
+            (out / "train_result.json").unlink()
         # Drop rows logged after the checkpoint we resume from: those steps run again.
         write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
         if resume and (out / CHECKPOINTS).is_dir():  # torn by a kill or a full disk, or newer than ckpts[-1]
@@ -265,7 +404,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
                     shutil.rmtree(p, ignore_errors=True)
     state.wait_for_everyone()
 
-    callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main)
+    callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main,
+                              save_last=recipe.train.keep_final_checkpoint)
     trainer = RetainTrainer(
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g,

@@ -251,8 +251,9 @@ class RunLogCallback(TrainerCallback):
     """
 
     def __init__(self, log_path: Path, dropout_seed: int, checkpoint_meta: dict, resumed_state: dict | None,
-                 is_main: bool):
+                 is_main: bool, save_last: bool = False):
         self.log_path, self.dropout_seed, self.meta, self.is_main = log_path, dropout_seed, checkpoint_meta, is_main
+        self.save_last = save_last  # checkpoint the final step too (keep_final_checkpoint: a run can be extended)
         self.elapsed = float(resumed_state["elapsed"]) if resumed_state else 0.0
         self.resumed = resumed_state is not None
         self.session_seconds = 0.0
@@ -282,7 +283,9 @@ class RunLogCallback(TrainerCallback):
         self._mark = now
         if state.global_step >= state.max_steps:
             control.should_log = True  # the last step is always logged
-            control.should_save = False  # and not checkpointed: the final model is saved by run.train
+            # checkpointed only when kept (a later --resume with more steps continues from it); the final
+            # model is saved by run.train either way
+            control.should_save = self.save_last
         return control
 
     def on_log(self, args, state, control, logs=None, **kwargs):

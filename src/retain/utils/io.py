@@ -108,8 +108,8 @@ def append_text(path: str | os.PathLike, text: str) -> None:
 
 
 def read_text(path: str | os.PathLike, what: str = "file", *, torn_tail_ok: bool = False) -> str:
-    """The UTF-8 text of ``path``; a missing file, a folder or bytes that are not UTF-8 raise one
-    :class:`RetainError` line naming ``file:line`` and the offending byte.
+    """The UTF-8 text of ``path`` (a leading byte-order mark dropped); a missing file, a folder or bytes that
+    are not UTF-8 raise one :class:`RetainError` line naming ``file:line`` and the offending byte.
 
     ``torn_tail_ok``: a last line without a newline that is not UTF-8 (a multi-byte character cut by a
     kill) is dropped instead."""
@@ -126,7 +126,7 @@ def read_text(path: str | os.PathLike, what: str = "file", *, torn_tail_ok: bool
         except UnicodeDecodeError:
             data = data[:cut]
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")  # a BOM (Windows editors write one) is not content
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise RetainError(f"{path}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); re-encode the file as "
@@ -172,12 +172,20 @@ def iter_jsonl(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -
         yield obj
 
 
-def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = False) -> Iterator[tuple[int, dict]]:
-    """As :func:`iter_jsonl`, with each record's 1-based line number: ``(line, dict)``."""
+def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = False, max_chars: int | None = None,
+                     on_oversize: Any = None) -> Iterator[tuple[int, dict]]:
+    """As :func:`iter_jsonl`, with each record's 1-based line number: ``(line, dict)``.
+
+    ``max_chars``: a line longer than this is skipped before it is parsed, after ``on_oversize(line, chars)``."""
     path = Path(path)
     parts = read_text(path, torn_tail_ok=allow_truncated_tail).split("\n")  # not splitlines(): JSON strings may hold U+2028 or \x85
     lines = [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    del parts
     for i, line in enumerate(lines, start=1):
+        if max_chars is not None and len(line) > max_chars:
+            if on_oversize is not None:
+                on_oversize(i, len(line))
+            continue
         if not line.strip():
             continue
         try:
@@ -193,3 +201,64 @@ def iter_jsonl_lines(path: str | os.PathLike, *, allow_truncated_tail: bool = Fa
 
 def read_jsonl(path: str | os.PathLike, **kw: Any) -> list[dict]:
     return list(iter_jsonl(path, **kw))
+
+
+class FolderLock:
+    """Exclusive, non-blocking lock on ``folder/.lock`` (``fcntl.flock``), held while one process works
+    on a run folder (``retain train``, ``retain decompress``): a second process gets one line naming the
+    folder instead of mixing its outputs with the first's.
+
+    The folder is created when missing. The lock file is removed on release, and so is the folder when this
+    lock created it and it is empty (the command failed before writing), so a failed start leaves nothing.
+    The kernel drops the lock when the process dies, so a killed run never leaves a stale lock behind.
+    """
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike, command: str,
+                 hint: str = "wait for it to finish or use another folder"):
+        self.folder, self.command, self.hint = Path(folder), command, hint
+        self._f: Any = None
+        self._created = False
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+
+        if self.folder.exists() and not self.folder.is_dir():
+            raise RetainError(f"{self.folder}: exists and is not a folder; choose another folder")
+        self._created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / self.NAME
+        while True:
+            f = open(path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.close()
+                self._cleanup()
+                raise RetainError(f"{self.folder}: another `{self.command}` is working on this folder; "
+                                  f"{self.hint}") from None
+            try:  # the file we locked is still the one at the path (a releasing process may have removed it)
+                same = os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._f = f
+                return self
+            f.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        import fcntl
+
+        if self._f is not None:
+            with contextlib.suppress(OSError):  # a process that opened it meanwhile sees the inode change, retries
+                (self.folder / self.NAME).unlink()
+            fcntl.flock(self._f, fcntl.LOCK_UN)
+            self._f.close()
+            self._f = None
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.folder.rmdir()  # only when empty
