@@ -81,6 +81,12 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     assert base["retention"] in (1.0, None)  # None only if the random base knows nothing
     assert set(tuned["probes"]) == {"arc_easy", "mmlu", "triviaqa"} and tuned["domain"]["n"] == 6
     assert "| base |" in (out / "eval.md").read_text()
+    # eval_items.jsonl is the item-level diff of the two rows' per-item outcomes
+    flipped = [(r["probe"], r["id"], r["change"]) for r in map(json.loads, (out / "eval_items.jsonl").open())]
+    want = [(name, i, "lost" if b else "gained") for name, rec in tuned["items"].items()
+            for i, t, b in zip(rec["ids"], rec["correct"], base["items"][name]["correct"]) if t != b]
+    assert flipped == want
+    assert "## Verdict" in (out / "eval.md").read_text() and "**vs base [95 %]**" in (out / "eval.md").read_text()
     assert "retain eval" in capsys.readouterr().out
     # second run re-uses the saved reference and reproduces the tuned row
     # (and runs an lm-eval task from a local YAML on the loaded model)

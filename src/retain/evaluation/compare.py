@@ -6,7 +6,8 @@ Both models must have been scored with the same suite and base reference (the de
 ===============  ==========================================  ==============================  =========
 metric           per-item outcome                            items                           unit
 ===============  ==========================================  ==============================  =========
-``domain``       correct (0/1)                               held-out domain items           fraction
+``domain``       correct (0/1), or the answer's mean log-lik  held-out domain items           fraction
+                 (free-form domain files: ``score``)                                          (nats/token)
 ``retention``    correct (0/1)                               items the base knows            fraction
 ``margin``       gold margin (acc_norm gold − best wrong)    known multiple-choice items     nats/char
 ``drift``        mean KL(base ‖ model) over the reply        drift prompts, token-weighted   nats/token
@@ -16,7 +17,8 @@ The base model's own outcomes are: its domain results, 1 on every known item (th
 means), its calibration margins, and 0 KL. So "vs base" intervals read as: domain gain, retention
 loss (retention − 100 %), margin change and drift; "vs full FT" intervals compare two fine-tunes.
 Intervals are paired percentile bootstraps (:func:`retain.evaluation.stats.paired_bootstrap`);
-0/1 metrics also get an exact McNemar p-value.
+0/1 metrics also get an exact McNemar p-value and the counts of items ``lost`` (right under b, wrong
+under a) and ``gained`` (the reverse).
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: se
     for name, rec in items.items():
         pairs = list(zip(rec["ids"], rec["correct"], rec["margin"]))
         if name.startswith("domain:"):
-            for i, c, _ in pairs:
-                out["domain"][0][i] = float(c)
+            scores = rec.get("score") or [float(c) for c in rec["correct"]]  # free-form: nats/token per item
+            for i, v in zip(rec["ids"], scores):
+                out["domain"][0][i] = float(v)
             continue
         k = set(known.get(name, ()))
         for i, c, m in pairs:
@@ -77,10 +80,18 @@ def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], m
         iv: Interval = paired_bootstrap([va[k] for k in keys], [vb[k] for k in keys], weights=w,
                                         n_boot=n_boot, seed=seed)
         row = iv.to_json()
-        if m in ("domain", "retention"):
-            row["p_mcnemar"] = mcnemar_exact([va[k] > 0.5 for k in keys], [vb[k] > 0.5 for k in keys])
+        if m in ("domain", "retention") and all(va[k] in (0.0, 1.0) and vb[k] in (0.0, 1.0) for k in keys):
+            row.update(binary_counts([va[k] for k in keys], [vb[k] for k in keys]))
         result[m] = row
     return result
+
+
+def binary_counts(a: list[float], b: list[float]) -> dict:
+    """``{"p_mcnemar", "lost", "gained"}`` of paired 0/1 outcomes a (the model) against b (the reference):
+    lost = right under b and wrong under a; gained = the reverse."""
+    return {"p_mcnemar": mcnemar_exact([x > 0.5 for x in a], [y > 0.5 for y in b]),
+            "lost": sum(1 for x, y in zip(a, b) if y > 0.5 >= x),
+            "gained": sum(1 for x, y in zip(a, b) if x > 0.5 >= y)}
 
 
 def interval(row: dict | None) -> Interval | None:

@@ -161,14 +161,23 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
 
 
 def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
-    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need),
-    plus ``"pred"`` and ``"gold"`` (option indices) for the domain, to tell learning from a label shift."""
+    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need), plus
+    what the item-level diff (:mod:`retain.evaluation.flips`) shows as each model's answer: ``"pred"`` (the
+    chosen option's index) where results have one, ``"prediction"`` (the generated text) where results
+    have one; ``"gold"`` (option indices) for the domain, to tell learning from a label shift; ``"score"``
+    (nats/token) for a free-form domain file."""
     out = {}
     for name, rs in results.items():
         rec = {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
                "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]}
+        if rs and all("pred" in r for r in rs):
+            rec["pred"] = [int(r["pred"]) for r in rs]
         if name.startswith("domain:") and rs and all("pred" in r and "gold" in r for r in rs):
-            rec["pred"], rec["gold"] = [int(r["pred"]) for r in rs], [int(r["gold"]) for r in rs]
+            rec["gold"] = [int(r["gold"]) for r in rs]
+        if rs and all("prediction" in r for r in rs):
+            rec["prediction"] = [str(r["prediction"]) for r in rs]
+        if rs and all("score" in r for r in rs):
+            rec["score"] = [round(float(r["score"]), 6) for r in rs]
         out[name] = rec
     return out
 
@@ -225,7 +234,7 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
         "kl_drift": extra.get("kl_drift"),
         "probes": probe_rows,
         "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1]),
-                    **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "pred" in items[dom[0]] else {})}
+                    **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "gold" in items[dom[0]] else {})}
                    if dom else None),
         "known_total": known_total,
         "items": items,
