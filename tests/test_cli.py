@@ -122,6 +122,9 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
     (d / "recipe_ok.yaml").write_text(json.dumps(recipe), encoding="utf-8")
     (d / "recipe_unknown_key.yaml").write_text(json.dumps({**recipe, "optim": {"learning_rate": 1e-4}}), encoding="utf-8")
     (d / "recipe_wrong_type.yaml").write_text(json.dumps({**recipe, "train": {"batch_size": "eight"}}), encoding="utf-8")
+    (d / "gate_unknown.yaml").write_text("knowledge_retenshun: {min_diff: -3}\n", encoding="utf-8")
+    (d / "recipe_bad_gate.yaml").write_text(json.dumps({**recipe, "eval": {"gate": str(d / "gate_unknown.yaml")}}),
+                                            encoding="utf-8")
     return d
 
 
@@ -147,11 +150,13 @@ BAD = {
               ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"],
               ["{d}/recipe_unknown_key.yaml"], ["{d}/recipe_wrong_type.yaml"], ["{d}/recipe_ok.yaml", "--optim.lr", "fast"],
               ["{d}/recipe_ok.yaml", "--optim.learnin_rate", "1"], ["{d}/recipe_ok.yaml", "--method", "lorra"],
-              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"]],
+              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"], ["{d}/recipe_bad_gate.yaml"],
+              ["{d}/recipe_ok.yaml", "--eval.tuned", "[x]"]],
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
-             ["--config", "{d}/missing.yaml"]],
+             ["--config", "{d}/missing.yaml"], ["--gate", "{d}/gate_unknown.yaml"], ["--gate", "{d}/missing.yaml"],
+             ["--gate_mode", "sloppy"], ["--show", "lost", "--out", "{d}/folder"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],

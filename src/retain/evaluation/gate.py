@@ -146,8 +146,8 @@ def evaluate_gate(gate: Gate, rows: list[dict]) -> list[dict]:
             res.update(passed=ok, value=value, unit=axis.unit, diff=iv.diff * axis.scale, lo=iv.lo * axis.scale,
                        hi=iv.hi * axis.scale, n=iv.n,
                        line=f"{'pass' if ok else 'FAIL'} {r.get('model')} {rule.name}: {side} bound {value:+.{d}f} "
-                            f"{op} {rule.threshold:+g} {axis.unit} (difference {fmt_interval(iv, axis.scale, d)}, "
-                            f"{iv.n} items, {gate.mode})")
+                            f"{axis.unit}, needs {op} {rule.threshold:+g} (difference "
+                            f"{fmt_interval(iv, axis.scale, d)}, {iv.n} items, {gate.mode})")
             results.append(res)
     return results
 

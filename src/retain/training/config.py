@@ -16,6 +16,7 @@ from typing import ClassVar, Literal, Optional
 
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
 from retain.errors import RetainError
+from retain.evaluation.config import EvalConfig
 
 
 @dataclass
@@ -179,6 +180,10 @@ class Recipe:
     """Optimizer and schedule."""
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     """Loop, checkpoints, outputs."""
+    eval: Optional[EvalConfig] = None
+    """Evaluate the trained model against its base when training ends (``retain eval``'s options; the base
+    is model.name, the tuned folder the run's model/, the output <output_dir>/eval unless eval.out is set).
+    With eval.gate, a run that fails the gate exits 1 with its folder intact. See docs/eval.md."""
 
     @property
     def uses_lbc(self) -> bool:
@@ -195,6 +200,13 @@ class Recipe:
                         f"datasets[{i}] ({d.path}): missing 'type' (world or task); the LBC of method loramoe "
                         "needs every dataset's type (or set loramoe.lbc_beta: 0)"
                     )
+
+        if self.eval is not None:
+            if self.eval.tuned:
+                raise RetainError("eval.tuned: the run's own model/ folder is evaluated; remove the key")
+            if self.eval.base not in (EvalConfig.base, self.model.name):
+                raise RetainError(f"eval.base={self.eval.base}: the run's base is model.name ({self.model.name}); "
+                                  "remove eval.base")
 
     def validate(self) -> "Recipe":
         """Re-run every check (after changing fields in place); raises RetainError naming the key."""

@@ -317,17 +317,54 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     return result
 
 
+def eval_config(recipe: Recipe, result: TrainResult):
+    """The recipe's ``eval:`` section made concrete for this run: base = model.name, tuned = the run's
+    model/, out = <output_dir>/eval unless set, device = model.device unless set."""
+    import dataclasses
+
+    from retain.evaluation.config import EvalConfig
+
+    ev = recipe.eval
+    return dataclasses.replace(
+        ev, base=recipe.model.name, tuned=[result.model_dir],
+        out=str(Path(result.output_dir) / "eval") if ev.out == EvalConfig.out else ev.out,
+        device=recipe.model.device if ev.device == "auto" else ev.device,
+        allow_pickle=ev.allow_pickle or recipe.model.allow_pickle,
+        trust_remote_code=ev.trust_remote_code or recipe.model.trust_remote_code)
+
+
 def run_train(cmd: TrainCommand) -> int:
-    """CLI entry: ``retain train RECIPE.yaml [--resume] [--optim.lr 1e-4 ...]`` (a recipe + how to run it)."""
+    """CLI entry: ``retain train RECIPE.yaml [--resume] [--optim.lr 1e-4 ...]`` (a recipe + how to run it).
+    With an ``eval:`` section, ``retain eval`` runs on the trained model (verdict, and the gate when
+    ``eval.gate`` is set: exit 1 when it fails; the run folder stays as it is)."""
     recipe = cmd
     t0 = time.perf_counter()
+    if recipe.eval is not None:  # a bad gate or probe file fails now, not after training
+        from retain.evaluation.gate import load_gate
+        from retain.evaluation.probes import load_probe_file
+
+        if recipe.eval.gate is not None:
+            load_gate(recipe.eval.gate, recipe.eval.gate_mode)
+        for f in recipe.eval.probe_files:
+            load_probe_file(f)
     res = train(recipe, resume=cmd.resume)
     import os
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        console.result(
-            f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
-            f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
-            f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"
-        )
-    return 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    console.result(
+        f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
+        f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
+        f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"
+    )
+    if recipe.eval is None:
+        return 0
+    from retain.evaluation.run import run_eval
+
+    cfg = eval_config(recipe, res)
+    console.status(f"evaluating {res.model_dir} against {recipe.model.name} -> {cfg.out} ...")
+    rc = run_eval(cfg)
+    if rc:
+        console.warn(f"{res.output_dir}: the trained model failed the forgetting gate (see {cfg.out}/gate.json); "
+                     "the run folder is kept")
+    return rc
