@@ -45,10 +45,14 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
         check_finetuned_folder(p, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if suite.domain:
         from retain.data.olmo_eval import DOMAINS
+        from retain.evaluation.domain_file import is_domain_path, load_domain_file
 
-        if suite.domain not in DOMAINS or suite.domain == "gsm8k":
+        if is_domain_path(suite.domain):
+            load_domain_file(suite.domain)  # your own data: file:line errors before any model loads
+        elif suite.domain not in DOMAINS or suite.domain == "gsm8k":
             choices = ", ".join(d for d in DOMAINS if d != "gsm8k")
-            raise RetainError(f"--domain {suite.domain}: choose one of {choices}, or none")
+            raise RetainError(f"--domain {suite.domain}: choose one of {choices}, a data file or folder of your own, "
+                              "or none")
     if cfg.lm_eval_include and not Path(cfg.lm_eval_include).is_dir():
         raise RetainError(f"--lm_eval_include {cfg.lm_eval_include}: no such folder")
     if cfg.reference and not (Path(cfg.reference) / "calibration.json").exists():

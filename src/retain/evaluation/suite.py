@@ -32,11 +32,14 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
+from retain.evaluation.domain_file import score_domain_items
 from retain.evaluation.drift import DriftReference, drift_reference, kl_per_prompt, weighted_mean
 from retain.evaluation.probes import Probe, builtin_probe, domain_probe, load_probe_file, score_probe
 from retain.utils.io import atomic_path, read_json, write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
+DOMAIN_FILE_KINDS = ("label", "loglik")
+"""Probe kinds of a domain data file (scored by :func:`retain.evaluation.domain_file.score_domain_items`)."""
 REFERENCE_TENSORS = "base_reference.safetensors"
 
 
@@ -45,6 +48,18 @@ def build_probes(suite: EvalSuite) -> list[Probe]:
     probes = [builtin_probe(name, n, suite.seed, suite.max_item_chars) for name, n in suite.probes.items() if n > 0]
     probes += [load_probe_file(p) for p in suite.probe_files]
     return probes
+
+
+def suite_domain(suite: EvalSuite) -> Probe | None:
+    """The suite's domain probe: a built-in set's held-out split, or a data file / folder of your own
+    (:mod:`retain.evaluation.domain_file`); None without a domain."""
+    if not suite.domain:
+        return None
+    from retain.evaluation.domain_file import is_domain_path, load_domain_file
+
+    if is_domain_path(suite.domain):
+        return load_domain_file(suite.domain, suite.domain_items, suite.seed)
+    return domain_probe(suite.domain, suite.domain_items, suite.seed)
 
 
 def is_known(result: dict, kind: str, margin: float) -> bool:
@@ -80,7 +95,7 @@ class BaseReference:
     @classmethod
     def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
         probes = build_probes(suite)
-        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        domain = suite_domain(suite)
         drift = None
         if suite.drift_prompts > 0:
             drift = drift_reference(base_model, tokenizer, n_prompts=suite.drift_prompts,
@@ -125,7 +140,7 @@ class BaseReference:
         if meta.get("drift"):
             tensors = load_file(str(folder / REFERENCE_TENSORS))
             drift = DriftReference.from_saved(meta["drift"], tensors)
-        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        domain = suite_domain(suite)
         return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), drift, probes, domain)
 
 
@@ -138,14 +153,16 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     """
     t0 = time.perf_counter()
     probes = ref.probes if ref is not None and ref.probes else build_probes(suite)
-    domain = ref.domain if ref is not None else (domain_probe(suite.domain, suite.domain_items, suite.seed)
-                                                  if suite.domain else None)
+    domain = ref.domain if ref is not None else suite_domain(suite)
     results = {} if _results is None else _results
     timings: dict[str, float] = {}
     for p in [*probes, *([domain] if domain is not None else [])]:
         t = time.perf_counter()
-        results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
-                                      max_new_tokens=suite.max_new_tokens)
+        if p.kind in DOMAIN_FILE_KINDS:
+            results[p.name] = score_domain_items(model, tokenizer, p, batch_size=suite.batch_size)
+        else:
+            results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
+                                          max_new_tokens=suite.max_new_tokens)
         timings[p.name] = round(time.perf_counter() - t, 2)
     kl, drift_prompts = None, None
     if ref is not None and ref.drift is not None:
@@ -225,15 +242,17 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
     accs = [r["accuracy"] for r in probe_rows.values() if r["accuracy"] is not None]
     dom = next(((k, v) for k, v in results.items() if k.startswith("domain:")), None)
     items = compact_results(results)
+    loglik = bool(dom and dom[1] and "score" in dom[1][0])  # a free-form domain file: mean nats/token
     return {
-        "domain_score": _acc(dom[1]) if dom else None,
+        "domain_score": (sum(r["score"] for r in dom[1]) / len(dom[1]) if loglik else _acc(dom[1])) if dom else None,
         "retention": retained_total / known_total if known_total else None,
         "retention_chance": chance_total / known_total if known_total else None,
         "margin_change": margin_change(items, ref),
         "probe_accuracy": sum(accs) / len(accs) if accs else None,
         "kl_drift": extra.get("kl_drift"),
         "probes": probe_rows,
-        "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1]),
+        "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": None if loglik else _acc(dom[1]),
+                    **({"metric": "loglik", "loglik": sum(r["score"] for r in dom[1]) / len(dom[1])} if loglik else {}),
                     **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "gold" in items[dom[0]] else {})}
                    if dom else None),
         "known_total": known_total,
