@@ -101,8 +101,11 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     out2 = tmp_path / "eval2"
     assert main(["eval", "--base", tiny_llama_path, "--tuned", f"[{tuned_folder}]", "--out", str(out2),
                  "--reference", str(out), "--skip_base", "true", "--lm_eval_tasks", "[cli_mc]",
-                 "--lm_eval_include", str(tasks), *SMALL]) == 0
+                 "--lm_eval_include", str(tasks), *SMALL, "--gate", "{lm_eval:cli_mc: {min_diff: -100}}"]) == 0
     (again,) = json.loads((out2 / "eval.json").read_text())["rows"]
+    # paired with the base's own harness run (made even with --skip_base), and gated
+    assert again["vs_base"]["lm_eval:cli_mc"]["n"] == 2 and again["lm_eval_items"]["cli_mc"]["metric"] == "acc"
+    assert json.loads((out2 / "gate.json").read_text())["passed"]
     assert again["probes"] == tuned["probes"] and again["kl_drift"] == pytest.approx(tuned["kl_drift"], rel=1e-4)
     assert 0.0 <= again["lm_eval"]["cli_mc"]["acc,none"] <= 1.0
 

@@ -85,15 +85,18 @@ def _label(path: str) -> str:
 
 
 def _harness(cfg: EvalConfig, model, tok) -> dict:
-    """``{"lm_eval": {task: {metric: value}}}`` when lm-eval tasks were asked for, else {}."""
+    """``{"lm_eval": {task: {metric: value}}, "lm_eval_items": {task: {"metric", "doc_ids", "values"}}}``
+    when lm-eval tasks were asked for (per-sample results kept, to pair a tuned model with its base),
+    else {}."""
     if not cfg.lm_eval_tasks:
         return {}
-    from retain.evaluation.harness import run_harness
+    from retain.evaluation.harness import run_harness, sample_outcomes
 
     out = run_harness(model, tok, cfg.lm_eval_tasks, include_path=cfg.lm_eval_include, limit=cfg.lm_eval_limit,
-                      include_defaults=cfg.lm_eval_include is None, seed=cfg.seed)
+                      include_defaults=cfg.lm_eval_include is None, seed=cfg.seed, log_samples=True)
     return {"lm_eval": {task: {k: v for k, v in res.items() if isinstance(v, (int, float))}
-                        for task, res in out["results"].items()}}
+                        for task, res in out["results"].items()},
+            "lm_eval_items": sample_outcomes(out)}
 
 
 def _load(path: str, cfg: EvalConfig, key: str):
@@ -153,8 +156,9 @@ def run_eval(cfg: EvalConfig) -> int:
         ref.base_metrics.update(domain_score=merged["domain_score"], domain=merged["domain"],
                                 items={**items, PROBE_NAME: merged["items"][PROBE_NAME]})
     rows, flips = [], []
+    base_harness = _harness(cfg, base, tok)  # also with --skip_base: the tuned models' tasks pair with it
     if not cfg.skip_base:
-        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **_harness(cfg, base, tok)})
+        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **base_harness})
     del base
     from retain.evaluation.compare import compare
 
@@ -169,7 +173,12 @@ def run_eval(cfg: EvalConfig) -> int:
             metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
         metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)
-        rows.append({"model": _label(t), "path": t, **metrics, **_harness(cfg, model, ttok)})
+        harness = _harness(cfg, model, ttok)
+        if harness:  # lm-eval tasks, paired sample by sample with the base
+            from retain.evaluation.harness import paired_tasks
+
+            metrics["vs_base"].update(paired_tasks(harness["lm_eval_items"], base_harness["lm_eval_items"]))
+        rows.append({"model": _label(t), "path": t, **metrics, **harness})
         flips += item_flips(_label(t), metrics.get("items") or {}, ref.base_metrics.get("items") or {},
                             [*ref.probes, ref.domain], ref.known)
         del model
