@@ -52,6 +52,8 @@ AXES: tuple[Axis, ...] = (
 """The verdict's axes, in the order they are reported."""
 
 LM_EVAL_PREFIX = "lm_eval:"
+KL_NOISE = 1e-6
+"""KL below this (nats/token) is float rounding, not drift (an untrained adapter measures ~6e-8)."""
 
 
 def axis_entry(row: dict, axis: Axis) -> dict | None:
@@ -102,6 +104,8 @@ def sentence(row: dict, axis: Axis, entry: dict) -> str:
         return f"{axis.label}: not measured (no paired items)"
     if axis.metric == "kl_drift":
         words = verdict(iv, more="detectable", less="detectable", same="none detectable")
+        if iv.hi < KL_NOISE:
+            words = "none (float rounding only)"
         kl = row.get("kl_drift")
         return (f"drift: KL(base ‖ tuned) {kl if kl is not None else iv.diff:.{axis.digits}f} nats/token, interval "
                 f"[{iv.lo:.{axis.digits}f}, {iv.hi:.{axis.digits}f}] over {n} {axis.items}: {words}")
