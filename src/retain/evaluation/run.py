@@ -218,6 +218,10 @@ def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], ga
     if cfg.show != "none":
         for line in flip_lines(flips, cfg.show):
             console.result(line)
+    elif flips:
+        lost = sum(f["change"] == "lost" for f in flips)
+        console.result(f"{len(flips)} items flipped ({lost} lost, {len(flips) - lost} gained): "
+                       f"retain eval --out {out} --show lost")
     written = [out / n for n in ("eval.json", FLIPS_FILE, "eval.md", "eval.png")]
     rc = 0
     if gate is not None:
