@@ -9,7 +9,9 @@
   MC retention has a floor near 0.25–0.3, not 0 (reported as ``retention_chance``: the mean 1/k over
   known items); generation retention has no such floor.
 - **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean.
-- **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
+- **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring), or
+  for your own data file (:mod:`retain.evaluation.domain_file`) accuracy on choice items or the mean
+  log-likelihood of free-form replies (nats/token).
 - **Margin change** (the continuous retention measure): on the known multiple-choice items, the mean
   change of the gold choice's margin (its acc_norm score minus the best wrong choice's, nats/char)
   from the base to the model. It moves before an item flips, and it does not churn at chance the
