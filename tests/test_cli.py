@@ -133,6 +133,9 @@ def bad_inputs(tmp_path_factory, tiny_llama_path):
                                      '{"id": "a", "question": "r", "answers": ["y"]}\n', encoding="utf-8")
     (d / "data.csv").write_text("prompt,completion\nq,a\n", encoding="utf-8")
     (d / "data.parquet").write_bytes(b"PAR1\x00\x00PAR1")
+    (d / "gate_unknown.yaml").write_text("knowledge_retenshun: {min_diff: -3}\n", encoding="utf-8")
+    (d / "recipe_bad_gate.yaml").write_text(json.dumps({**recipe, "eval": {"gate": str(d / "gate_unknown.yaml")}}),
+                                            encoding="utf-8")
     return d
 
 
@@ -158,7 +161,8 @@ BAD = {
               ["{d}/recipe_pickle.yaml", "--set+", "optim.learnin_rate=1"],
               ["{d}/recipe_unknown_key.yaml"], ["{d}/recipe_wrong_type.yaml"], ["{d}/recipe_ok.yaml", "--optim.lr", "fast"],
               ["{d}/recipe_ok.yaml", "--optim.learnin_rate", "1"], ["{d}/recipe_ok.yaml", "--method", "lorra"],
-              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"],
+              ["{d}/recipe_ok.yaml", "{d}/recipe_ok.yaml"], ["--config", "{d}/list.yaml"], ["{d}/recipe_bad_gate.yaml"],
+              ["{d}/recipe_ok.yaml", "--eval.tuned", "[x]"],
               ["{d}/recipe_ok.yaml", "--optim.betas", "[1.5, 0.9]"], ["{d}/recipe_dup_key.yaml"],
               ["{d}/recipe_ok.yaml", "--optim.weight_decay", "-0.1"], ["{d}/recipe_ok.yaml", "--optim.warmup_steps", "-1"],
               ["{d}/recipe_ok.yaml", "--optim.max_grad_norm", "-1"], ["{d}/recipe_ok.yaml", "--train.seed", str(2**70)],
@@ -170,7 +174,10 @@ BAD = {
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],
              ["--config", "{d}/missing.yaml"], ["--probe_files", "{d}/dup_ids.jsonl"], ["--behaviour", "{sciq: 10}"],
-             ["--probe_prompt", "sometimes"], ["--probe_prompt", "fewshot", "--probe_files", "[{d}/shot_answers.jsonl]"]],
+             ["--probe_prompt", "sometimes"], ["--probe_prompt", "fewshot", "--probe_files", "[{d}/shot_answers.jsonl]"],
+             ["--gate", "{d}/gate_unknown.yaml"], ["--gate", "{d}/missing.yaml"],
+             ["--gate_mode", "sloppy"], ["--show", "lost", "--out", "{d}/folder"], ["--domain", "{d}/latin1.jsonl"],
+             ["--domain", "{d}/folder"]],
     "routing": [["{d}/folder", "--data", "{d}/latin1.jsonl"], ["{d}/pickle_model", "--data", "{d}/latin1.jsonl"],
                 ["{d}/missing"]],
     "demo": [["--profile", "enormous"], ["--methods", "[nope]"], ["--out", "{d}/latin1.jsonl"],

@@ -83,8 +83,14 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     # the behaviour view (chat-format answers) beside the knowledge view, with its paired comparison
     assert tuned["probes"]["chat:triviaqa"]["view"] == "behaviour" and tuned["probes"]["mmlu"]["view"] == "knowledge"
     assert base["reply_change"] == 0.0 and tuned["behaviour"]["n"] == 8
-    assert len(tuned["items"]["chat:triviaqa"]["text"]) == 8 and "behaviour" in tuned["vs_base"]
+    assert len(tuned["items"]["chat:triviaqa"]["prediction"]) == 8 and "behaviour" in tuned["vs_base"]
     assert "| base |" in (out / "eval.md").read_text()
+    # eval_items.jsonl is the item-level diff of the two rows' per-item outcomes
+    flipped = [(r["probe"], r["id"], r["change"]) for r in map(json.loads, (out / "eval_items.jsonl").open())]
+    want = [(name, i, "lost" if b else "gained") for name, rec in tuned["items"].items()
+            for i, t, b in zip(rec["ids"], rec["correct"], base["items"][name]["correct"]) if t != b]
+    assert flipped == want
+    assert "## Verdict" in (out / "eval.md").read_text() and "**vs base [95 %]**" in (out / "eval.md").read_text()
     assert "retain eval" in capsys.readouterr().out
     # second run re-uses the saved reference and reproduces the tuned row
     # (and runs an lm-eval task from a local YAML on the loaded model)
@@ -99,8 +105,11 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     out2 = tmp_path / "eval2"
     assert main(["eval", "--base", tiny_llama_path, "--tuned", f"[{tuned_folder}]", "--out", str(out2),
                  "--reference", str(out), "--skip_base", "true", "--lm_eval_tasks", "[cli_mc]",
-                 "--lm_eval_include", str(tasks), *SMALL]) == 0
+                 "--lm_eval_include", str(tasks), *SMALL, "--gate", "{lm_eval:cli_mc: {min_diff: -100}}"]) == 0
     (again,) = json.loads((out2 / "eval.json").read_text())["rows"]
+    # paired with the base's own harness run (made even with --skip_base), and gated
+    assert again["vs_base"]["lm_eval:cli_mc"]["n"] == 2 and again["lm_eval_items"]["cli_mc"]["metric"] == "acc"
+    assert json.loads((out2 / "gate.json").read_text())["passed"]
     assert again["probes"] == tuned["probes"] and again["kl_drift"] == pytest.approx(tuned["kl_drift"], rel=1e-4)
     assert 0.0 <= again["lm_eval"]["cli_mc"]["acc,none"] <= 1.0
 

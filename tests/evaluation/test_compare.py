@@ -47,11 +47,11 @@ def test_against_the_base_by_hand():
 def test_behaviour_items_pair_apart_from_knowledge_with_reply_changes():
     base = _metrics([1], [1, 1, 1, 0], [0.3, 0.2, 0.1, 0.0])
     base["items"]["chat:triviaqa"] = {"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 1, 0, 0], "margin": [1, 1, 0, 0],
-                                      "text": ["Paris", "Ottawa", "Rome", "x"], "view": "behaviour",
+                                      "prediction": ["Paris", "Ottawa", "Rome", "x"], "view": "behaviour",
                                       "changed": [0, 0, 0, 0]}
     tuned = _metrics([1], [1, 1, 1, 0], [0.3, 0.2, 0.1, 0.0])
     tuned["items"]["chat:triviaqa"] = {"ids": ["q1", "q2", "q3", "q4"], "correct": [1, 0, 1, 0], "margin": [1, 0, 1, 0],
-                                       "text": ["Paris", "Answer: Toronto", "Madrid", "x"], "view": "behaviour",
+                                       "prediction": ["Paris", "Answer: Toronto", "Madrid", "x"], "view": "behaviour",
                                        "changed": [0, 1, 1, 0]}
     known = {**KNOWN, "chat:triviaqa": ["q1", "q2"]}
     c = compare(tuned, base, known, {"arc_easy"}, b_is_base=True)

@@ -78,3 +78,23 @@ def test_unknown_task_is_a_clean_error(tiny, task_dir):
 
     with pytest.raises(RetainError, match="lm-eval tasks not found"):
         run_harness(*tiny, ["no_such_task"], include_path=task_dir)
+
+
+def test_harness_samples_pair_with_the_base_and_feed_the_gate(tiny, tiny_perturbed, task_dir):
+    from retain.evaluation.gate import evaluate_gate, parse_gate
+    from retain.evaluation.harness import paired_tasks, sample_outcomes
+
+    outs = [run_harness(m, tok, ["tiny_mc"], include_path=task_dir, batch_size=4, log_samples=True)
+            for m, tok in (tiny, tiny_perturbed)]
+    base, tuned = (sample_outcomes(o)["tiny_mc"] for o in outs)
+    assert base["metric"] == "acc" and base["doc_ids"] == [0, 1, 2]
+    for o, s in zip(outs, (base, tuned)):  # per sample: 1 when the gold choice has the highest log-likelihood
+        want = [float(max(range(3), key=row.__getitem__) == it["answer"]) for row, it in zip(_harness_logliks(o), ITEMS)]
+        assert s["values"] == want
+    entry = paired_tasks({"tiny_mc": tuned}, {"tiny_mc": base})["lm_eval:tiny_mc"]
+    diffs = [t - b for t, b in zip(tuned["values"], base["values"])]
+    assert entry["diff"] == pytest.approx(sum(diffs) / 3) and entry["n"] == 3 and entry["binary"]
+    assert (entry["lost"], entry["gained"]) == (diffs.count(-1.0), diffs.count(1.0))
+    row = {"model": "ft", "vs_base": {"lm_eval:tiny_mc": entry}}
+    assert evaluate_gate(parse_gate({"lm_eval:tiny_mc": {"min_diff": -100}}), [row])[0]["passed"]
+    assert not evaluate_gate(parse_gate({"lm_eval:tiny_mc": {"min_diff": 101}}, mode="lenient"), [row])[0]["passed"]

@@ -95,11 +95,14 @@ def test_one_row_type_reads_demo_and_eval_rows_and_both_renderers_take_either(tm
     assert base.is_base and not b.is_base and b.vs_base == a.vs_base and b.loss_curve == [2.0, 1.0, 0.5]
     # The same numbers through both tables: the eval table shows ± against the base too.
     table = eval_markdown_table([eval_base, eval_row])
-    assert "| ft-a | 45.0 ± 7.0 | 80.0 ± 10.0 | -0.050 ± 0.020 | 35.0 | 0.5000 ± 0.1000 | 45.0 (8/10 kept) |" in table
+    assert "| ft-a | learned % | 45.0 | +25.0 [+18.0, +32.0] | 100 |" in table
+    assert "| ft-a | kept knowledge % | 80.0 | -20.0 [-30.0, -10.0] | 100 |" in table
+    assert "| ft-a | drift nats/tok | 0.500 | +0.500 [+0.400, +0.600] | 100 |" in table
+    assert "| ft-a | sciq | 45.0 | – | 8 / 10 |" in table
     assert "LoRAMoE" not in table and "| full FT |" in markdown_table([a])
     # An eval run without a domain has no empty "domain" bar group, and the plot renders.
     no_domain = [{**r, "domain_score": None} for r in (eval_base, eval_row)]
-    assert "| – |" in eval_markdown_table(no_domain)
+    assert "| ft-a | learned % | – |" in eval_markdown_table(no_domain)
     assert plot_eval(no_domain, tmp_path / "eval.png") == ["retention", "probe acc"]
     assert plot_eval([eval_base, eval_row], tmp_path / "eval2.png")[0] == "domain"
     assert (tmp_path / "eval.png").stat().st_size > 5000

@@ -3,24 +3,25 @@
 Both models must have been scored with the same suite and base reference (the demo and
 ``retain eval`` guarantee it), so their per-item outcomes line up. Seven paired differences:
 
-================  ==========================================  ================================  ==========
-metric            per-item outcome                            items                             unit
-================  ==========================================  ================================  ==========
-``domain``        correct (0/1)                               held-out domain items             fraction
-``retention``     correct (0/1)                               known knowledge-probe items       fraction
-``behaviour``     correct in its own chat reply (0/1)         known behaviour-probe items       fraction
-``reply_change``  reply differs from the base's (0/1)         every behaviour-probe item        fraction
-``margin``        gold margin (acc_norm gold − best wrong)    known multiple-choice items       nats/char
-``drift``         mean KL(base ‖ model) over the reply        drift prompts, token-weighted     nats/token
-``kl_opening``    mean KL over the reply's first 4 tokens     drift prompts                     nats/token
-================  ==========================================  ================================  ==========
+==================  ============================================  ================================  ==========
+metric              per-item outcome                              items                             unit
+==================  ============================================  ================================  ==========
+``domain``          correct (0/1), or the answer's mean log-lik   held-out domain items             fraction or
+                    (free-form domain files: ``score``)                                             nats/token
+``retention``       correct (0/1)                                 known knowledge-probe items       fraction
+``behaviour``       correct in its own chat reply (0/1)           known behaviour-probe items       fraction
+``reply_change``    reply differs from the base's (0/1)           asked behaviour-probe items       fraction
+``margin``          gold margin (acc_norm gold − best wrong)      known multiple-choice items       nats/char
+``drift``           mean KL(base ‖ model) over the reply          drift prompts, token-weighted     nats/token
+``kl_opening``      mean KL over the reply's first 4 tokens       drift prompts                     nats/token
+==================  ============================================  ================================  ==========
 
 The base model's own outcomes are: its domain results, 1 on every known item (that is what "known"
 means), its calibration margins, 0 reply change and 0 KL. So "vs base" intervals read as: domain gain, retention
 loss (retention − 100 %), margin change and drift; "vs full FT" intervals compare two fine-tunes.
 Intervals are paired percentile bootstraps (:func:`retain.evaluation.stats.paired_bootstrap`);
-0/1 metrics also get an exact McNemar p-value and the counts ``lost`` (a wrong where b was right) and
-``gained`` (a right where b was wrong).
+0/1 metrics also get an exact McNemar p-value and the counts of items ``lost`` (right under b, wrong
+under a) and ``gained`` (the reverse).
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def outcomes(metrics: dict[str, Any], known: dict[str, list[str]], mc_probes: se
             raise RetainError(f"probe {name}: item id {dup!r} appears twice in the results; ids must be unique")
         pairs = list(zip(rec["ids"], rec["correct"], rec["margin"]))
         if name.startswith("domain:"):
-            for i, c, _ in pairs:
-                out["domain"][0][i] = float(c)
+            scores = rec.get("score") or [float(c) for c in rec["correct"]]  # free-form: nats/token per item
+            for i, v in zip(rec["ids"], scores):
+                out["domain"][0][i] = float(v)
             continue
         k = set(known.get(name, ()))
         view = "behaviour" if rec.get("view") == "behaviour" else "retention"
@@ -95,13 +97,18 @@ def compare(a: dict[str, Any], b: dict[str, Any], known: dict[str, list[str]], m
         iv: Interval = paired_bootstrap([va[k] for k in keys], [vb[k] for k in keys], weights=w,
                                         n_boot=n_boot, seed=seed)
         row = iv.to_json()
-        if m in BINARY:
-            xa, xb = [va[k] > 0.5 for k in keys], [vb[k] > 0.5 for k in keys]
-            row["p_mcnemar"] = mcnemar_exact(xa, xb)
-            row["lost"] = sum(1 for x, y in zip(xa, xb) if y and not x)
-            row["gained"] = sum(1 for x, y in zip(xa, xb) if x and not y)
+        if m in BINARY and all(va[k] in (0.0, 1.0) and vb[k] in (0.0, 1.0) for k in keys):
+            row.update(binary_counts([va[k] for k in keys], [vb[k] for k in keys]))
         result[m] = row
     return result
+
+
+def binary_counts(a: list[float], b: list[float]) -> dict:
+    """``{"p_mcnemar", "lost", "gained"}`` of paired 0/1 outcomes a (the model) against b (the reference):
+    lost = right under b and wrong under a; gained = the reverse."""
+    return {"p_mcnemar": mcnemar_exact([x > 0.5 for x in a], [y > 0.5 for y in b]),
+            "lost": sum(1 for x, y in zip(a, b) if y > 0.5 >= x),
+            "gained": sum(1 for x, y in zip(a, b) if x > 0.5 >= y)}
 
 
 def interval(row: dict | None) -> Interval | None:

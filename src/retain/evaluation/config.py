@@ -118,7 +118,9 @@ class EvalConfig:
     behaviour), fewshot (3 documented shots that never give an item away) or zeroshot. Multiple-choice
     files are always scored by log-likelihood."""
     domain: str | None = "sst2"
-    """Domain whose held-out split is scored (sst2, skills, medmcqa, medqa, ...); 'none' to skip."""
+    """Domain scored on held-out items: a built-in set (sst2, skills, medmcqa, medqa, ...), your own data (a
+    file in any training format retain reads, or a folder of them, or a retain train run folder: its
+    heldout.jsonl), or 'none'. Scoring by shape: docs/eval.md."""
     domain_items: int | None = None
     """Override the profile's number of held-out domain items."""
     reference: str | None = None
@@ -144,6 +146,16 @@ class EvalConfig:
     so only for folders you trust."""
     trust_remote_code: bool = False
     """Allow a model folder's own Python code to run (only for models you trust)."""
+    gate: str | None = None
+    """Forgetting gate: a YAML file of rules (or inline YAML), e.g. '{knowledge_retention: {min_diff: -3},
+    drift: {max: 0.05}}'. Checked on the bounds of the paired 95 % intervals; exit 1 when a rule fails;
+    writes gate.json. Rules and modes: docs/eval.md."""
+    gate_mode: Literal["strict", "lenient"] | None = None
+    """strict: a loss must be shown to be small (the interval's bound clears the threshold); lenient: only
+    not shown to be large. Overrides the gate file's 'mode' (default strict)."""
+    show: Literal["none", "lost", "gained", "all"] = "none"
+    """Print the flipped items (question, gold, base and tuned answer). Without --tuned, reads them from
+    an earlier run's eval_items.jsonl in --out instead of evaluating."""
 
     def suite(self) -> EvalSuite:
         over: dict = {"probe_files": list(self.probe_files), "probe_prompt": self.probe_prompt, "seed": self.seed,

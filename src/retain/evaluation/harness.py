@@ -61,3 +61,51 @@ def run_harness(model, tokenizer, tasks: list[str], *, include_path: str | Path 
     return simple_evaluate(model=lm, tasks=list(tasks), task_manager=tm, limit=limit, num_fewshot=num_fewshot,
                            log_samples=log_samples, bootstrap_iters=0, random_seed=seed, numpy_random_seed=seed,
                            torch_random_seed=seed, fewshot_random_seed=seed)
+
+
+PRIMARY_METRICS = ("acc_norm", "acc", "exact_match")
+"""The per-sample metric a task is paired on: the first of these it reports, else its first numeric one."""
+
+
+def sample_outcomes(out: dict) -> dict[str, dict]:
+    """Per task, the per-sample values of its primary metric from a ``log_samples=True`` result:
+    ``{task: {"metric", "doc_ids", "values"}}`` (first filter only; tasks without a numeric per-sample
+    metric are left out)."""
+    tasks: dict[str, dict] = {}
+    for task, samples in (out.get("samples") or {}).items():
+        if not samples:
+            continue
+        first = samples[0].get("filter")
+        samples = sorted((s for s in samples if s.get("filter") == first), key=lambda s: s["doc_id"])
+        names = [m for m in samples[0].get("metrics", []) if all(isinstance(s.get(m), (int, float)) for s in samples)]
+        metric = next((m for m in PRIMARY_METRICS if m in names), names[0] if names else None)
+        if metric is None:
+            continue
+        tasks[task] = {"metric": metric, "doc_ids": [s["doc_id"] for s in samples],
+                       "values": [float(s[metric]) for s in samples]}
+    return tasks
+
+
+def paired_tasks(tuned: dict[str, dict], base: dict[str, dict], *, n_boot: int = 2000, seed: int = 0) -> dict:
+    """``{"lm_eval:<task>": entry}``: the tuned model's per-sample metric minus the base's, paired by
+    ``doc_id``, as :func:`retain.evaluation.compare.compare` entries (paired bootstrap 95 % interval; for
+    0/1 metrics McNemar p and lost/gained counts), plus ``"metric"`` and ``"binary"``."""
+    from retain.evaluation.compare import binary_counts
+    from retain.evaluation.stats import paired_bootstrap
+
+    out = {}
+    for task, t in tuned.items():
+        b = base.get(task)
+        if b is None or b["metric"] != t["metric"]:
+            continue
+        where = dict(zip(b["doc_ids"], b["values"]))
+        pairs = [(v, where[d]) for d, v in zip(t["doc_ids"], t["values"]) if d in where]
+        if not pairs:
+            continue
+        a, r = [p[0] for p in pairs], [p[1] for p in pairs]
+        entry = paired_bootstrap(a, r, n_boot=n_boot, seed=seed).to_json()
+        binary = all(x in (0.0, 1.0) for x in a + r)
+        if binary:
+            entry.update(binary_counts(a, r))
+        out[f"lm_eval:{task}"] = {**entry, "metric": t["metric"], "binary": binary}
+    return out

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 
 from retain.evaluation.compare import interval
 from retain.evaluation.stats import fmt_interval, fmt_pm, verdict
+from retain.utils.console import stdout_console
 from retain.utils.tables import md_table, print_rich_table
 
 COLLAPSE_SHARE = 0.8
@@ -483,41 +484,76 @@ def _drift_bars(ax, rows: list[Row], shown: list[Row]) -> None:
 # retain eval: models side by side, one column per probe
 # ---------------------------------------------------------------------------------------------
 
-def eval_cells(rows: Iterable[Row | dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells: headline metrics (± = half-width of the paired 95 % interval of the difference
-    from the base), then one accuracy column per probe."""
-    rows = as_rows(rows)
-    probe_names = list(dict.fromkeys(n for r in rows for n in r.probes))
-    domain = next((r.domain["name"] for r in rows if r.domain), None)
-    header = ["model", f"domain ({domain}) %" if domain else "domain %", "known-fact retention %",
-              "margin change (nats/char)", "probe acc %", "KL drift (nats/token)"]
-    header += [f"{n} %" for n in probe_names] + ["seconds"]
+def _axis_label(axis, domain: str | None) -> str:
+    """``learned (sst2) %``, ``kept knowledge %``, ``drift nats/tok``: the axis and its unit, short."""
+    name = f"learned ({domain})" if axis.label == "learned" and domain else axis.label
+    return f"{name} %" if axis.unit == "pts" else f"{name} {axis.unit.replace('token', 'tok')}"
+
+
+def eval_cells(rows: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
+    """The headline table, one line per (model, axis), so it fits 80 columns whatever the number of axes:
+    ``model | axis | score | vs base [95 %] | items``. Axes come from :data:`retain.evaluation.verdict.AXES`
+    (an axis no row measured is left out), plus margins and probe accuracy; ``vs base`` is the paired
+    difference with its interval as ``[lo, hi]`` (intervals are not symmetric)."""
+    from retain.evaluation.verdict import AXES, Axis, axis_entry, domain_axis, row_axes
+
+    rows = [dict(r) for r in rows]
+    header = ["model", "axis", "score", "vs base [95 %]", "items"]
+    margins = Axis("margin_change", ("margin",), "margins", "", scale=1.0, unit="nats/char", digits=3)
     cells = []
     for r in rows:
-        vb = r.vs_base or {}
-        line = [r.label, fmt_pm(r.domain_score, vb.get("domain"), 100, 1), fmt_pm(r.retention, vb.get("retention"), 100, 1),
-                fmt_pm(r.margin_change, vb.get("margin"), 1, 3), _pct(r.probe_accuracy),
-                fmt_pm(r.kl_drift, vb.get("drift"), 1, 4)]
-        for n in probe_names:
-            p = r.probes.get(n)
-            if p is None:
-                line.append("–")
-                continue
-            cell = _pct(p["accuracy"])
-            if p.get("known") is not None:
-                cell += f" ({p['retained']}/{p['known']} kept)"
-            line.append(cell)
-        line.append(f"{r.seconds:.0f}")
-        cells.append(line)
+        axes = [domain_axis(r) if a.metric == "domain_score" else a for a in AXES]
+        axes = [a for a in axes if r.get(a.metric) is not None or axis_entry(r, a) is not None]
+        axes += [margins] if r.get("margin_change") is not None else []
+        dom = (r.get("domain") or {}).get("name")
+        for a in axes:
+            iv = interval(axis_entry(r, a))
+            value = r.get(a.metric)
+            cells.append([r.get("model") or r.get("label") or "?", _axis_label(a, dom),
+                          "–" if value is None else f"{value * a.scale:.{a.digits}f}",
+                          "–" if iv is None else fmt_interval(iv, a.scale, a.digits), "–" if iv is None else str(iv.n)])
+        for a, entry in row_axes(r):
+            if a.metric.startswith("lm_eval:"):
+                iv = interval(entry)
+                cells.append([r.get("model") or "?", a.label, "", fmt_interval(iv, a.scale, a.digits), str(iv.n)])
+        if r.get("probe_accuracy") is not None:
+            cells.append([r.get("model") or "?", "probe accuracy %", _pct(r["probe_accuracy"]), "–", "–"])
     return header, cells
 
 
-def eval_markdown_table(rows: Iterable[Row | dict]) -> str:
-    return md_table(*eval_cells(rows))
+def probe_cells(rows: Iterable[dict]) -> tuple[list[str], list[list[str]]]:
+    """Per model and probe: ``accuracy %``, ``kept / known`` ('–' where the base knows no item of it)."""
+    cells = []
+    for r in rows:
+        r = dict(r)
+        for name, p in (r.get("probes") or {}).items():
+            known = p.get("known")
+            kept = "–" if not known else f"{p.get('retained')} / {known}"
+            cells.append([r.get("model") or "?", name, _pct(p.get("accuracy")), str(p.get("n", "–")), kept])
+    return ["model", "probe", "accuracy %", "items", "kept / known"], cells
 
 
-def print_eval_table(rows: Iterable[Row | dict]) -> None:
-    print_rich_table("retain eval", *eval_cells(rows))
+def eval_markdown_table(rows: Iterable[dict]) -> str:
+    rows = list(rows)
+    return md_table(*eval_cells(rows)) + "\n" + md_table(*probe_cells(rows))
+
+
+def print_eval_table(rows: Iterable[dict], console=None) -> None:
+    """One table per model on stdout, its axes then its probes (``probe <name> %``: accuracy, with
+    ``kept / known`` in the interval column); every table fits an 80-column terminal (tested)."""
+    rows = list(rows)
+    header, cells = eval_cells(rows)
+    _, probes = probe_cells(rows)
+    for model in dict.fromkeys(c[0] for c in cells):  # one table per model: no column repeats its name
+        mine = [c[1:] for c in cells if c[0] == model]
+        mine += [[f"probe {p[1]} %", p[2], p[4] if p[4] == "–" else f"kept {p[4]}", p[3]] for p in probes if p[0] == model]
+        if all(c[2] in ("–",) or c[2].startswith("kept") for c in mine):
+            print_rich_table(f"retain eval: {model}", [header[1], header[2], "kept / known", header[4]], mine,
+                             console=console)
+        else:
+            print_rich_table(f"retain eval: {model} vs base", header[1:], mine, console=console)
+    (console or stdout_console()).print("vs base: the paired difference model - base [its 95 % interval]; "
+                                        "the legend is in eval.md", highlight=False, markup=False)
 
 
 def plot_eval(rows: Iterable[Row | dict], path: str | Path) -> list[str]:

@@ -53,14 +53,38 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
         check_finetuned_folder(p, allow_pickle=cfg.allow_pickle, trust_remote_code=cfg.trust_remote_code)
     if suite.domain:
         from retain.data.olmo_eval import DOMAINS
+        from retain.evaluation.domain_file import is_domain_path, load_domain_file
 
-        if suite.domain not in DOMAINS or suite.domain == "gsm8k":
+        if is_domain_path(suite.domain):
+            load_domain_file(suite.domain)  # your own data: file:line errors before any model loads
+        elif suite.domain not in DOMAINS or suite.domain == "gsm8k":
             choices = ", ".join(d for d in DOMAINS if d != "gsm8k")
-            raise RetainError(f"--domain {suite.domain}: choose one of {choices}, or none")
+            raise RetainError(f"--domain {suite.domain}: choose one of {choices}, a data file or folder of your own, "
+                              "or none")
     if cfg.lm_eval_include and not Path(cfg.lm_eval_include).is_dir():
         raise RetainError(f"--lm_eval_include {cfg.lm_eval_include}: no such folder")
     if cfg.reference and not (Path(cfg.reference) / "calibration.json").exists():
         raise RetainError(f"--reference {cfg.reference}: no calibration.json inside")
+
+
+def _check_gate(cfg: EvalConfig, suite, vqa: bool = False):
+    """The gate (None without ``--gate``), its rules checked against what this run measures."""
+    if cfg.gate is None:
+        return None
+    from retain.evaluation.gate import load_gate
+
+    gate = load_gate(cfg.gate, cfg.gate_mode)
+    if not cfg.tuned:
+        raise RetainError("--gate: no --tuned folder to gate; give the fine-tuned folder(s)")
+    for rule in gate.rules:
+        missing = {"domain": not suite.domain and not vqa, "drift": suite.drift_prompts <= 0,
+                   "knowledge_retention": not (suite.probes or suite.probe_files)}.get(rule.name, False)
+        if rule.name.startswith("lm_eval:"):
+            missing = rule.name.split(":", 1)[1] not in cfg.lm_eval_tasks
+        if missing:
+            raise RetainError(f"{gate.source}: rule {rule.name}: this run does not measure it; add what it needs "
+                              "(--domain, drift prompts, probes or --lm_eval_tasks) or drop the rule")
+    return gate
 
 
 def _label(path: str) -> str:
@@ -69,15 +93,18 @@ def _label(path: str) -> str:
 
 
 def _harness(cfg: EvalConfig, model, tok) -> dict:
-    """``{"lm_eval": {task: {metric: value}}}`` when lm-eval tasks were asked for, else {}."""
+    """``{"lm_eval": {task: {metric: value}}, "lm_eval_items": {task: {"metric", "doc_ids", "values"}}}``
+    when lm-eval tasks were asked for (per-sample results kept, to pair a tuned model with its base),
+    else {}."""
     if not cfg.lm_eval_tasks:
         return {}
-    from retain.evaluation.harness import run_harness
+    from retain.evaluation.harness import run_harness, sample_outcomes
 
     out = run_harness(model, tok, cfg.lm_eval_tasks, include_path=cfg.lm_eval_include, limit=cfg.lm_eval_limit,
-                      include_defaults=cfg.lm_eval_include is None, seed=cfg.seed)
+                      include_defaults=cfg.lm_eval_include is None, seed=cfg.seed, log_samples=True)
     return {"lm_eval": {task: {k: v for k, v in res.items() if isinstance(v, (int, float))}
-                        for task, res in out["results"].items()}}
+                        for task, res in out["results"].items()},
+            "lm_eval_items": sample_outcomes(out)}
 
 
 def _load(path: str, cfg: EvalConfig, key: str):
@@ -92,6 +119,8 @@ def _load(path: str, cfg: EvalConfig, key: str):
 
 
 def run_eval(cfg: EvalConfig) -> int:
+    if cfg.show != "none" and not cfg.tuned:
+        return show_saved_flips(cfg)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from retain.multimodal.model import is_mllm_folder
@@ -105,12 +134,12 @@ def run_eval(cfg: EvalConfig) -> int:
         suite.domain = None  # the visual domain replaces the text one
         heldout = easy_vqa.records("heldout", n=cfg.vqa_items, seed=cfg.seed)
     _check_inputs(cfg, suite)
+    gate = _check_gate(cfg, suite, vqa=bool(heldout))
 
     import torch
 
-    from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
+    from retain.evaluation.flips import item_flips
     from retain.evaluation.suite import BaseReference, evaluate
-    from retain.utils.io import write_json_atomic, write_text_atomic
 
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed)
@@ -132,9 +161,10 @@ def run_eval(cfg: EvalConfig) -> int:
         merged = evaluate_from_results({PROBE_NAME: vqa}, None, suite, {})  # the domain fields of the base row
         ref.base_metrics.update(domain_score=merged["domain_score"], domain=merged["domain"],
                                 items={**items, PROBE_NAME: merged["items"][PROBE_NAME]})
-    rows = []
+    rows, flips = [], []
+    base_harness = _harness(cfg, base, tok)  # also with --skip_base: the tuned models' tasks pair with it
     if not cfg.skip_base:
-        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **_harness(cfg, base, tok)})
+        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **base_harness})
     del base
     from retain.evaluation.compare import compare
 
@@ -149,15 +179,81 @@ def run_eval(cfg: EvalConfig) -> int:
             metrics = evaluate(model, ttok, suite, ref)
         # Paired 95 % intervals of the difference from the base (domain, retention, margins, drift).
         metrics["vs_base"] = compare(metrics, ref.base_metrics, ref.known, ref.mc_probes, b_is_base=True)
-        rows.append({"model": _label(t), "path": t, **metrics, **_harness(cfg, model, ttok)})
+        harness = _harness(cfg, model, ttok)
+        if harness:  # lm-eval tasks, paired sample by sample with the base
+            from retain.evaluation.harness import paired_tasks
+
+            metrics["vs_base"].update(paired_tasks(harness["lm_eval_items"], base_harness["lm_eval_items"]))
+        rows.append({"model": _label(t), "path": t, **metrics, **harness})
+        flips += item_flips(_label(t), metrics.get("items") or {}, ref.base_metrics.get("items") or {},
+                            [*ref.probes, ref.domain], ref.known)
         del model
     if not rows:
         raise RetainError("nothing to report: give --tuned folders or drop --skip_base")
+    return _report(cfg, suite, ref, rows, flips, gate)
+
+
+def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], gate) -> int:
+    """eval.json, eval_items.jsonl, eval.md, eval.png, gate.json; tables, verdict, flips and gate lines on
+    stdout. Returns 1 when the gate fails, else 0."""
+    from retain.evaluation.flips import FLIPS_FILE, flip_lines, flips_markdown
+    from retain.evaluation.gate import GATE_FILE, evaluate_gate, gate_summary
+    from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
+    from retain.evaluation.verdict import legend, verdict_lines
+    from retain.utils.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
+    out = Path(cfg.out)
     write_json_atomic(out / "eval.json", {"suite": asdict(suite), "base": cfg.base, "rows": rows})
-    table = eval_markdown_table(rows)
+    write_jsonl_atomic(out / FLIPS_FILE, flips)
+    lines = verdict_lines(rows)
+    gated = evaluate_gate(gate, rows) if gate is not None else []
     known = ", ".join(f"{k}: {len(v)}" for k, v in ref.known.items())
-    write_text_atomic(out / "eval.md", f"# retain eval\n\n{table}\nKnown items (base calibration): {known}.\n")
+    md = ["# retain eval", "", "## Verdict", "", *([f"- {v}" for v in lines] or ["- (no fine-tuned model)"]), ""]
+    if gate is not None:
+        summary = gate_summary(gate, gated)
+        md += [f"## Gate ({gate.mode}): {'passed' if summary['passed'] else 'FAILED'}", "",
+               *[f"- {g['line']}" for g in gated], ""]
+    md += ["## Scores", "", eval_markdown_table(rows), *legend(), "",
+           f"Known items (base calibration): {known or 'none'}.", "", "## What flipped", "", flips_markdown(flips), ""]
+    write_text_atomic(out / "eval.md", "\n".join(md))
     plot_eval(rows, out / "eval.png")
     print_eval_table(rows)
-    console.result(f"wrote {out / 'eval.json'}, {out / 'eval.md'}, {out / 'eval.png'}")
+    console.result("verdict (paired 95 % intervals vs the base):" if lines else "verdict: no fine-tuned model")
+    for v in lines:
+        console.result(f"  {v}")
+    if cfg.show != "none":
+        for line in flip_lines(flips, cfg.show):
+            console.result(line)
+    elif flips:
+        lost = sum(f["change"] == "lost" for f in flips)
+        console.result(f"{len(flips)} items flipped ({lost} lost, {len(flips) - lost} gained): "
+                       f"retain eval --out {out} --show lost")
+    written = [out / n for n in ("eval.json", FLIPS_FILE, "eval.md", "eval.png")]
+    rc = 0
+    if gate is not None:
+        summary = gate_summary(gate, gated)
+        write_json_atomic(out / GATE_FILE, summary)
+        written.append(out / GATE_FILE)
+        console.result(f"gate ({gate.mode}): {'passed' if summary['passed'] else 'FAILED'}")
+        for g in gated:
+            console.result(f"  {g['line']}")
+        rc = 0 if summary["passed"] else 1
+    console.result(f"wrote {', '.join(map(str, written))}")
+    return rc
+
+
+def show_saved_flips(cfg: EvalConfig) -> int:
+    """``retain eval --out DIR --show lost`` without ``--tuned``: print an earlier run's flipped items."""
+    from retain.evaluation.flips import FLIPS_FILE, flip_lines
+    from retain.utils.io import read_jsonl
+
+    path = Path(cfg.out) / FLIPS_FILE
+    if not path.exists():
+        raise RetainError(f"--show {cfg.show}: {path} not found; run retain eval with --tuned first (or point "
+                          "--out at its folder)")
+    lines = flip_lines(read_jsonl(path), cfg.show)
+    for line in lines:
+        console.result(line)
+    if not lines:
+        console.status(f"no {cfg.show if cfg.show != 'all' else 'flipped'} items in {path}")
     return 0

@@ -12,7 +12,8 @@ both wrong on the hard ones differ only on the rest).
 - :func:`mcnemar_exact`: the exact two-sided McNemar test for paired 0/1 outcomes (a binomial test
   on the discordant pairs); reported beside the bootstrap interval for accuracy-type metrics.
 - :func:`verdict`: the wording rule of the reports. A difference is called a gain or a loss only
-  when its 95 % interval excludes 0; otherwise it is "no detectable difference".
+  when its 95 % interval excludes 0; otherwise it is "no detectable difference" (the demo's tables) or
+  :data:`NOT_DETECTABLE` (``retain eval``'s verdict, which also says what would settle it).
 
 Units: a difference has the unit of its metric (fraction for accuracy / retention, nats for
 margins and KL). Intervals are two-sided 95 % unless ``level`` says otherwise.
@@ -107,6 +108,11 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> float:
     k = min(n01, n10)
     tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
     return min(1.0, 2 * tail)
+
+
+NOT_DETECTABLE = "not detectable at this size; add items for power"
+"""What :func:`verdict` says in ``retain eval``'s sentences when the interval contains 0: the data
+neither show a change nor rule one out (a wider item set narrows the interval)."""
 
 
 def verdict(iv: Interval | None, *, more: str = "higher", less: str = "lower",

@@ -22,7 +22,9 @@
   reply text differs from the base's reply to the same question (after normalization). 0 for the base.
 - **Probe accuracy**: raw accuracy per probe (acc_norm for MC, EM for generation) and their mean over the
   knowledge probes.
-- **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring).
+- **Domain score**: held-out accuracy of the domain set in the training chat format (letter scoring), or
+  for your own data file (:mod:`retain.evaluation.domain_file`) accuracy on choice items or the mean
+  log-likelihood of free-form replies (nats/token).
 - **Margin change** (the continuous retention measure): on the known multiple-choice items, the mean
   change of the gold choice's margin (its acc_norm score minus the best wrong choice's, nats/char)
   from the base to the model. It moves before an item flips, and it does not churn at chance the
@@ -46,12 +48,15 @@ from pathlib import Path
 
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
+from retain.evaluation.domain_file import score_domain_items
 from retain.evaluation.drift import DriftReference, drift_reference, kl_opening, kl_positions, weighted_mean
 from retain.evaluation.probes import (Probe, _LABEL, behaviour_probe, builtin_probe, domain_probe, load_probe_file,
                                       normalize_answer, score_probe)
 from retain.utils.io import atomic_path, read_json, write_json_atomic
 
 CALIBRATION_FILE = "calibration.json"
+DOMAIN_FILE_KINDS = ("label", "loglik")
+"""Probe kinds of a domain data file (scored by :func:`retain.evaluation.domain_file.score_domain_items`)."""
 REFERENCE_TENSORS = "base_reference.safetensors"
 
 
@@ -85,6 +90,18 @@ def probe_kinds(probes: list[Probe]) -> dict[str, str]:
 
 def _kind(name: str, kinds: dict[str, str]) -> str:
     return kinds.get(name) or ("chat" if name.startswith("chat:") else "?")
+
+
+def suite_domain(suite: EvalSuite) -> Probe | None:
+    """The suite's domain probe: a built-in set's held-out split, or a data file / folder of your own
+    (:mod:`retain.evaluation.domain_file`); None without a domain."""
+    if not suite.domain:
+        return None
+    from retain.evaluation.domain_file import is_domain_path, load_domain_file
+
+    if is_domain_path(suite.domain):
+        return load_domain_file(suite.domain, suite.domain_items, suite.seed)
+    return domain_probe(suite.domain, suite.domain_items, suite.seed)
 
 
 def is_known(result: dict, kind: str, margin: float) -> bool:
@@ -128,7 +145,7 @@ class BaseReference:
     @classmethod
     def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
         probes = build_probes(suite)
-        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        domain = suite_domain(suite)
         drift = None
         if suite.drift_prompts > 0:
             drift = drift_reference(base_model, tokenizer, n_prompts=suite.drift_prompts,
@@ -179,7 +196,7 @@ class BaseReference:
         if meta.get("drift"):
             tensors = load_file(str(folder / REFERENCE_TENSORS))
             drift = DriftReference.from_saved(meta["drift"], tensors)
-        domain = domain_probe(suite.domain, suite.domain_items, suite.seed) if suite.domain else None
+        domain = suite_domain(suite)
         return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), meta.get("asked", {}),
                    drift, probes, domain)
 
@@ -207,8 +224,7 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     """
     t0 = time.perf_counter()
     probes = ref.probes if ref is not None and ref.probes else build_probes(suite)
-    domain = ref.domain if ref is not None else (domain_probe(suite.domain, suite.domain_items, suite.seed)
-                                                  if suite.domain else None)
+    domain = ref.domain if ref is not None else suite_domain(suite)
     results = {} if _results is None else _results
     timings: dict[str, float] = {}
     for p in [*probes, *([domain] if domain is not None else [])]:
@@ -216,8 +232,11 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
             ask = set(ref.asked[p.name])  # a fine-tune: the known items and a sample of the others
             p = Probe(p.name, p.kind, [it for it in p.items if it["id"] in ask], p.shots)
         t = time.perf_counter()
-        results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
-                                      max_new_tokens=suite.max_new_tokens, chat_new_tokens=suite.chat_new_tokens)
+        if p.kind in DOMAIN_FILE_KINDS:
+            results[p.name] = score_domain_items(model, tokenizer, p, batch_size=suite.batch_size)
+        else:
+            results[p.name] = score_probe(model, tokenizer, p, batch_size=suite.batch_size,
+                                          max_new_tokens=suite.max_new_tokens, chat_new_tokens=suite.chat_new_tokens)
         timings[p.name] = round(time.perf_counter() - t, 2)
     extra: dict = {"kl_drift": None, "kl_opening": None}
     drift_prompts = None
@@ -237,17 +256,23 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
 
 
 def compact_results(results: dict[str, list[dict]]) -> dict[str, dict[str, list]]:
-    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need),
-    ``"text"`` (the model's answers) for generation and chat probes, and ``"pred"`` and ``"gold"`` (option
-    indices) for the domain, to tell learning from a label shift."""
+    """Per probe: ``{"ids", "correct" (0/1), "margin"}`` lists in item order (what comparisons need), plus
+    what the item-level diff (:mod:`retain.evaluation.flips`) shows as each model's answer: ``"pred"`` (the
+    chosen option's index) where results have one, ``"prediction"`` (the generated text) where results
+    have one; ``"gold"`` (option indices) for the domain, to tell learning from a label shift; ``"score"``
+    (nats/token) for a free-form domain file."""
     out = {}
     for name, rs in results.items():
         rec = {"ids": [r["id"] for r in rs], "correct": [int(bool(r["correct"])) for r in rs],
                "margin": [round(float(r.get("margin", bool(r["correct"]))), 6) for r in rs]}
-        if rs and all("prediction" in r for r in rs):
-            rec["text"] = [r["prediction"] for r in rs]
+        if rs and all("pred" in r for r in rs):
+            rec["pred"] = [int(r["pred"]) for r in rs]
         if name.startswith("domain:") and rs and all("pred" in r and "gold" in r for r in rs):
-            rec["pred"], rec["gold"] = [int(r["pred"]) for r in rs], [int(r["gold"]) for r in rs]
+            rec["gold"] = [int(r["gold"]) for r in rs]
+        if rs and all("prediction" in r for r in rs):
+            rec["prediction"] = [str(r["prediction"]) for r in rs]
+        if rs and all("score" in r for r in rs):
+            rec["score"] = [round(float(r["score"]), 6) for r in rs]
         out[name] = rec
     return out
 
@@ -317,7 +342,7 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
                        accuracy=(row.get("retained", 0) + rate * (n_all - k_all)) / n_all if n_all else None)
         if chat:
             base = base_items.get(name) or {}
-            texts = dict(zip(base.get("ids", []), base.get("text", [])))
+            texts = dict(zip(base.get("ids", []), base.get("prediction", [])))
             items_view[name] = ([int(not same_reply(r["prediction"], texts[r["id"]])) for r in rs]
                                 if rs and all(r["id"] in texts for r in rs) else None)
             base_ok = dict(zip(base.get("ids", []), base.get("correct", [])))
@@ -349,8 +374,9 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
                      "lost": beh["lost"], "gained": beh["gained"], "unknown_asked": beh["n"] - bh[0],
                      "label_share": beh["labelled"] / beh["n"],
                      "reply_change": beh["changed"] / beh["compared"] if beh["compared"] else None}
+    loglik = bool(dom and dom[1] and "score" in dom[1][0])  # a free-form domain file: mean nats/token
     return {
-        "domain_score": _acc(dom[1]) if dom else None,
+        "domain_score": (sum(r["score"] for r in dom[1]) / len(dom[1]) if loglik else _acc(dom[1])) if dom else None,
         "retention": kn[1] / kn[0] if kn[0] else None,
         "retention_chance": kn[2] / kn[0] if kn[0] else None,
         "behaviour_retention": bh[1] / bh[0] if bh[0] else None,
@@ -361,8 +387,9 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
         "kl_opening": extra.get("kl_opening"),
         "probes": probe_rows,
         "behaviour": behaviour,
-        "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": _acc(dom[1]),
-                    **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "pred" in items[dom[0]] else {})}
+        "domain": ({"name": dom[0].split(":", 1)[1], "n": len(dom[1]), "accuracy": None if loglik else _acc(dom[1]),
+                    **({"metric": "loglik", "loglik": sum(r["score"] for r in dom[1]) / len(dom[1])} if loglik else {}),
+                    **(label_balance(items[dom[0]]["pred"], items[dom[0]]["gold"]) if "gold" in items[dom[0]] else {})}
                    if dom else None),
         "known_total": kn[0],
         "behaviour_known": bh[0],

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal, Optional
 
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
 from retain.errors import RetainError
+from retain.evaluation.config import EvalConfig
 
 
 @dataclass
@@ -54,6 +55,17 @@ class DatasetSpec:
     image_folder: Optional[str] = None
     """Folder that relative image paths (LLaVA 'image', messages image parts) start from; default: the
     data file's folder. Images need an image-text-to-text model (model.name an MLLM folder)."""
+    eval_split: Optional[float] = None
+    """Hold out part of this dataset, never trained on: a share (0 < x < 1) or a count of records (a whole
+    number >= 1), a seeded sample. Written to <output_dir>/heldout.jsonl; the Trainer reports its
+    validation loss (eval_loss in train_result.json), and an eval: section scores it as the domain
+    (domain: heldout)."""
+
+    def __post_init__(self) -> None:
+        x = self.eval_split
+        if x is not None and not (0 < x < 1 or (x >= 1 and float(x).is_integer())):
+            raise RetainError(f"datasets ({self.path}).eval_split={x}: give a share in (0, 1) or a whole number "
+                              "of records >= 1")
 
 
 @dataclass
@@ -189,6 +201,10 @@ class Recipe:
     """Optimizer and schedule."""
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     """Loop, checkpoints, outputs."""
+    eval: Optional[EvalConfig] = None
+    """Evaluate the trained model against its base when training ends (``retain eval``'s options; the base
+    is model.name, the tuned folder the run's model/, the output <output_dir>/eval unless eval.out is set).
+    With eval.gate, a run that fails the gate exits 1 with its folder intact. See docs/eval.md."""
 
     @property
     def uses_lbc(self) -> bool:
@@ -210,9 +226,19 @@ class Recipe:
                         "needs every dataset's type (or set loramoe.lbc_beta: 0)"
                     )
 
+        if self.eval is not None:
+            if self.eval.tuned:
+                raise RetainError("eval.tuned: the run's own model/ folder is evaluated; remove the key")
+            if self.eval.domain == "heldout" and not any(d.eval_split for d in self.datasets):
+                raise RetainError("eval.domain=heldout: no dataset holds out a split; set eval_split on a dataset "
+                                  "(e.g. 0.2) or name another domain")
+            if self.eval.base not in (EvalConfig.base, self.model.name):
+                raise RetainError(f"eval.base={self.eval.base}: the run's base is model.name ({self.model.name}); "
+                                  "remove eval.base")
+
     def validate(self) -> "Recipe":
         """Re-run every check (after changing fields in place); raises RetainError naming the key."""
-        for section in (self.optim, self.train, self.lora, self.loramoe, self.model, self.mixture):
+        for section in (self.optim, self.train, self.lora, self.loramoe, self.model, self.mixture, *self.datasets):
             post = getattr(section, "__post_init__", None)
             if post is not None:
                 post()

@@ -57,6 +57,11 @@ class TrainResult:
     """Examples in the encoded mixture."""
     counts: dict[str, int] = field(default_factory=dict)
     """Examples taken from each dataset."""
+    eval_loss: float | None = None
+    """Validation loss on the datasets' ``eval_split`` records at the end of training (nats per assistant
+    token, mean over evaluation batches); None without a held-out split."""
+    heldout: int = 0
+    """Held-out records (``eval_split``), in <output_dir>/heldout.jsonl."""
     model: Any = field(default=None, repr=False, compare=False)
     """The trained module in memory (rank 0; None when the run had already finished)."""
 
@@ -66,15 +71,44 @@ class TrainResult:
 
 
 def load_mixture(recipe: Recipe):
-    """Read every dataset (validated) and mix them by weight → :class:`retain.data.mixture.Mixture`."""
+    """Read every dataset (validated) and mix them by weight → :class:`retain.data.mixture.Mixture`
+    (held-out splits excluded: :func:`load_data`)."""
+    return load_data(recipe)[0]
+
+
+def split_heldout(examples: list[dict], split: float | None, seed: int, where: str) -> tuple[list[dict], list[dict]]:
+    """(train, held out) of one dataset: ``split`` a share in (0, 1) (at least one) or a count of distinct
+    records, a seeded sample; identical records stay on one side (so nothing held out is trained on), both
+    sides in file order."""
+    import json
+    import random
+
+    if not split:
+        return examples, []
+    keys = [json.dumps(ex.get("messages", ex.get("text")), sort_keys=True) for ex in examples]
+    distinct = list(dict.fromkeys(keys))
+    k = max(1, round(split * len(distinct))) if split < 1 else int(split)
+    if k >= len(distinct):
+        raise RetainError(f"{where}: eval_split={split} holds out {k} of {len(distinct)} distinct records, leaving "
+                          "none to train on; lower it")
+    held = set(random.Random(seed).sample(distinct, k))
+    return [ex for ex, key in zip(examples, keys) if key not in held], [ex for ex, key in zip(examples, keys) if key in held]
+
+
+def load_data(recipe: Recipe):
+    """(mixture, held-out examples): every dataset read and validated, its ``eval_split`` held out (never
+    trained on), the rest mixed by weight."""
     from retain.data.formats import load_examples
     from retain.data.mixture import Source, mix
 
-    sources = []
+    sources, heldout = [], []
     for i, d in enumerate(recipe.datasets):
         examples = load_examples(d.path, format=d.format, sample_type=d.type, limit=d.limit, image_folder=d.image_folder)
+        examples, held = split_heldout(examples, d.eval_split, recipe.train.seed, f"datasets[{i}] ({d.path})")
+        heldout += held
         sources.append(Source(name=f"datasets[{i}] {d.path}", examples=examples, weight=d.weight))
-    return mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
+    mixture = mix(sources, size=recipe.mixture.size, allow_repeat=recipe.mixture.allow_repeat, seed=recipe.train.seed)
+    return mixture, heldout
 
 
 def check_base(recipe: Recipe) -> str:
@@ -302,7 +336,7 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
 
     recipe.validate()
     out = Path(recipe.train.output_dir)
-    mixture = load_mixture(recipe)
+    mixture, heldout = load_data(recipe)
     if model is None:
         multimodal = is_mllm_folder(check_base(recipe))  # a pickle-only or incomplete base folder fails here
     else:
@@ -317,11 +351,11 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         if plan.finished is not None:
             log.info("%s: run already finished; returning its result", out)
             return plan.finished
-        return _train_locked(recipe, out, mixture, multimodal, resume, model, tokenizer, copy_model)
+        return _train_locked(recipe, out, mixture, heldout, multimodal, resume, model, tokenizer, copy_model)
 
 
-def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: bool, model: Any, tokenizer: Any,
-                  copy_model: bool) -> TrainResult:
+def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multimodal: bool, resume: bool, model: Any,
+                  tokenizer: Any, copy_model: bool) -> TrainResult:
     """:func:`train` once the inputs are checked and ``out`` is locked: load, train, save."""
     import torch
 
@@ -357,9 +391,11 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
         from retain.multimodal.collate import MultimodalCollator, encode_mm_examples
 
         features, dropped = encode_mm_examples(tok, mixture.examples, recipe.train.max_length)
+        held_features = encode_mm_examples(tok, heldout, recipe.train.max_length)[0] if heldout else []
         collator = MultimodalCollator(tok, pad_token_id(tok.tokenizer))
     else:
         features, dropped = encode_examples(tok, mixture.examples, recipe.train.max_length)
+        held_features = encode_examples(tok, heldout, recipe.train.max_length)[0] if heldout else []
         collator = Collator(pad_token_id(tok))
     if dropped:
         log.warning("%d examples have no assistant token within max_length=%d; skipped",
@@ -396,6 +432,9 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
         write_text_atomic(out / RUN_RECIPE, RUN_RECIPE_HEADER + dump_recipe(recipe))
         if (out / "train_result.json").exists():  # a finished run made longer: finished again at the end
             (out / "train_result.json").unlink()
+        if heldout:  # the eval_split records, never trained on: retain eval --domain <output_dir>
+            write_jsonl_atomic(out / "heldout.jsonl", [{k: ex[k] for k in ("messages", "images") if k in ex}
+                                                       for ex in heldout])
         # Drop rows logged after the checkpoint we resume from: those steps run again.
         write_jsonl_atomic(log_path, read_log(log_path, max_step=start) if start else [])
         if resume and (out / CHECKPOINTS).is_dir():  # torn by a kill or a full disk, or newer than ckpts[-1]
@@ -412,7 +451,7 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
                                     sort_window=g if recipe.train.sort_by_length else 0),
         # No processing_class: checkpoints hold weights and optimizer state only (the tokenizer goes to model/).
         data_collator=collator, callbacks=[callback],
-        base_model=recipe.model.name,
+        base_model=recipe.model.name, eval_dataset=held_features or None,
     )
     callback.trainer = trainer
     if is_main:
@@ -431,6 +470,9 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
             raise no_space(out / CHECKPOINTS) from None
         raise
 
+    # Validation loss on the held-out split, once at the end (every rank takes part; nats per assistant token,
+    # averaged over evaluation batches).
+    eval_loss = trainer.evaluate()["eval_loss"] if held_features else None
     rows = read_log(log_path) if is_main else []
     last = callback.rows or rows
     result = TrainResult(
@@ -439,7 +481,7 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
         wall_time_s=round(callback.elapsed, 3),
         tokens_per_s=round(callback.session_tokens / callback.session_seconds, 2) if callback.session_seconds else 0.0,
         trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
-        model=trainee,
+        eval_loss=None if eval_loss is None else round(float(eval_loss), 6), heldout=len(heldout), model=trainee,
     )
     if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
         # Sharded parameters: the Trainer gathers them (every rank takes part) into the method's format.
@@ -457,17 +499,58 @@ def _train_locked(recipe: Recipe, out: Path, mixture, multimodal: bool, resume: 
     return result
 
 
+def eval_config(recipe: Recipe, result: TrainResult):
+    """The recipe's ``eval:`` section made concrete for this run: base = model.name, tuned = the run's
+    model/, out = <output_dir>/eval unless set, device = model.device unless set."""
+    import dataclasses
+
+    from retain.evaluation.config import EvalConfig
+
+    ev = recipe.eval
+    held = Path(result.output_dir) / "heldout.jsonl"
+    return dataclasses.replace(
+        ev, base=recipe.model.name, tuned=[result.model_dir],
+        domain=str(held) if ev.domain == "heldout" or (ev.domain == EvalConfig.domain and held.exists()) else ev.domain,
+        out=str(Path(result.output_dir) / "eval") if ev.out == EvalConfig.out else ev.out,
+        device=recipe.model.device if ev.device == "auto" else ev.device,
+        allow_pickle=ev.allow_pickle or recipe.model.allow_pickle,
+        trust_remote_code=ev.trust_remote_code or recipe.model.trust_remote_code)
+
+
 def run_train(cmd: TrainCommand) -> int:
-    """CLI entry: ``retain train RECIPE.yaml [--resume] [--optim.lr 1e-4 ...]`` (a recipe + how to run it)."""
+    """CLI entry: ``retain train RECIPE.yaml [--resume] [--optim.lr 1e-4 ...]`` (a recipe + how to run it).
+    With an ``eval:`` section, ``retain eval`` runs on the trained model (verdict, and the gate when
+    ``eval.gate`` is set: exit 1 when it fails; the run folder stays as it is)."""
     recipe = cmd
     t0 = time.perf_counter()
+    if recipe.eval is not None:  # a bad gate or probe file fails now, not after training
+        from retain.evaluation.gate import load_gate
+        from retain.evaluation.probes import load_probe_file
+
+        if recipe.eval.gate is not None:
+            load_gate(recipe.eval.gate, recipe.eval.gate_mode)
+        for f in recipe.eval.probe_files:
+            load_probe_file(f)
     res = train(recipe, resume=cmd.resume)
     import os
 
-    if int(os.environ.get("RANK", "0")) == 0:
-        console.result(
-            f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
-            f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
-            f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"
-        )
-    return 0
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    console.result(
+        f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
+        + (f"validation loss {res.eval_loss:.4f} on {res.heldout} held-out records, " if res.eval_loss is not None
+           else "")
+        + f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "
+        f"{time.perf_counter() - t0:.0f}s total -> {res.model_dir}"
+    )
+    if recipe.eval is None:
+        return 0
+    from retain.evaluation.run import run_eval
+
+    cfg = eval_config(recipe, res)
+    console.status(f"evaluating {res.model_dir} against {recipe.model.name} -> {cfg.out} ...")
+    rc = run_eval(cfg)
+    if rc:
+        console.warn(f"{res.output_dir}: the trained model failed the forgetting gate (see {cfg.out}/gate.json); "
+                     "the run folder is kept")
+    return rc
