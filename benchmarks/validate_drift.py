@@ -84,8 +84,7 @@ def main() -> None:
                  for r in read_json(Path(extra) / "demo.json")["rows"] if r["name"] != "base"]
     if args.alphas:
         cfg = summary["config"]
-        prof = summary["profile"]
-        suite = EvalSuite.profile(prof["eval_profile"], domain=cfg["domain"], seed=cfg["seed"])
+        suite = EvalSuite(**read_json(demo / "reference" / "calibration.json")["suite"])  # the demo's own suite
         ref = BaseReference.load(demo / "reference", suite)
         base, tok = load_model(cfg["model"], device="cpu")
         full, _ = load_model(str(demo / "full" / "model"), device="cpu")
