@@ -94,13 +94,13 @@ class DemoProfile:
     """Peak learning rate per training method (full / lora / loramoe)."""
     eval_profile: str
     """Evaluation suite profile (retain.evaluation.config.EvalSuite.profile)."""
-    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Fields of the evaluation suite changed from that profile (the default profile's trade for its time
-    budget, by the rule in docs/behaviour.md)."""
     methods: list[str]
     """Methods run by default."""
     lr_rule: str = ""
     """How ``lr`` was chosen (printed in the report)."""
+    eval_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Fields of the evaluation suite changed from that profile (the default profile's trade for its time
+    budget, by the rule in docs/behaviour.md)."""
     kl_anchor: float = 1.0
     """λ of the KL-anchored methods (``full_kl``, ``lora_kl``; not in the default method list): a common
     starting value, not tuned here."""
