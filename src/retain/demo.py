@@ -276,7 +276,7 @@ def run_summary(cfg: "DemoConfig", prof, rows: list[dict[str, Any]], tg_path: Pa
             "tg_corpus": str(tg_path) if tg_path else None, "tg_seconds": stage.stages["TG self-decompression"],
             "total_seconds": round(stage.total(), 1), "stages": stage.stages, "stages_done_earlier": stage.reused,
             "known": {k: len(v) for k, v in ref.known.items()},
-            "prompts": {p.name: p.prompt_format for p in ref.probes}}
+            "prompts": {p.name: p.prompt_format for p in ref.probes}, "suite": ref.suite}
 
 
 def open_run(cfg: "DemoConfig", out: Path):

@@ -37,6 +37,9 @@ class EvalSuite:
     behaviour: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
     """Behaviour probes: built-in closed-book sets (common_knowledge, triviaqa, nq_open) and how many questions each, asked
     through the tested model's chat template and scored on its own greedy reply (``chat:<name>``)."""
+    behaviour_instruction: str = "Answer with just the name or short phrase."
+    """The line after each behaviour question ("" asks the bare question). The default resembles what many
+    domain fine-tunes are trained on (an instruction line), so docs/behaviour.md also reports the bare form."""
     behaviour_unknown: int = 50
     """Fine-tuned models are asked every behaviour question the base answered correctly (retention needs only
     those) plus a seeded sample of this many questions per probe that the base got wrong (for the ``gained``

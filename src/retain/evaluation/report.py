@@ -272,18 +272,23 @@ def probe_table(rows: Iterable[Row | dict]) -> str:
     return md_table(["method"] + [f"{n} % (kept/known)" for n in names], cells).rstrip("\n")
 
 
-def _retention_legend(known: dict[str, int]) -> list[str]:
-    """The legend lines of the two retention views (``known``: probe name -> items the base knows)."""
-    from retain.evaluation.probes import CHAT_INSTRUCTION
+def _retention_legend(known: dict[str, int], suite: dict | None = None) -> list[str]:
+    """The legend lines of the two retention views (``known``: probe name -> items the base knows; ``suite``:
+    the evaluation suite as saved, for the behaviour prompt and its token bound)."""
+    from retain.evaluation.config import EvalSuite
 
+    suite = suite or {}
+    instruction = suite.get("behaviour_instruction", EvalSuite.behaviour_instruction)
+    bound = suite.get("chat_new_tokens", EvalSuite.chat_new_tokens)
+    ask = f'the question + \"{instruction}\"' if instruction else "the bare question"
     beh = {k: v for k, v in known.items() if k.startswith("chat:")}
     kno = {k: v for k, v in known.items() if k not in beh}
     out = []
     if beh:
         out.append(f"- **behaviour kept** (headline): {sum(beh.values())} closed-book questions the base answered "
                    f"correctly in its own chat replies ({', '.join(f'{k} {v}' for k, v in beh.items())}); the share "
-                   f"the tuned model still answers correctly when asked the same way (its chat template, the question "
-                   f"+ \"{CHAT_INSTRUCTION}\", greedy, first line, 24 tokens at most; a gold alias anywhere in the "
+                   f"the tuned model still answers correctly when asked the same way (its chat template, {ask}, "
+                   f"greedy, first line, {bound} tokens at most; a gold alias anywhere in the "
                    "reply counts, so \"Answer: Ottawa\" and \"The capital is Ottawa.\" are both right). "
                    "`(n lost)`: known answers the tuned model no longer gives.")
     if kno:
@@ -326,7 +331,7 @@ def demo_markdown(summary: dict[str, Any]) -> str:
         markdown_table(rows),
         "- **domain score**: accuracy on held-out domain items (never trained on); the gain is paired against "
         "the base, item by item.",
-        *_retention_legend(known),
+        *_retention_legend(known, summary.get("suite")),
         "- **margin change**: on the known items, the mean change of the gold answer's lead over the best wrong "
         "answer (acc_norm score, nats per character); negative = the model moved away from what the base knew. "
         "It is continuous, so it does not churn at chance like a 0/1 outcome.",
@@ -386,7 +391,7 @@ def mllm_markdown(summary: dict[str, Any]) -> str:
         "- **behaviour kept**, **knowledge kept**, **margin change**, **reply change**, **KL drift**: the text "
         "path against the base LLM (the model asked without an image). The stage-1 MLLM's text path is the base "
         "LLM's, so these are also the changes from before stage 2.",
-        *_retention_legend(known),
+        *_retention_legend(known, summary.get("suite")),
         *_drift_legend(),
         "- ± is the half-width of a paired bootstrap 95 % interval (2,000 resamples); `[lo, hi]` below are "
         "intervals of the difference from full fine-tuning, then from LoRA (stage 2).",

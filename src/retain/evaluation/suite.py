@@ -64,7 +64,7 @@ def build_probes(suite: EvalSuite) -> list[Probe]:
     """Probes of a suite: knowledge built-ins, behaviour built-ins (``chat:*``), then user files (in
     ``suite.probe_prompt``)."""
     probes = [builtin_probe(name, n, suite.seed, suite.max_item_chars) for name, n in suite.probes.items() if n > 0]
-    probes += [behaviour_probe(name, n, suite.seed, suite.max_item_chars)
+    probes += [behaviour_probe(name, n, suite.seed, suite.max_item_chars, suite.behaviour_instruction)
                for name, n in (suite.behaviour or {}).items() if n > 0]
     return probes + load_probe_files(suite.probe_files, suite.probe_prompt)
 
@@ -188,7 +188,8 @@ class BaseReference:
         probes = build_probes(suite)
         items = {p.name: [it["id"] for it in p.items] for p in probes}
         same = all(meta["suite"].get(k) == getattr(suite, k)
-                   for k in ("drift_prompts", "chat_new_tokens", "probe_prompt", "behaviour_unknown"))
+                   for k in ("drift_prompts", "chat_new_tokens", "probe_prompt", "behaviour_unknown",
+                             "behaviour_instruction") if k in meta["suite"])
         if meta.get("items") != items or not same:
             raise RetainError(f"{folder / CALIBRATION_FILE}: built for a different suite (probes, items, prompt format "
                               "or drift prompts differ); drop --reference to recompute it")
