@@ -168,19 +168,19 @@ class LossBalance:
         self._types = sorted(self.type_shares)  # the order of counts()[1:]
 
     def counts(self, labels: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
-        """(1 + K,) float64 of one micro-batch: [examples with a loss token, tokens of each type in
+        """(1 + K,) long of one micro-batch: [examples with a loss token, tokens of each type in
         ``type_shares`` (sorted by type)]. Sum it over the step's micro-batches (and ranks) for :meth:`weights`."""
         n = example_tokens(labels)
         out = [(n > 0).sum()]
         if self.mode == "type":
             types = self._check_types(types, labels)
             out += [n[types == k].sum() for k in self._types]
-        return torch.stack(out).to(torch.float64)
+        return torch.stack(out).long()
 
     def weights(self, labels: torch.Tensor, types: torch.Tensor | None, totals: torch.Tensor) -> torch.Tensor:
         """(B,) float32 weight of each row's summed token loss, from the step's ``totals`` (summed :meth:`counts`)."""
-        n = example_tokens(labels).to(torch.float64)
-        totals = totals.to(device=n.device, dtype=torch.float64)
+        n = example_tokens(labels).float()  # float32 throughout (MPS has no float64); counts are exact in it
+        totals = totals.to(device=n.device, dtype=torch.float32)
         if self.mode == "example":
             w = 1.0 / (totals[0] * n.clamp(min=1))
         elif self.mode == "type":
@@ -193,7 +193,7 @@ class LossBalance:
                 w[types == k] = self.type_shares[k] / mass / totals[1 + i]
         else:
             raise ValueError(f"LossBalance({self.mode!r}).weights: the token balance uses num_items_in_batch")
-        return torch.where(n > 0, w, torch.zeros_like(w)).float()
+        return torch.where(n > 0, w, torch.zeros_like(w))
 
     def _check_types(self, types: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
         if types is None:
