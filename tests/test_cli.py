@@ -169,7 +169,9 @@ BAD = {
               ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/x.jsonl, limit: 0}]"],
               ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/x.jsonl, limit: -2}]"],
               ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/data.csv}]"],
-              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/data.parquet}]"]],
+              ["{d}/recipe_ok.yaml", "--datasets", "[{path: {d}/data.parquet}]"],
+              ["{d}/recipe_ok.yaml", "--mixture.loss_balance", "tokens"],
+              ["{d}/recipe_ok.yaml", "--mixture.loss_balance", "type"]],  # x.jsonl has no type
     "eval": [["--tuned", "[{d}/folder]"], ["--tuned", "[{d}/pickle_model]"], ["--probe_files", "[{d}/latin1.jsonl]"],
              ["--probe_files", "[{d}/folder]"], ["--base", "{d}/pickle_model"], ["--base", "{d}/unknown_arch"],
              ["--probe_files", "{d}/folder"], ["--domain_items", "many"], ["--profile", "huge"],

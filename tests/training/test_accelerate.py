@@ -40,12 +40,15 @@ def _log(path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config,method", [("ddp", "lora"), ("ddp", "loramoe")])
-def test_accelerate_launch_two_cpu_processes_matches_one(make_recipe, tmp_path, config, method):
+@pytest.mark.parametrize("config,method,balance", [("ddp", "lora", "token"), ("ddp", "loramoe", "token"),
+                                                   ("ddp", "lora", "type")])
+def test_accelerate_launch_two_cpu_processes_matches_one(make_recipe, tmp_path, config, method, balance):
+    """``type``: the loss weights come from the step's counts summed over both ranks (each rank alone would
+    weigh its own share of the step)."""
     from retain.adapters.methods import load_finetuned
 
-    path = make_recipe(method=method, write=True, loramoe={"dropout": 0.0}, train={"max_steps": 3, "batch_size": 2, "save_every": 2,
-                                                         "keep_final_checkpoint": True})
+    path = make_recipe(method=method, write=True, loramoe={"dropout": 0.0}, mixture={"loss_balance": balance},
+                       train={"max_steps": 3, "batch_size": 2, "save_every": 2, "keep_final_checkpoint": True})
     accelerate = shutil.which("accelerate", path=os.path.dirname(sys.executable))
     cmd = [accelerate, "launch", "--config_file", str(CONFIGS / f"{config}.yaml"), "--num_processes", "2",
            "--main_process_port", str(_free_port()), "-m", "retain", "train", str(path)]

@@ -59,13 +59,16 @@ def test_grad_accumulation_matches_one_big_batch(make_recipe, tmp_path):
         torch.testing.assert_close(weights[0][n], weights[1][n], atol=2e-5, rtol=1e-4)
 
 
-def test_length_sorted_steps_give_the_same_update(make_recipe, tmp_path):
+@pytest.mark.parametrize("balance", ["token", "example", "type"])
+def test_length_sorted_steps_give_the_same_update(make_recipe, tmp_path, balance):
     """sort_by_length reorders a step's examples before they are cut into forward passes: 4x1 unsorted and
-    2x2 sorted train on the same examples per step, so they end at the same weights."""
+    2x2 sorted train on the same examples per step, so they end at the same weights, under every
+    mixture.loss_balance (its weights come from the whole step's counts)."""
     weights = []
     for i, (bs, acc, srt) in enumerate([(4, 1, False), (2, 2, True), (1, 4, True)]):
-        data = make_recipe(method="lora", train={"max_steps": 3, "batch_size": bs, "grad_accum": acc,
-                                                 "sort_by_length": srt, "output_dir": str(tmp_path / f"s{i}")})
+        data = make_recipe(method="lora", mixture={"loss_balance": balance},
+                           train={"max_steps": 3, "batch_size": bs, "grad_accum": acc,
+                                  "sort_by_length": srt, "output_dir": str(tmp_path / f"s{i}")})
         res = train(recipe_from_dict(data))
         weights.append({n: p.detach().clone() for n, p in res.model.named_parameters() if p.requires_grad})
     for w in weights[1:]:
@@ -73,25 +76,29 @@ def test_length_sorted_steps_give_the_same_update(make_recipe, tmp_path):
             torch.testing.assert_close(weights[0][n], w[n], atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", ["full", "lora", "loramoe"])
-def test_lm_head_on_labelled_positions_only_gives_the_same_update(make_recipe, tmp_path, monkeypatch, method):
+@pytest.mark.parametrize("method,balance", [("full", "token"), ("lora", "token"), ("loramoe", "token"),
+                                            ("full", "example"), ("loramoe", "example"), ("lora", "type"),
+                                            ("loramoe", "type")])
+def test_lm_head_on_labelled_positions_only_gives_the_same_update(make_recipe, tmp_path, monkeypatch, method, balance):
     """Training asks for logits where a label follows only (logits_to_keep, boolean form): the same loss
-    and weights as computing the head everywhere, and the loss really receives the (n, V) logits."""
+    and weights as computing the head everywhere, and the loss really receives the (n, V) logits, under
+    every mixture.loss_balance (the per-example weights follow the (n, V) rows in row-major order)."""
     import retain.training.trainer as trainer_mod
 
     seen, real = [], trainer_mod.token_loss_sum
 
-    def spy(logits, labels):
+    def spy(logits, labels, *weight):
         seen.append(logits.dim())
-        return real(logits, labels)
+        return real(logits, labels, *weight)
 
     monkeypatch.setattr(trainer_mod, "token_loss_sum", spy)
     runs = []
     for on in (True, False):
         monkeypatch.setattr(trainer_mod, "accepts_logits_to_keep", lambda model, on=on: on)
         seen.clear()
-        res = train(recipe_from_dict(make_recipe(method=method, train={"max_steps": 3, "grad_accum": 2,
-                                                                        "output_dir": str(tmp_path / f"h{on}")})))
+        res = train(recipe_from_dict(make_recipe(method=method, mixture={"loss_balance": balance},
+                                                 train={"max_steps": 3, "grad_accum": 2,
+                                                        "output_dir": str(tmp_path / f"h{on}")})))
         assert set(seen) == ({2} if on else {3})
         rows = [json.loads(x) for x in (tmp_path / f"h{on}" / "train_log.jsonl").read_text().splitlines()]
         runs.append(([r["lm_loss"] for r in rows],

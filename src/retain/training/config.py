@@ -68,6 +68,10 @@ class DatasetSpec:
                               "of records >= 1")
 
 
+LOSS_BALANCES = ("token", "example", "type")
+"""Values of ``mixture.loss_balance`` (:class:`retain.training.trainer.LossBalance` computes them)."""
+
+
 @dataclass
 class MixtureConfig:
     """How datasets combine (see retain.data.mixture for the rule and a worked example)."""
@@ -76,6 +80,17 @@ class MixtureConfig:
     """Examples in the mixture; None = the largest size that repeats no example."""
     allow_repeat: bool = False
     """Allow a source to be repeated when its share needs more examples than it has."""
+    loss_balance: Literal["token", "example", "type"] = "token"
+    """How an optimizer step's examples share its loss (docs/training.md, "The loss balance"). 'token': every
+    assistant token of the step weighs the same (the step's summed loss / its tokens), so long examples (a TG
+    dialogue, ~88 tokens) outweigh short ones (an SST-2 answer, ~4). 'example': each example's mean token loss,
+    averaged over the step's examples. 'type': the token mean within each sample type in the step, weighted by
+    the mixture shares of the types (the sum of their datasets' weights), renormalised over the types the step
+    holds: a weight is then the type's share of the gradient. 'type' needs every dataset's type."""
+
+    def __post_init__(self) -> None:
+        if self.loss_balance not in LOSS_BALANCES:
+            raise RetainError(f"mixture.loss_balance={self.loss_balance!r}: expected one of {', '.join(LOSS_BALANCES)}")
 
 
 @dataclass
@@ -128,8 +143,8 @@ class TrainLoopConfig:
     sort_by_length: bool = False
     """Sort each optimizer step's examples by token count, longest first, before they are cut into the
     step's forward passes (grad_accum × processes of batch_size). The step trains on the same examples and
-    the loss is normalised by the step's assistant tokens, so the gradient is the same up to float
-    rounding (dropout masks differ); padding shrinks. Useful only with grad_accum > 1 or several processes:
+    the loss is normalised over the whole step (every mixture.loss_balance), so the gradient is the same up
+    to float rounding (dropout masks differ); padding shrinks. Useful only with grad_accum > 1 or several processes:
     e.g. batch_size 4 × grad_accum 2 sorted instead of batch_size 8. LoRAMoE's LBC, like any per-batch
     loss, is then computed per forward pass."""
     max_length: int = 512
@@ -218,6 +233,13 @@ class Recipe:
             if d.limit is not None and d.limit < 1:
                 raise RetainError(f"datasets[{i}].limit={d.limit}: must be >= 1 (the records to read), or leave "
                                   "it out to read them all")
+        if self.mixture.loss_balance == "type":
+            for i, d in enumerate(self.datasets):
+                if d.type is None:
+                    raise RetainError(
+                        f"datasets[{i}] ({d.path}): missing 'type' (world or task); mixture.loss_balance: type "
+                        "shares the loss by sample type, so every dataset needs one (or use token or example)"
+                    )
         if self.uses_lbc:
             for i, d in enumerate(self.datasets):
                 if d.type is None:

@@ -46,7 +46,8 @@ class TrainResult:
     method: str
     steps: int
     final_loss: float
-    """LM loss (nats per assistant token) of the final step (the same whether or not the run was resumed)."""
+    """LM loss (nats per assistant token, averaged as ``mixture.loss_balance`` says) of the final step (the same
+    whether or not the run was resumed)."""
     wall_time_s: float
     """Training-loop seconds (all sessions of a resumed run; model loading excluded)."""
     tokens_per_s: float
@@ -366,8 +367,8 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
-        CHECKPOINTS, RetainTrainer, RunLogCallback, StepBarCallback, StreamDataset, check_resume,
-        complete_checkpoints, read_log, total_steps,
+        CHECKPOINTS, LossBalance, RetainTrainer, RunLogCallback, StepBarCallback, StreamDataset, check_resume,
+        complete_checkpoints, read_log, total_steps, type_shares,
     )
     from retain.utils.io import (
         _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
@@ -408,6 +409,7 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
         log.info("mixture: %s", ", ".join(f"{n}: {c}" for n, c in mixture.counts.items()))
         log.info("%d examples, global batch %d, %d steps (%.2f epochs), %d process(es) on %s",
                  len(features), g, steps, steps * g / len(features), world, state.device)
+        log.info("loss balance: %s", recipe.mixture.loss_balance)
     if recipe.model.gradient_checkpointing:
         base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     torch.manual_seed(recipe.train.seed)  # adapter init: identical on every rank and every run
@@ -443,10 +445,13 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
                     shutil.rmtree(p, ignore_errors=True)
     state.wait_for_everyone()
 
+    # mixture.shares holds each dataset's normalised weight, in the order of recipe.datasets
+    balance = LossBalance(recipe.mixture.loss_balance,
+                          type_shares([d.type for d in recipe.datasets], list(mixture.shares.values())))
     callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main,
                               save_last=recipe.train.keep_final_checkpoint)
     trainer = RetainTrainer(
-        model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
+        model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe, balance=balance,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g,
                                     sort_window=g if recipe.train.sort_by_length else 0),
         # No processing_class: checkpoints hold weights and optimizer state only (the tokenizer goes to model/).

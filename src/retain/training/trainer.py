@@ -15,7 +15,11 @@ sample types and LBC come from :class:`retain.integrations.trl.LoRAMoETrainer`. 
   and, the loss being normalised per step, the same gradient, with less padding in each forward pass.
 - **The loss**: summed next-token cross-entropy over assistant tokens (:func:`token_loss`) divided by the
   assistant tokens of the whole step (all micro-batches, all ranks: the Trainer's ``num_items_in_batch``),
-  so gradient accumulation and process count do not change what is optimised.
+  so gradient accumulation and process count do not change what is optimised. ``mixture.loss_balance``
+  ``example`` / ``type`` instead weight each example's summed loss by a weight (:class:`LossBalance`) computed
+  from the whole step's counts (examples, tokens per sample type) before its first forward pass, in
+  :meth:`RetainTrainer.get_batch_samples`, where the Trainer counts ``num_items_in_batch``: the step's loss,
+  and so its gradient, still does not depend on how the step is cut into forward passes.
 - **The optimizer and schedule of the recipe**: AdamW with no weight decay on 1-D tensors, linear warmup
   of ``warmup_steps`` (or ``round(warmup_ratio * steps)``) then cosine / linear / constant.
 - **The run folder** (:class:`RunLogCallback`): ``train_log.jsonl`` rows (``step``, ``loss``, ``lm_loss``,
@@ -118,16 +122,100 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, steps: i
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
-def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy (nats) over positions whose label is not -100.
 
     logits (B, T, V), or (n, V) when the model computed them only where a label follows (see
     :func:`labelled_positions`); labels (B, T) → scalar. Only labelled positions are upcast to fp32.
+    ``weight`` (B,): each row's tokens count ``weight[b]`` times (``sum_b weight[b] * sum_t CE[b, t]``).
     """
     target = labels[:, 1:]
     keep = target != IGNORE_INDEX
     picked = (logits if logits.dim() == 2 else logits[:, :-1][keep]).float()  # (n, V)
-    return F.cross_entropy(picked, target[keep], reduction="sum")
+    if weight is None:
+        return F.cross_entropy(picked, target[keep], reduction="sum")
+    per_token = F.cross_entropy(picked, target[keep], reduction="none")  # (n,), row-major like `picked`
+    return (per_token * weight.float()[:, None].expand_as(target)[keep]).sum()
+
+
+def example_tokens(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) long: the labelled next-token positions of each row (its assistant tokens, the loss terms)."""
+    return (labels[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
+class LossBalance:
+    """How one optimizer step's examples share its loss (``mixture.loss_balance``).
+
+    Every balance is a weight per example: the step's loss is ``sum_i w_i * S_i`` over the step's examples
+    (all micro-batches, all ranks), ``S_i`` the summed cross-entropy of example ``i``'s ``n_i`` assistant
+    tokens. With ``E`` the step's examples and ``N_k`` its tokens of sample type ``k``:
+
+    - ``token``: ``w_i = 1 / sum_k N_k``, the mean over the step's tokens (:func:`token_loss`, today's loss);
+    - ``example``: ``w_i = 1 / (E * n_i)``, the mean over examples of each one's mean token loss;
+    - ``type``: ``w_i = q_k / N_k`` for ``i`` of type ``k``, where ``q_k = p_k / sum_{j present} p_j`` and
+      ``p_k`` is type ``k``'s mixture share (``type_shares``: the normalised weights of its datasets, summed).
+      The step's gradient is then ``sum_k q_k * grad(token mean of type k)``: type ``k`` carries share ``q_k``
+      (= ``p_k`` whenever the step holds every type). A step that holds one type is its token mean.
+
+    The weights need only the step's counts (:meth:`counts`, summed over micro-batches and ranks), taken
+    before the first forward pass, so the gradient does not depend on how the step is cut into passes.
+    """
+
+    def __init__(self, mode: str = "token", type_shares: dict[int, float] | None = None):
+        self.mode, self.type_shares = mode, dict(type_shares or {})
+        if mode == "type" and not self.type_shares:
+            raise ValueError("LossBalance('type') needs type_shares: {sample type: mixture share}")
+        self._types = sorted(self.type_shares)  # the order of counts()[1:]
+
+    def counts(self, labels: torch.Tensor, types: torch.Tensor | None) -> torch.Tensor:
+        """(1 + K,) long of one micro-batch: [examples with a loss token, tokens of each type in
+        ``type_shares`` (sorted by type)]. Sum it over the step's micro-batches (and ranks) for :meth:`weights`."""
+        n = example_tokens(labels)
+        out = [(n > 0).sum()]
+        if self.mode == "type":
+            types = self._check_types(types, labels)
+            out += [n[types == k].sum() for k in self._types]
+        return torch.stack(out).long()
+
+    def weights(self, labels: torch.Tensor, types: torch.Tensor | None, totals: torch.Tensor) -> torch.Tensor:
+        """(B,) float32 weight of each row's summed token loss, from the step's ``totals`` (summed :meth:`counts`)."""
+        n = example_tokens(labels).float()  # float32 throughout (MPS has no float64); counts are exact in it
+        totals = totals.to(device=n.device, dtype=torch.float32)
+        if self.mode == "example":
+            w = 1.0 / (totals[0] * n.clamp(min=1))
+        elif self.mode == "type":
+            types = self._check_types(types, labels)
+            present = [i for i, _ in enumerate(self._types) if totals[1 + i] > 0]
+            mass = sum(self.type_shares[self._types[i]] for i in present)
+            w = torch.zeros_like(n)
+            for i in present:
+                k = self._types[i]
+                w[types == k] = self.type_shares[k] / mass / totals[1 + i]
+        else:
+            raise ValueError(f"LossBalance({self.mode!r}).weights: the token balance uses num_items_in_batch")
+        return torch.where(n > 0, w, torch.zeros_like(w))
+
+    def _check_types(self, types: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+        if types is None:
+            raise ValueError("LossBalance('type'): the batch has no sample_type")
+        types = types.to(labels.device)
+        unknown = set(types.tolist()) - set(self._types)
+        if unknown:  # the recipe gives every dataset a type (Recipe.__post_init__), so this is a bug
+            raise ValueError(f"LossBalance('type'): sample types {sorted(unknown)} have no mixture share")
+        return types
+
+
+def type_shares(types: list, shares: list[float]) -> dict[int, float]:
+    """{sample type: mixture share} from each dataset's type and normalised weight (two datasets of one type
+    add up); datasets without a type are left out."""
+    from retain.data.types import as_sample_type
+
+    out: dict[int, float] = {}
+    for t, p in zip(types, shares):
+        if t is not None:
+            k = as_sample_type(t)
+            out[k] = out.get(k, 0.0) + float(p)
+    return out
 
 
 def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
@@ -143,12 +231,16 @@ def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+def token_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: torch.Tensor | int | None = None,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
     """The Trainer's ``compute_loss_func``: :func:`token_loss_sum` / assistant tokens of the whole step.
 
     ``num_items_in_batch`` is that count over every micro-batch and rank (the Trainer multiplies the
-    result by the process count, which DDP's gradient average divides out again).
+    result by the process count, which DDP's gradient average divides out again). ``weight`` (B,): the
+    per-row weights of :class:`LossBalance` (already normalised over the step), used instead of that count.
     """
+    if weight is not None:
+        return token_loss_sum(outputs.logits, labels, weight)
     total = token_loss_sum(outputs.logits, labels)
     n = num_items_in_batch if num_items_in_batch is not None else (labels[:, 1:] != IGNORE_INDEX).sum()
     return total / n
@@ -166,9 +258,11 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
 class RetainTrainer(LoRAMoETrainer):
     """:class:`~retain.integrations.trl.LoRAMoETrainer` with the recipe's optimizer, schedule and data order."""
 
-    def __init__(self, *args, recipe: Recipe, **kwargs):
+    def __init__(self, *args, recipe: Recipe, balance: LossBalance | None = None, **kwargs):
         self.recipe = recipe
-        super().__init__(*args, compute_loss_func=token_loss, **kwargs)
+        self.balance = balance or LossBalance(recipe.mixture.loss_balance)
+        self._row_weight: torch.Tensor | None = None  # the micro-batch's LossBalance weights, during compute_loss
+        super().__init__(*args, compute_loss_func=self._lm_loss, **kwargs)
         self._loss_shifts_labels = True  # token_loss predicts labels[:, 1:]: count those for num_items_in_batch
         self.anchor = None
         self._kl = None  # running sum of the logged KL since the last log row
@@ -178,12 +272,38 @@ class RetainTrainer(LoRAMoETrainer):
 
             self.anchor = KLAnchor(self.accelerator.unwrap_model(self.model), recipe.method, recipe.train.kl_anchor)
 
+    def _lm_loss(self, outputs, labels, num_items_in_batch=None):
+        return token_loss(outputs, labels, num_items_in_batch, weight=self._row_weight)
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The step's micro-batches and ``num_items_in_batch`` (the parent's), plus, for an ``example`` /
+        ``type`` balance, each micro-batch's ``loss_weight`` (B,) from the counts of the whole step, summed
+        over its micro-batches and every rank (:class:`LossBalance`)."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if self.balance.mode != "token" and batches:
+            totals = sum(self.balance.counts(b["labels"], b.get("sample_type")).to(device) for b in batches)
+            if self.args.world_size > 1:
+                totals = self.accelerator.reduce(totals, reduction="sum")
+            for b in batches:
+                b["loss_weight"] = self.balance.weights(b["labels"], b.get("sample_type"), totals)
+        return batches, num_items
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """LM loss (+ LBC, from the parent) + λ · KL(base ‖ model) on the labelled tokens when anchored.
 
         Without the anchor, training asks the model for logits at labelled positions only
-        (:func:`labelled_positions`): the same loss and gradient, less LM-head work.
+        (:func:`labelled_positions`): the same loss and gradient, less LM-head work. The LM loss follows
+        ``mixture.loss_balance`` (the batch's ``loss_weight``); the LBC and the KL anchor keep their scaling:
+        the LBC is the mean over the step's forward passes, the KL a mean over the step's tokens.
         """
+        weight = inputs.pop("loss_weight", None)
+        self._row_weight = weight if model.training else None
+        try:
+            return self._compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self._row_weight = None
+
+    def _compute_loss(self, model, inputs, return_outputs, num_items_in_batch):
         if self.anchor is None and model.training and self.head_on_labels_only:
             inputs = {**inputs, "logits_to_keep": labelled_positions(inputs["labels"])}
         if self.anchor is None or not model.training:
