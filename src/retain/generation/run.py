@@ -2,8 +2,9 @@
 
 - Every check that can fail on user input runs before the run directory is touched: config values
   (in ``DecompressConfig.__post_init__``), a run directory made with another config (its
-  ``config.json`` fingerprint hash differs), the model path, the embedder, the backend (an unreachable
-  server raises while the backend is built / first called, before any node is written).
+  ``config.json`` fingerprint hash differs), the backend (its model loads through ``load_model``, which
+  checks any folder `retain train` writes; an unreachable server raises while the backend is built or
+  first called, before any node is written), then the embedder.
 - Layout of a run directory::
 
       config.json      the full config + fingerprint hash (written once, atomically)
@@ -54,13 +55,10 @@ def decompress(cfg: DecompressConfig, backend: Backend | None = None) -> Path:
     if previous.get("status") == "complete":
         _finish(run_dir, cfg, previous)
         return run_dir
-    bcfg = _backend_config(cfg)
-    if backend is None and bcfg.kind == "hf" and not os.environ.get(BACKEND_FACTORY_ENV):
-        from retain.assets import resolve_model
-
-        resolve_model(cfg.model)  # a missing local folder fails here, before anything is written
+    # The backend first: its model loads through the one loader (retain.models.load_model), which checks any
+    # folder `retain train` writes (LoRA and LoRAMoE folders have no config.json) before anything is written.
+    backend = backend or _make_backend(_backend_config(cfg))
     index = _question_index(cfg)
-    backend = backend or _make_backend(bcfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):
         if not (run_dir / CONFIG).exists():
