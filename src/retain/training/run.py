@@ -266,6 +266,9 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
     state.wait_for_everyone()
 
     callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main)
+    # The Trainer sets config.use_cache = TrainingArguments.use_cache (False) on the model it trains; the saved
+    # folder (and the model returned) keep what the base had, so decoding elsewhere uses the KV cache.
+    base_use_cache = getattr(getattr(trainee, "config", None), "use_cache", None)
     trainer = RetainTrainer(
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g,
@@ -290,6 +293,8 @@ def train(recipe: Recipe, resume: bool = False, model: Any = None, tokenizer: An
         if is_no_space(e) or (isinstance(e, RuntimeError) and _disk_full(out)):
             raise no_space(out / CHECKPOINTS) from None
         raise
+    if base_use_cache is not None:
+        trainee.config.use_cache = base_use_cache
 
     rows = read_log(log_path) if is_main else []
     last = callback.rows or rows
