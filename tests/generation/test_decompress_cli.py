@@ -10,7 +10,7 @@ import pytest
 from retain.cli import main
 
 HERE = Path(__file__).resolve().parent
-SMALL = ["--levels", "[[2,16],[2,16]]", "--topics", '["a","b"]', "--dedup_threshold", "1.0"]
+SMALL = ["--levels", "[[2,64],[2,64]]", "--topics", '["a","b"]', "--dedup_threshold", "1.0"]
 
 
 @pytest.fixture

@@ -92,6 +92,10 @@ class DecompressConfig:
     """Base seed; every backend call derives its own seed from it."""
     max_repeat_ratio: float = 0.5
     """Repetition filter: drop an answer whose fraction of repeated word 4-grams exceeds this (0 < x <= 1)."""
+    cut_answers: Literal["trim", "drop", "keep"] = "trim"
+    """An answer cut by the token limit L_i (finish_reason 'length'): trim = back to its last complete
+    sentence or line (dropped as cut_by_limit when nothing complete is left), drop = drop it, keep = keep it
+    as cut. Either way the node records cut_at_limit and manifest.json counts it (truncated, trimmed)."""
     chunk_size: int = 512
     """Conversations per backend call. Each chunk is journaled when it returns, so a kill loses at most one chunk."""
     progress: bool = True
@@ -114,6 +118,8 @@ class DecompressConfig:
             raise RetainError(f"--dedup_index {self.dedup_index}: unknown; choose auto, exact or approx")
         if self.dedup_approx_above < 0:
             raise RetainError(f"--dedup_approx_above {self.dedup_approx_above}: must be >= 0")
+        if self.cut_answers not in ("trim", "drop", "keep"):
+            raise RetainError(f"--cut_answers {self.cut_answers}: unknown; choose trim, drop or keep")
         if not self.topics:
             raise RetainError("--topics: empty; give at least one topic")
         checks = [("oversample", self.oversample >= 0), ("max_list_size", self.max_list_size >= 1),
@@ -140,6 +146,8 @@ class DecompressConfig:
         d["levels"] = [list(x) for x in self.resolved_levels()]
         if d["dedup_index"] == "auto" and d["dedup_approx_above"] == 200_000:
             del d["dedup_index"], d["dedup_approx_above"]  # the defaults: run dirs written before them still resume
+        if d["cut_answers"] == "keep":
+            del d["cut_answers"]  # what runs did before the option: their dirs resume with --cut_answers keep
         return d
 
     def fingerprint_hash(self) -> str:

@@ -197,6 +197,7 @@ def level_counts(run_dir: Path, cfg: DecompressConfig) -> list[dict]:
             "unfilled": sum(r["unfilled"] for r in recs), "answered": len(ns),
             "kept": sum(1 for x in ns if not x["dropped"]),
             "truncated": sum(1 for x in ns if x.get("finish_reason") == "length"),
+            "trimmed": sum(1 for x in ns if "untrimmed" in x and not x["dropped"]),
             "drops": dict(sorted(drops.items())),
             "prompt_tokens": sum(r["prompt_tokens"] for r in recs) + sum(x["prompt_tokens"] for x in ns),
             "completion_tokens": sum(r["completion_tokens"] for r in recs) + sum(x["completion_tokens"] for x in ns),
@@ -230,7 +231,7 @@ def print_summary(run_dir: Path, manifest: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"TG self-decompression: {manifest['model']} -> {run_dir}")
-    for col in ("level", "N", "L", "target", "asked", "dup ex/sem", "no list", "answered", "dropped", "kept",
+    for col in ("level", "N", "L", "target", "asked", "dup ex/sem", "no list", "answered", "cut", "dropped", "kept",
                 "tok out", "sec"):
         t.add_column(col, justify="right")
     timings = manifest.get("timings", {})
@@ -239,7 +240,8 @@ def print_summary(run_dir: Path, manifest: dict) -> None:
         secs = sum(v for k, v in timings.items() if k.startswith(f"{d}:"))
         t.add_row(str(d), str(lv["N"]), str(lv["L"]), str(lv["configured"]), str(lv["candidates"]),
                   f"{dr.get('duplicate_exact', 0)}/{dr.get('duplicate_semantic', 0)}", str(dr.get("parse_failed", 0)),
-                  str(lv["answered"]), str(lv["answered"] - lv["kept"]), str(lv["kept"]), str(lv["completion_tokens"]),
+                  str(lv["answered"]), str(lv.get("truncated", 0)), str(lv["answered"] - lv["kept"]), str(lv["kept"]),
+                  str(lv["completion_tokens"]),
                   f"{secs:.1f}")
     c = console.stdout_console()
     c.print(t)
