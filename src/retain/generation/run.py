@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import importlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -40,6 +41,7 @@ from retain.utils import console
 from retain.utils.io import read_json, write_json_atomic
 
 CONFIG, MANIFEST, LOCK = "config.json", "manifest.json", ".lock"
+log = logging.getLogger(__name__)
 BACKEND_FACTORY_ENV = "RETAIN_BACKEND_FACTORY"
 
 
@@ -59,6 +61,11 @@ def decompress(cfg: DecompressConfig, backend: Backend | None = None) -> Path:
     # folder `retain train` writes (LoRA and LoRAMoE folders have no config.json) before anything is written.
     backend = backend or _make_backend(_backend_config(cfg))
     index = _question_index(cfg)
+    if cfg.progress:  # after the checks, so a bad input stays one line (a tree over LARGE_TREE_NODES needs --yes)
+        plan = cfg.plan()
+        log.info("plan: %s = %s nodes, %s requests, up to %s generated tokens (before dedup and filter drops)%s",
+                 " + ".join(f"{n:,}" for n in plan["nodes_per_level"]), f"{plan['nodes']:,}", f"{plan['requests']:,}",
+                 f"{plan['max_new_tokens']:,}", "; resuming" if previous else "")
     run_dir.mkdir(parents=True, exist_ok=True)
     with _locked(run_dir):
         if not (run_dir / CONFIG).exists():

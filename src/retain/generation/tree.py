@@ -43,7 +43,6 @@ from retain.generation.prompts import parse_questions
 from retain.utils.io import append_text, iter_jsonl
 
 QUESTIONS, NODES = "questions.jsonl", "nodes.jsonl"
-MIN_LIST = 3
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +264,8 @@ class TreeGrower:
         """Conversations asking for ``want`` candidates for parent ``pid``, split so none asks > max_list_size."""
         if pid is None:
             topics = self.cfg.topics
-            # Spread the root questions over the topics, but ask for lists of >= MIN_LIST questions:
-            # models asked for "1 question" tend to ramble, and one list per topic gives more variety.
-            n_req = max(math.ceil(want / self.cfg.max_list_size), min(len(topics), math.ceil(want / MIN_LIST)))
+            # Spread the root questions over the topics (one list per topic gives more variety).
+            n_req = self.cfg.root_requests(want)
             sizes = [want // n_req + (1 if r < want % n_req else 0) for r in range(n_req)]
             return [(self._system() + [{"role": "user", "content": self.cfg.prompts.root_message(n, topics[r % len(topics)])}], n)
                     for r, n in enumerate(sizes)]
