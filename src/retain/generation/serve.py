@@ -300,6 +300,10 @@ def create_app(
     app.add_middleware(_GateAndLog, gate=gate)
     context = getattr(backend, "context_length", None)
     count_tokens = getattr(backend, "count_tokens", None)
+    if context and count_tokens is not None:
+        # Make the counting tokenizer's private copy now, before the model thread uses the tokenizer: copying
+        # it later, from another thread, could meet the model thread inside the same Rust tokenizer.
+        count_tokens([{"role": "user", "content": "x"}])
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
