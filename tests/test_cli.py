@@ -150,6 +150,8 @@ BAD = {
         ["{d}/run", "--no_such_option", "1"],
         ["{d}/run", "--temperature", "hot"],
         ["{d}/run", "--backend.kind", "nope"],
+        ["{d}/run", "--levels", "[[100000,4096],[1000,4096]]"],  # an enormous tree without --yes
+        ["{d}/run", "--cut_answers", "sometimes"],
     ],
     "export": [["{d}/folder"], ["{d}/folder", "--format", "docx"]],
     "serve": [["--model", "{d}/pickle_model", "--port", "{port}"], ["--model", "/no/such/model", "--port", "{port}"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from retain.demo import DemoConfig, run_demo
 from retain.errors import RetainError
@@ -49,3 +50,44 @@ def test_mllm_demo_refuses_a_text_only_method(tmp_path):
     with pytest.raises(RetainError, match="not a stage-2 method"):
         run_demo(DemoConfig(scenario="mllm", out=str(tmp_path / "d"), profile="smoke", methods=["full_kl"]))
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_stage1_is_the_same_whether_tg_is_generated_or_reused(tmp_path, tiny_llama_path, tg_corpus, monkeypatch):
+    """Issue 22 item 15: stage 1 uses no TG data, so generating the TG corpus first (the base LLM sampling
+    with the hf backend, the embedder, the tree) or reusing one (--tg_corpus) must leave it bit for bit the same:
+    the same projector weights and the same VQA answers."""
+    import re
+
+    from safetensors.torch import load_file
+
+    from retain.generation.backends import hf_backend
+
+    class Listing(hf_backend.HFBackend):
+        """The real backend (every side effect of sampling happens), with the random model's replies made
+        into question lists and whole answers, so the tree grows."""
+
+        def chat(self, conversations, params):
+            out = super().chat(conversations, params)
+            for conv, c in zip(conversations, out):
+                m = re.search(r"numbered list of (\d+)", conv[-1]["content"])
+                c.text = ("\n".join(f"{i}. What is thing {i} of {len(conv)} {c.text[:12]!r}?" for i in range(1, 1 + int(m[1])))
+                          if m else "It is a thing.")
+                c.finish_reason = "stop"
+            return out
+
+    monkeypatch.setattr(hf_backend, "HFBackend", Listing)
+    runs = {}
+    for name, corpus in (("generated", None), ("reused", str(tg_corpus))):
+        out = tmp_path / name
+        cfg = DemoConfig(scenario="mllm", out=str(out), profile="smoke", model=tiny_llama_path, tg_corpus=corpus,
+                         device="cpu", methods=["loramoe_tg"])
+        assert run_demo(cfg) == 0
+        runs[name] = out
+    assert (runs["generated"] / "tg" / "sft.jsonl").stat().st_size > 0 and not (runs["reused"] / "tg").exists()
+    a, b = (load_file(str(runs[n] / "stage1" / "model" / "model.safetensors")) for n in ("generated", "reused"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ra, rb = (json.loads((runs[n] / "stage1" / "demo_result.json").read_text()) for n in ("generated", "reused"))
+    assert list(ra["counts"].values()) == list(rb["counts"].values())  # keyed by the run's own data path
+    where = ("seconds", "timings", "train_seconds", "counts", "output_dir", "model_dir")  # clocks and paths
+    assert {k: v for k, v in ra.items() if k not in where} == {k: v for k, v in rb.items() if k not in where}

@@ -344,7 +344,10 @@ def make_tg_corpus(cfg: DemoConfig, prof: DemoProfile, out: Path, model, tok) ->
     from retain.generation.config import DecompressConfig
     from retain.generation.run import decompress
 
-    dcfg = DecompressConfig(run_dir=str(out / "tg"), model=cfg.model, levels=prof.tg_levels, seed=cfg.seed)
+    # cut_answers="keep": the README's measured tables were made with answers cut by the token limit kept as
+    # they were (retain decompress now trims them by default); switching the demo needs a re-run of both.
+    dcfg = DecompressConfig(run_dir=str(out / "tg"), model=cfg.model, levels=prof.tg_levels, seed=cfg.seed,
+                            cut_answers="keep")
     backend = HFBackend(dcfg.backend, model=model, tokenizer=tok, name=cfg.model)
     run_dir = decompress(dcfg, backend=backend)
     path = run_dir / "sft.jsonl"

@@ -99,6 +99,28 @@ def test_gives_up_with_one_line_after_max_retries():
     assert "\n" not in str(e.value)
 
 
+def test_each_retry_logs_its_cause(caplog):
+    """Issue 22: the client's own retries logged only 'Retrying request in 0.45 seconds'."""
+    app = create_app(SlowEcho(), model_name="echo")
+    flaky(app, [503])
+    with serve_in_thread(app) as url, caplog.at_level("WARNING", logger="retain"):
+        out = make_backend(cfg(url, max_retries=2)).chat(convs(1), SamplingParams())
+    assert [c.text for c in out] == ["c0 seed=0"]
+    lines = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
+    assert len(lines) == 1 and "HTTP 503" in lines[0] and "retry 1 of 2" in lines[0] and "/chat/completions" in lines[0]
+
+
+def test_a_server_that_does_not_answer_is_named_as_such(caplog):
+    """A timeout is retried with its cause in the log, and the last error line says what happened."""
+    app = create_app(SlowEcho(delay_s=1.5), model_name="echo", max_wait_ms=0)
+    with serve_in_thread(app) as url, caplog.at_level("WARNING", logger="retain"):
+        backend = make_backend(cfg(url, max_retries=1, timeout_s=0.4))
+        with pytest.raises(RetainError, match=r"no answer within 0.4 s .*2 attempt") as e:
+            backend.chat(convs(1), SamplingParams())
+    assert "\n" not in str(e.value)
+    assert any("no answer within 0.4 s" in r.getMessage() and "retry 1 of 1" in r.getMessage() for r in caplog.records)
+
+
 def test_bounded_concurrency_order_and_per_conversation_seeds():
     echo = SlowEcho(delay_s=0.1)
     # batch_size=1: every request is its own backend call, so overlapping calls = requests in flight.

@@ -10,7 +10,7 @@ import pytest
 from retain.cli import main
 
 HERE = Path(__file__).resolve().parent
-SMALL = ["--levels", "[[2,16],[2,16]]", "--topics", '["a","b"]', "--dedup_threshold", "1.0"]
+SMALL = ["--levels", "[[2,64],[2,64]]", "--topics", '["a","b"]', "--dedup_threshold", "1.0"]
 
 
 @pytest.fixture
@@ -29,6 +29,8 @@ def _snapshot(d: Path) -> dict[str, bytes]:
     (["--levels", "[[2,0]]"], "--levels: level 1 has N=2, L=0; both must be >= 1"),
     (["--levels", "[[2,16,4]]"], "--levels: level 1 is [2, 16, 4]"),
     (["--model", "/no/such/model/folder"], "--model /no/such/model/folder: no such folder"),
+    (["--levels", "[[100000,4096],[1000,4096]]"], "--levels [[100000, 4096], [1000, 4096]]: plans 100,100,000 nodes, "
+     "118,918,750 requests and up to 417,216,800,000 generated tokens (over 20,000 nodes); pass --yes to start it"),
     (["--levels", "[[1,8]]", "--dedup_threshold", "1.0", "--backend.kind", "openai",
       "--backend.base_url", "http://127.0.0.1:9/v1", "--backend.max_retries", "0", "--backend.timeout_s", "3"],
      "http://127.0.0.1:9/v1"),
@@ -84,3 +86,19 @@ def test_full_disk_is_one_line_journal_intact_and_rerun_completes(tmp_path, caps
     small_disk.grow(disk, "4m")
     assert main(["decompress", str(run_dir), *big]) == 0
     assert (run_dir / "sft.jsonl").read_text() == (ref / "sft.jsonl").read_text()
+
+
+def test_the_plan_is_printed_before_the_run_and_yes_starts_a_large_tree(tmp_path, capsys, fake_env, monkeypatch):
+    """Issue 22 item 10: a 100M-node tree started without a word."""
+    # level 1: 1 list of 3 questions (48 tokens each) + 2 answers of 64; level 2: 2 lists of 3 + 4 answers
+    assert main(["decompress", str(tmp_path / "run"), *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert "plan: 2 + 4 = 6 nodes, 9 requests, up to 816 generated tokens (before dedup and filter drops)" in err
+    import retain.generation.run as run
+
+    started = []
+    monkeypatch.setattr(run, "decompress", lambda cfg: started.append(cfg))
+    assert main(["decompress", str(tmp_path / "big"), "--levels", "[[200,64],[101,64]]", "--yes"]) == 0
+    assert started[0].plan()["nodes"] == 200 + 200 * 101 and started[0].yes
+    assert main(["decompress", str(tmp_path / "big"), "--levels", "[[200,64],[101,64]]"]) == 2
+    assert "pass --yes" in capsys.readouterr().err and len(started) == 1

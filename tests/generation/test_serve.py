@@ -8,7 +8,9 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -18,6 +20,8 @@ from fastapi.testclient import TestClient
 from retain.errors import RetainError
 from retain.generation.backends import BackendConfig, Completion, SamplingParams, make_backend
 from retain.generation.serve import create_app
+
+from .test_backends_openai import serve_in_thread
 
 
 class EchoBackend:
@@ -320,3 +324,87 @@ def test_serve_config_composes_the_backend_and_checks_itself(capsys):
     assert capsys.readouterr().err.splitlines() == [
         "warning: --batch_size is deprecated; write --backend.batch_size (same meaning)",
         "warning: --device is deprecated; write --backend.device (same meaning)"]
+
+
+# -- clients that give up, and concurrent shared-prefix requests on loopback (issue 22's hang) ----------
+
+class GatedEcho(EchoBackend):
+    """EchoBackend whose first call blocks until ``release`` is set: the model thread is busy while more
+    requests queue behind it. ``seen`` lists every conversation's last turn that reached the model."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.seen = threading.Event(), []
+
+    def chat(self, conversations, params):
+        first = not self.calls
+        self.seen.extend(c[-1]["content"] for c in conversations)
+        if first:
+            self.release.wait(30)
+        return super().chat(conversations, params)
+
+
+def wait_for(condition, what: str, limit_s: float = 15.0) -> None:
+    deadline = time.time() + limit_s
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"waited {limit_s} s for {what}")
+        time.sleep(0.05)
+
+
+def test_requests_whose_client_gave_up_are_not_generated(caplog):
+    """The client's timeout-and-retry used to leave the abandoned copy queued: it was generated anyway, so
+    a server slower than the client's timeout got more work with every retry and never caught up."""
+    backend = GatedEcho()
+    app = create_app(backend, model_name="echo", batch_size=8, max_wait_ms=0)
+    post = lambda text, timeout: httpx.post(url + "/chat/completions", json={"messages": user(text)}, timeout=timeout)
+    gone = lambda: sum(" 499 " in r.getMessage() for r in caplog.records)
+    with serve_in_thread(app) as url, caplog.at_level("INFO", logger="retain"), ThreadPoolExecutor(1) as pool:
+        first = pool.submit(post, "first", 30)
+        wait_for(lambda: backend.seen == ["first"], "the first request to reach the model")
+        for i in range(3):
+            with pytest.raises(httpx.ReadTimeout):
+                post(f"abandoned {i}", 0.3)
+        wait_for(lambda: gone() == 3, "the server to notice the 3 closed requests")
+        backend.release.set()
+        assert first.result().status_code == 200
+        assert post("last", 30).status_code == 200
+    assert backend.seen == ["first", "last"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "retain.generation.serve"]
+    assert any(line.startswith("POST /v1/chat/completions 200 ") and " tokens " in line and line.endswith(" ms")
+               for line in lines), lines
+
+
+def test_concurrent_shared_prefix_requests_all_answer_and_match_in_process(tiny_llama_path):
+    """Stress, bounded: rounds of 12 concurrent requests (4 parents x 3 children, so prefixes are shared
+    within and across requests and the LRU evicts), plus 2 clients per round that give up at once; every
+    kept answer equals the in-process unshared backend's, and the server still answers afterwards."""
+    served = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, batch_size=4, prefix_cache_tokens=600,
+                                        progress=False))
+    plain = make_backend(BackendConfig(kind="hf", model=tiny_llama_path, progress=False, prefix_sharing=False))
+    params = SamplingParams(max_new_tokens=4, temperature=0.0)
+
+    def conversation(r: int, k: int) -> list[dict[str, str]]:
+        parent = [{"role": "user", "content": f"Round {r}: tell me about topic {k // 3}."},
+                  {"role": "assistant", "content": f"Topic {k // 3} is wide. " * (4 + 3 * (k // 3))}]
+        return parent + user("Why? " * (1 + k % 3))
+
+    app = create_app(served, model_name="tiny", batch_size=4, max_wait_ms=5)
+    with serve_in_thread(app) as url, ThreadPoolExecutor(14) as pool:
+        def ask(conv, timeout):
+            try:
+                r = httpx.post(url + "/chat/completions", json={"messages": conv, "temperature": 0, "max_tokens": 4},
+                               timeout=timeout)
+            except httpx.TimeoutException:
+                return None
+            return r.json()["choices"][0]["message"]["content"]
+
+        for r in range(4):
+            convs = [conversation(r, k) for k in range(12)]
+            quitters = [pool.submit(ask, conversation(r + 100, k), 0.01) for k in (0, 5)]
+            got = list(pool.map(lambda c: ask(c, 60), convs))
+            assert got == [c.text for c in plain.chat(convs, params)], f"round {r}"
+            [q.result() for q in quitters]
+        assert ask(user("still there?"), 60) is not None
+        health = httpx.get(url.removesuffix("/v1") + "/health").json()
+    assert health["prefix_cache"]["hits"] > 0 and health["prefix_cache"]["tokens"] <= 600

@@ -189,3 +189,78 @@ def test_different_config_is_refused(small_cfg, fake_backend):
         decompress(small_cfg(temperature=0.1), fake_backend)
     # Settings that do not change what is generated may differ on resume.
     decompress(small_cfg(chunk_size=1), fake_backend)
+
+
+# -- small trees that fall apart (issue 22 item 9) -----------------------------------------------------
+
+def test_list_parsing_leftovers_are_cleaned_off_questions():
+    text = ("Science: 1. What is science?\n**Biology:** 2) How do cells divide?\n"
+            "Here are 3 questions: 3. Why is the sky blue?\n4. 4. What is a star made of?\n"
+            "Question: What is gravity exactly?\nQ6: Follow-up question: How do tides form?\n"
+            "7. Photosynthesis: how does it work?")
+    assert parse_questions(text) == [
+        "What is science?", "How do cells divide?", "Why is the sky blue?", "What is a star made of?",
+        "What is gravity exactly?", "How do tides form?", "Photosynthesis: how does it work?"]
+
+
+class CutAnswers:
+    """Three root questions; their answers: one cut after a full sentence, one cut mid-sentence only, one whole."""
+
+    name = "cut"
+    ANSWERS = {"What is lava made of?": ("Lava is molten rock. It's a", "length"),
+               "Why do volcanoes erupt so often?": ("It's a", "length"),
+               "Where are most volcanoes found?": ("Along plate edges, mostly.", "stop")}
+
+    def chat(self, convs, params):
+        if "numbered list" in convs[0][-1]["content"]:
+            return [Completion("\n".join(f"{i}. {q}" for i, q in enumerate(self.ANSWERS, 1)))]
+        return [Completion(text=a, finish_reason=f) for a, f in (self.ANSWERS[c[-1]["content"]] for c in convs)]
+
+
+@pytest.mark.parametrize("policy", ["trim", "drop", "keep"])
+def test_answers_cut_by_the_limit_are_trimmed_dropped_or_kept_and_counted(tmp_path, policy):
+    cfg = DecompressConfig(run_dir=str(tmp_path / policy), levels=[(3, 8)], dedup_threshold=1.0, progress=False,
+                           topics=["volcanoes"], cut_answers=policy)
+    run_dir = decompress(cfg, CutAnswers())
+    nodes = {n["question"]: n for n in _nodes(run_dir)}
+    cut1, cut2, whole = (nodes[q] for q in CutAnswers.ANSWERS)
+    assert cut1["cut_at_limit"] and cut2["cut_at_limit"] and "cut_at_limit" not in whole
+    level = read_json(run_dir / "manifest.json")["levels"][0]
+    assert level["truncated"] == 2
+    answers = [row["messages"][1]["content"] for row in read_jsonl(run_dir / "sft.jsonl")]
+    if policy == "trim":
+        assert cut1["answer"] == "Lava is molten rock." and cut1["untrimmed"] == "Lava is molten rock. It's a"
+        assert cut1["dropped"] == [] and cut2["dropped"] == ["cut_by_limit"]
+        assert level["trimmed"] == 1 and level["drops"] == {"cut_by_limit": 1} and level["kept"] == 2
+        assert sorted(answers) == ["Along plate edges, mostly.", "Lava is molten rock."]
+    elif policy == "drop":
+        assert level["drops"] == {"cut_by_limit": 2} and answers == ["Along plate edges, mostly."]
+    else:
+        assert level["drops"] == {} and "Lava is molten rock. It's a" in answers
+
+
+def test_a_level_keeping_under_half_of_what_it_asked_for_warns_with_the_reasons(tmp_path, caplog):
+    """[[3,32],[2,32]] gave 2 dialogues without a word: the follow-up lists repeated the parent's question."""
+
+    class Parrot:
+        name = "parrot"
+
+        def chat(self, convs, params):
+            out = []
+            for c in convs:
+                if len(c) == 1 and "numbered list" in c[0]["content"]:
+                    out.append(Completion("1. What is lava made of?\n2. Why do volcanoes erupt?\n3. Where is Etna?"))
+                elif c[-1]["content"].startswith("Write a numbered list"):
+                    out.append(Completion(f"1. {c[-3]['content']}\n2. {c[-3]['content']}"))  # the parent's question
+                else:
+                    out.append(Completion("An answer with enough words to pass the filters."))
+            return out
+
+    cfg = DecompressConfig(run_dir=str(tmp_path / "p"), levels=[(3, 32), (2, 32)], dedup_threshold=1.0,
+                           progress=False, topics=["volcanoes"])
+    with caplog.at_level("WARNING", logger="retain"):
+        decompress(cfg, Parrot())
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(lines) == 1, lines  # level 1 kept 3 of 3: no warning
+    assert lines[0].startswith("level 2 kept 0 of the 6 nodes asked for (6 duplicate_exact")
+    assert "6 of the duplicates repeat their parent's question" in lines[0] and "--oversample" in lines[0]

@@ -200,3 +200,50 @@ def test_a_bfloat16_mllm_takes_the_processors_float32_pixels(tiny_mllm):
     assert out.dtype == torch.bfloat16 and torch.isfinite(out.float()).all()
     res = score_vqa(m, processor, recs, easy_vqa.image_folder(), easy_vqa.answers())
     assert len(res) == 2 and all(r["gold"] == easy_vqa.answers().index(rec["answer"]) for r, rec in zip(res, recs))
+
+
+@pytest.fixture(scope="module")
+def mllm_adapter_folders(tiny_mllm, tmp_path_factory):
+    """{method: folder}: a LoRA and a LoRAMoE fine-tune of the tiny MLLM's language model, saved as `retain train`
+    saves them (an adapter folder on top of the saved MLLM), adapter weights randomised so they matter."""
+    import copy
+
+    from retain.adapters.config import LoRAConfig, LoRAMoEConfig
+    from retain.adapters.methods import save_finetuned
+    from retain.multimodal.methods import prepare_mllm
+
+    model, processor = tiny_mllm
+    root = tmp_path_factory.mktemp("mllm_adapters")
+    base = mm.save_mllm(model, processor, root / "base")
+    out = {}
+    for method in ("lora", "loramoe"):
+        torch.manual_seed(0)
+        trainee = prepare_mllm(copy.deepcopy(model), method, lora=LoRAConfig(r=2),
+                               loramoe=LoRAMoEConfig(num_experts=2, rank=2))
+        with torch.no_grad():
+            for p in trainee.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn_like(p) * 0.3)
+        save_finetuned(trainee, root / method, base_model=str(base), tokenizer=processor.tokenizer)
+        out[method] = root / method
+    return out
+
+
+@pytest.mark.parametrize("method", ["lora", "loramoe"])
+def test_language_model_export_of_an_adapter_mllm_folder(mllm_adapter_folders, tmp_path, method):
+    """Issue 22 item 14: a LoRA-tuned MLLM (a PEFT wrapper) raised AttributeError ('language_model'), so it could
+    not decompress its own language. LoRA is merged; LoRAMoE (a router cannot merge) is written as a LoRAMoE
+    folder over the plain language model; either loads through load_model with the tuned text logits."""
+    from retain.models import load_model
+
+    model, processor = load_model(str(mllm_adapter_folders[method]), device="cpu")
+    folder = mm.save_language_model(model, processor, tmp_path / "lm")
+    lm, tok = load_model(str(folder), device="cpu")
+    assert not mm.is_mllm_folder(folder)
+    ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
+    base, _ = load_model(str(mllm_adapter_folders[method].parent / "base"), device="cpu")
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        assert torch.allclose(lm(input_ids=ids).logits, want, atol=1e-5)
+        assert not torch.allclose(base(input_ids=ids).logits, want, atol=1e-3)  # the adapter mattered
+    assert model(input_ids=ids).logits.shape == want.shape  # the caller's model is left as it was

@@ -169,3 +169,18 @@ def test_plain_text_trains_mixed_with_chat_and_its_loss_covers_every_token(make_
     tok = AutoTokenizer.from_pretrained(make_recipe()["model"]["name"])
     per_doc = len(tok("Fact 0: the sky is blue and grass is green.", add_special_tokens=True)["input_ids"]) + 1
     assert row["tokens"] >= 8 * (per_doc - 1)  # every token but the first of each document has a label
+
+
+@pytest.mark.parametrize("base_use_cache", [True, False])
+def test_a_full_fine_tune_keeps_the_bases_use_cache(make_recipe, tiny_llama_path, tmp_path, base_use_cache):
+    """The Trainer sets config.use_cache = False on the model it trains; the folder used to keep it, so a
+    user loading it elsewhere decoded without the KV cache (issue 22 item 8)."""
+    import shutil
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_llama_path, base)
+    cfg = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**cfg, "use_cache": base_use_cache}))
+    res = train(recipe_from_dict(make_recipe(method="full", model={"name": str(base)}, train={"max_steps": 1})))
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["use_cache"] is base_use_cache and res.model.config.use_cache is base_use_cache

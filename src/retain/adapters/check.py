@@ -100,6 +100,9 @@ def recorded_base(folder: Path, key: str, base_model: str | None = None) -> str:
     base = read_json(folder / ADAPTER_CONFIG).get(key)
     if not base:
         raise RetainError(f"{folder / ADAPTER_CONFIG}: no base model recorded; pass the base model explicitly")
+    inside = folder / base
+    if not Path(base).is_absolute() and not Path(base).exists() and inside.is_dir():
+        return str(inside)  # a base kept inside the folder (save_language_model of a LoRAMoE MLLM)
     return base
 
 

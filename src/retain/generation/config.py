@@ -39,6 +39,13 @@ PRESETS: dict[str, list[tuple[int, int]]] = {
 """Named tree shapes: name -> [(N_i children per node, L_i max new tokens per answer)]."""
 
 
+MIN_LIST = 3
+"""Level-1 lists ask for at least this many questions."""
+LARGE_TREE_NODES = 20_000
+"""A tree of more planned nodes than this needs ``--yes`` (the presets plan 600; 20,000 nodes of 256
+tokens are ~5M generated tokens, hours on one GPU). The plan is printed before any run either way."""
+
+
 def nodes_per_level(levels: list[tuple[int, int]]) -> list[int]:
     """Configured node count of each level: ``prod_{i<=k} N_i``."""
     out, n = [], 1
@@ -92,10 +99,17 @@ class DecompressConfig:
     """Base seed; every backend call derives its own seed from it."""
     max_repeat_ratio: float = 0.5
     """Repetition filter: drop an answer whose fraction of repeated word 4-grams exceeds this (0 < x <= 1)."""
+    cut_answers: Literal["trim", "drop", "keep"] = "trim"
+    """An answer cut by the token limit L_i (finish_reason 'length'): trim = back to its last complete
+    sentence or line (dropped as cut_by_limit when nothing complete is left), drop = drop it, keep = keep it
+    as cut. Either way the node records cut_at_limit and manifest.json counts it (truncated, trimmed)."""
     chunk_size: int = 512
     """Conversations per backend call. Each chunk is journaled when it returns, so a kill loses at most one chunk."""
     progress: bool = True
     """Show tqdm progress bars and the summary table."""
+    yes: bool = False
+    """Start a tree of more than 20,000 planned nodes (LARGE_TREE_NODES); without it such a run stops with one
+    line naming its size. The plan (nodes, requests, tokens) is printed before every run."""
 
     def __post_init__(self) -> None:
         if self.levels is None and self.preset not in PRESETS:
@@ -114,6 +128,8 @@ class DecompressConfig:
             raise RetainError(f"--dedup_index {self.dedup_index}: unknown; choose auto, exact or approx")
         if self.dedup_approx_above < 0:
             raise RetainError(f"--dedup_approx_above {self.dedup_approx_above}: must be >= 0")
+        if self.cut_answers not in ("trim", "drop", "keep"):
+            raise RetainError(f"--cut_answers {self.cut_answers}: unknown; choose trim, drop or keep")
         if not self.topics:
             raise RetainError("--topics: empty; give at least one topic")
         checks = [("oversample", self.oversample >= 0), ("max_list_size", self.max_list_size >= 1),
@@ -123,10 +139,38 @@ class DecompressConfig:
         for name, ok in checks:
             if not ok:
                 raise RetainError(f"--{name} {getattr(self, name)}: out of range; see retain decompress --help")
+        plan = self.plan()
+        if plan["nodes"] > LARGE_TREE_NODES and not self.yes:
+            raise RetainError(f"--levels {[list(x) for x in self.resolved_levels()]}: plans {plan['nodes']:,} nodes, "
+                              f"{plan['requests']:,} requests and up to {plan['max_new_tokens']:,} generated tokens "
+                              f"(over {LARGE_TREE_NODES:,} nodes); pass --yes to start it, or use fewer or smaller levels")
+
+    def plan(self) -> dict[str, int | list[int]]:
+        """What the tree asks of the model at most (before dedup and filter drops): nodes per level and in all,
+        backend requests (question lists and answers) and generated tokens (``question_tokens`` per asked
+        question, ``L_i`` per answer)."""
+        levels = self.resolved_levels()
+        per_level = nodes_per_level(levels)
+        requests = tokens = 0
+        for d, ((n, max_tokens), nodes) in enumerate(zip(levels, per_level)):
+            want = self.candidates(n)
+            if d == 0:
+                lists = self.root_requests(want)
+            else:
+                lists = per_level[d - 1] * math.ceil(want / self.max_list_size)
+            parents = 1 if d == 0 else per_level[d - 1]
+            requests += lists + nodes
+            tokens += parents * want * self.question_tokens + nodes * max_tokens
+        return {"nodes_per_level": per_level, "nodes": sum(per_level), "requests": requests, "max_new_tokens": tokens}
 
     def resolved_levels(self) -> list[tuple[int, int]]:
         lv = self.levels if self.levels is not None else PRESETS[self.preset]
         return [tuple(x) for x in lv]  # type: ignore[misc]
+
+    def root_requests(self, want: int) -> int:
+        """How many list requests level 1 sends for ``want`` candidates: spread over the topics, but lists of
+        >= MIN_LIST questions (models asked for "1 question" tend to ramble) and <= max_list_size."""
+        return max(math.ceil(want / self.max_list_size), min(len(self.topics), math.ceil(want / MIN_LIST)))
 
     def candidates(self, n: int) -> int:
         """How many candidate questions to ask for when N_i = n are wanted."""
@@ -135,11 +179,13 @@ class DecompressConfig:
     def fingerprint(self) -> dict:
         """Everything that decides *what* is generated (not how fast): compared when resuming a run dir."""
         d = dataclasses.asdict(self)
-        for k in ("run_dir", "backend", "progress", "chunk_size", "preset", "levels"):
+        for k in ("run_dir", "backend", "progress", "chunk_size", "preset", "levels", "yes"):
             d.pop(k)
         d["levels"] = [list(x) for x in self.resolved_levels()]
         if d["dedup_index"] == "auto" and d["dedup_approx_above"] == 200_000:
             del d["dedup_index"], d["dedup_approx_above"]  # the defaults: run dirs written before them still resume
+        if d["cut_answers"] == "keep":
+            del d["cut_answers"]  # what runs did before the option: their dirs resume with --cut_answers keep
         return d
 
     def fingerprint_hash(self) -> str:

@@ -7,6 +7,8 @@
   "**1.**"), wrap questions in quotes or bold, and add a preamble ("Here are 5 questions:") or trailing
   chatter. A line becomes a question when, after stripping the list marker, it has at least
   ``MIN_WORDS`` words and either had a list marker or ends with "?". Lines ending with ":" are headings.
+- List-parsing leftovers are cleaned off a question: a heading glued before the marker ("Science: 1. What
+  is science?" -> "What is science?"), a repeated marker ("1. 1. Why ...") and a "Question:" label.
 """
 
 from __future__ import annotations
@@ -54,6 +56,29 @@ _MARKER = re.compile(
     re.IGNORECASE,
 )
 _WRAP = re.compile(r'^[\s"“”\'*_`]+|[\s"“”\'*_`]+$')
+# A heading or preamble glued before a list marker: "Science: 1. What ...", "**Biology:** 2) How ...",
+# "Here are 3 questions: 1. What ...". Only stripped when a marker follows, so "Rome: why did it fall?" stays.
+_LABEL_BEFORE_MARKER = re.compile(
+    r"^\s*(?:\*\*)?\s*[^\W\d][^:?\n]{0,60}:\s*(?:\*\*)?\s*(?=(?:\*\*)?\s*(?:\(?\d{1,3}[.):]|q(?:uestion)?\s*\d{1,3}\s*[.):]))",
+    re.IGNORECASE,
+)
+# A bare question label: "Question: What ...", "Q: Why ...", "Follow-up question: How ...".
+_QUESTION_LABEL = re.compile(r"^(?:follow[- ]?up\s+)?(?:q|question)\s*:\s*", re.IGNORECASE)
+
+
+def _strip_list_leftovers(line: str) -> tuple[str, bool]:
+    """``line`` without its list marker and the leftovers small models put around one (a heading before
+    it, a repeated marker, a ``Question:`` label), and whether it had a marker."""
+    marked = False
+    while True:
+        before = line
+        line = _LABEL_BEFORE_MARKER.sub("", line, count=1)
+        m = _MARKER.match(line)
+        if m:
+            line, marked = line[m.end():], True
+        line = _QUESTION_LABEL.sub("", _WRAP.sub("", line))
+        if line == before:
+            return line, marked
 
 
 def parse_questions(text: str, limit: int | None = None) -> list[str]:
@@ -65,15 +90,14 @@ def parse_questions(text: str, limit: int | None = None) -> list[str]:
     """
     out: list[str] = []
     for line in text.splitlines():
-        m = _MARKER.match(line)
-        body = line[m.end():] if m else line
-        body = _WRAP.sub("", body).strip()
+        body, marked = _strip_list_leftovers(line)
+        body = body.strip()
         if not body or body.endswith(":"):
             continue
         q = body.find("?")
         if q >= 0:
             body = body[: q + 1]
-        elif not m:
+        elif not marked:
             continue  # an unmarked line that is not a question: preamble or chatter
         body = _WRAP.sub("", body).strip()
         if len(body.split()) < MIN_WORDS or not re.search(r"[A-Za-z]", body):

@@ -2,8 +2,9 @@
 
 - Every check that can fail on user input runs before the run directory is touched: config values
   (in ``DecompressConfig.__post_init__``), a run directory made with another config (its
-  ``config.json`` fingerprint hash differs), the model path, the embedder, the backend (an unreachable
-  server raises while the backend is built / first called, before any node is written).
+  ``config.json`` fingerprint hash differs), the backend (its model loads through ``load_model``, which
+  checks any folder `retain train` writes; an unreachable server raises while the backend is built or
+  first called, before any node is written), then the embedder.
 - Layout of a run directory::
 
       config.json      the full config + fingerprint hash (written once, atomically)
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import logging
 import os
 import time
 from pathlib import Path
@@ -37,6 +39,7 @@ from retain.utils import console
 from retain.utils.io import FolderLock, read_json, write_json_atomic
 
 CONFIG, MANIFEST = "config.json", "manifest.json"
+log = logging.getLogger(__name__)
 BACKEND_FACTORY_ENV = "RETAIN_BACKEND_FACTORY"
 
 
@@ -52,13 +55,15 @@ def decompress(cfg: DecompressConfig, backend: Backend | None = None) -> Path:
     if previous.get("status") == "complete":
         _finish(run_dir, cfg, previous)
         return run_dir
-    bcfg = _backend_config(cfg)
-    if backend is None and bcfg.kind == "hf" and not os.environ.get(BACKEND_FACTORY_ENV):
-        from retain.assets import resolve_model
-
-        resolve_model(cfg.model)  # a missing local folder fails here, before anything is written
+    # The backend first: its model loads through the one loader (retain.models.load_model), which checks any
+    # folder `retain train` writes (LoRA and LoRAMoE folders have no config.json) before anything is written.
+    backend = backend or _make_backend(_backend_config(cfg))
     index = _question_index(cfg)
-    backend = backend or _make_backend(bcfg)
+    if cfg.progress:  # after the checks, so a bad input stays one line (a tree over LARGE_TREE_NODES needs --yes)
+        plan = cfg.plan()
+        log.info("plan: %s = %s nodes, %s requests, up to %s generated tokens (before dedup and filter drops)%s",
+                 " + ".join(f"{n:,}" for n in plan["nodes_per_level"]), f"{plan['nodes']:,}", f"{plan['requests']:,}",
+                 f"{plan['max_new_tokens']:,}", "; resuming" if previous else "")
     with FolderLock(run_dir, "retain decompress", "wait for it to finish or choose another run_dir"):
         if not (run_dir / CONFIG).exists():
             write_json_atomic(run_dir / CONFIG, {"fingerprint": cfg.fingerprint_hash(), "fields": cfg.fingerprint(),
@@ -177,6 +182,7 @@ def level_counts(run_dir: Path, cfg: DecompressConfig) -> list[dict]:
             "unfilled": sum(r["unfilled"] for r in recs), "answered": len(ns),
             "kept": sum(1 for x in ns if not x["dropped"]),
             "truncated": sum(1 for x in ns if x.get("finish_reason") == "length"),
+            "trimmed": sum(1 for x in ns if "untrimmed" in x and not x["dropped"]),
             "drops": dict(sorted(drops.items())),
             "prompt_tokens": sum(r["prompt_tokens"] for r in recs) + sum(x["prompt_tokens"] for x in ns),
             "completion_tokens": sum(r["completion_tokens"] for r in recs) + sum(x["completion_tokens"] for x in ns),
@@ -210,7 +216,7 @@ def print_summary(run_dir: Path, manifest: dict) -> None:
     from rich.table import Table
 
     t = Table(title=f"TG self-decompression: {manifest['model']} -> {run_dir}")
-    for col in ("level", "N", "L", "target", "asked", "dup ex/sem", "no list", "answered", "dropped", "kept",
+    for col in ("level", "N", "L", "target", "asked", "dup ex/sem", "no list", "answered", "cut", "dropped", "kept",
                 "tok out", "sec"):
         t.add_column(col, justify="right")
     timings = manifest.get("timings", {})
@@ -219,7 +225,8 @@ def print_summary(run_dir: Path, manifest: dict) -> None:
         secs = sum(v for k, v in timings.items() if k.startswith(f"{d}:"))
         t.add_row(str(d), str(lv["N"]), str(lv["L"]), str(lv["configured"]), str(lv["candidates"]),
                   f"{dr.get('duplicate_exact', 0)}/{dr.get('duplicate_semantic', 0)}", str(dr.get("parse_failed", 0)),
-                  str(lv["answered"]), str(lv["answered"] - lv["kept"]), str(lv["kept"]), str(lv["completion_tokens"]),
+                  str(lv["answered"]), str(lv.get("truncated", 0)), str(lv["answered"] - lv["kept"]), str(lv["kept"]),
+                  str(lv["completion_tokens"]),
                   f"{secs:.1f}")
     c = console.stdout_console()
     c.print(t)

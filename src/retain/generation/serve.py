@@ -19,6 +19,12 @@
   completion budget gets HTTP 400 naming ``messages`` and both lengths (tokens counted on a private copy
   of the tokenizer, off the event loop), and a ``model`` other than the served name gets 404
   ``model_not_found``, as OpenAI and vLLM answer. An empty ``model`` means the served one.
+- A request whose client closed its connection is dropped (its queued choices are cancelled; the batching
+  loop skips them) and logged as 499; every request logs one INFO line (method, path, status, tokens, ms).
+  The key and body checks are a plain ASGI middleware: Starlette's ``@app.middleware("http")`` hides a
+  client's disconnect from the route. Before, a client's timeout-then-retry left the abandoned copy queued
+  and generated anyway: a server slower than the client's timeout got more work from every retry and
+  stopped answering, while ``/health`` still did (issue 22; ``test_requests_whose_client_gave_up_are_not_generated``).
 - Top-level imports are stdlib and torch-free retain modules only, so ``retain --help`` does not pay for torch / fastapi.
 - Binding to a non-loopback host exposes the model; set ``api_key_env`` to require a bearer key (compared
   in constant time). With a key, the interactive docs (``/docs``, ``/redoc``, ``/openapi.json``) are off.
@@ -27,6 +33,7 @@
 # No `from __future__ import annotations`: FastAPI must see the real request type inside create_app.
 import asyncio
 import hmac
+import logging
 import os
 import time
 import uuid
@@ -39,6 +46,8 @@ from retain.generation.backends.config import BackendConfig
 
 if TYPE_CHECKING:
     from retain.generation.backends.base import Backend, Completion, SamplingParams
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -156,6 +165,70 @@ class MicroBatcher:
                         it.future.set_result(out)
 
 
+class _ClientGone(Exception):
+    """The client closed its connection while its request waited for an answer."""
+
+
+DISCONNECT_POLL_S = 0.25
+"""How often a waiting request checks whether its client is still connected (seconds)."""
+
+
+async def _unless_disconnected(request: Any, work: Any) -> Any:
+    """Await the coroutine ``work``; if the client disconnects first, cancel it and raise :class:`_ClientGone`.
+
+    Cancelling the submission cancels its choices' futures, and the batching loop skips done futures, so
+    work that no client waits for any more is never generated. Without this, a client's timeout and
+    retry queued the same request again while the abandoned copy still waited its turn: once a server was
+    slower than the client's timeout, every retry added work, and it fell further behind (issue 22)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise _ClientGone
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+class _GateAndLog:
+    """Plain ASGI middleware: answers what ``gate(request)`` refuses (a JSONResponse) without running the
+    route, and logs one INFO line per request: ``POST /v1/chat/completions 200 57 tokens 812 ms``.
+
+    Plain ASGI rather than ``@app.middleware("http")``: Starlette's ``BaseHTTPMiddleware`` hides a client's
+    disconnect from the route (``request.is_disconnected()`` stays False), so abandoned requests were
+    generated anyway (see :func:`_unless_disconnected`)."""
+
+    def __init__(self, app: Any, gate: Any):
+        self.app, self.gate = app, gate
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.requests import Request
+
+        start, status = time.perf_counter(), [500]
+
+        async def send_noting_status(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refused = self.gate(Request(scope, receive))
+            if refused is not None:
+                await refused(scope, receive, send_noting_status)
+            else:
+                await self.app(scope, receive, send_noting_status)
+        finally:
+            tokens = scope.get("state", {}).get("tokens")
+            log.info("%s %s %d%s %.0f ms", scope["method"], scope["path"], status[0],
+                     "" if tokens is None else f" {tokens} tokens", 1000 * (time.perf_counter() - start))
+
+
 def create_app(
     backend: "Backend",
     model_name: str | None = None,
@@ -212,8 +285,8 @@ def create_app(
 
     expected = f"Bearer {api_key}".encode() if api_key else None
 
-    @app.middleware("http")
-    async def auth_and_size(request: Request, call_next):
+    def gate(request: Request) -> JSONResponse | None:
+        """The key (on /v1/*) and the body bounds (on POST), checked before the route runs."""
         if expected is not None and request.url.path.startswith("/v1/"):
             sent = request.headers.get("authorization", "").encode()
             if not hmac.compare_digest(sent, expected):  # constant time: no timing hint about the key
@@ -225,10 +298,15 @@ def create_app(
             if not length.isdigit() or int(length) > max_body_bytes:
                 return error(413, f"body: {length} bytes exceeds this server's limit of {max_body_bytes} bytes "
                                   "(retain serve --max_body_bytes)")
-        return await call_next(request)
+        return None
 
+    app.add_middleware(_GateAndLog, gate=gate)
     context = getattr(backend, "context_length", None)
     count_tokens = getattr(backend, "count_tokens", None)
+    if context and count_tokens is not None:
+        # Make the counting tokenizer's private copy now, before the model thread uses the tokenizer: copying
+        # it later, from another thread, could meet the model thread inside the same Rust tokenizer.
+        count_tokens([{"role": "user", "content": "x"}])
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -246,7 +324,7 @@ def create_app(
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "retain"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(req: ChatRequest):
+    async def chat_completions(req: ChatRequest, request: Request):
         if req.model and req.model != name:
             return error(404, f"The model `{req.model}` does not exist; this server serves `{name}`",
                          param="model", code="model_not_found")
@@ -268,7 +346,9 @@ def create_app(
                                   f"over the model's context window of {context} tokens; shorten the conversation "
                                   "or lower max_tokens", param="messages")
         try:
-            outs = await batcher.submit([messages] * req.n, params)
+            outs = await _unless_disconnected(request, batcher.submit([messages] * req.n, params))
+        except _ClientGone:
+            return error(499, "client closed the request before its answer was ready")
         except OverflowError:
             return error(429, "server busy: request queue is full; retry later", "rate_limit_error")
         except RetainError as e:  # e.g. the chat template rejects the conversation
@@ -290,6 +370,7 @@ def create_app(
                 "total_tokens": outs[0].prompt_tokens + sum(o.completion_tokens for o in outs),
             },
         )
+        request.state.tokens = response.usage.total_tokens  # for the request log line
         return response.model_dump(exclude_none=True)
 
     return app

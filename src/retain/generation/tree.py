@@ -26,6 +26,7 @@ is the only possible damage: :class:`Journal` truncates it away before appending
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -37,12 +38,13 @@ from retain.errors import RetainError
 from retain.generation.backends.base import Backend, Messages, SamplingParams
 from retain.generation.config import DecompressConfig
 from retain.generation.dedup import KEPT, SURPLUS, QuestionIndex
-from retain.generation.filters import PARSE_FAILED, answer_drop_reasons
+from retain.generation.filters import CUT_BY_LIMIT, PARSE_FAILED, answer_drop_reasons, trim_to_sentence
 from retain.generation.prompts import parse_questions
 from retain.utils.io import append_text, iter_jsonl
 
 QUESTIONS, NODES = "questions.jsonl", "nodes.jsonl"
-MIN_LIST = 3
+
+log = logging.getLogger(__name__)
 
 
 class Journal:
@@ -127,6 +129,36 @@ class TreeGrower:
         for depth in range(1, len(self.levels) + 1):
             self._ask_level(depth)
             self._answer_level(depth)
+            self._warn_if_thin(depth)
+
+    def _warn_if_thin(self, depth: int) -> None:
+        """One warning line when a level keeps under half of the nodes it asked for, with the reasons:
+        a small tree used to end with a fraction of its nodes and no word about why."""
+        n_wanted, max_tokens = self.levels[depth - 1]
+        recs = [r for r in self.asked.values() if r["depth"] == depth]
+        wanted = n_wanted * len(recs)
+        kept = sum(1 for n in self.nodes.values() if n["depth"] == depth and not n["dropped"])
+        if not wanted or kept * 2 >= wanted:
+            return
+        reasons: dict[str, int] = {}
+        of_parent = 0  # duplicates of their own parent's (or an ancestor's) question
+        for r in recs:
+            for q in r["dropped"]:
+                reasons[q["reason"]] = reasons.get(q["reason"], 0) + 1
+                pid = r["parent_id"]
+                of_parent += pid is not None and (q["of"] == pid or pid.startswith(q["of"] + "."))
+            if r["parse_failed"]:
+                reasons[PARSE_FAILED] = reasons.get(PARSE_FAILED, 0) + r["parse_failed"]
+        for n in self.nodes.values():
+            if n["depth"] == depth:
+                for reason in n["dropped"]:
+                    reasons[reason] = reasons.get(reason, 0) + 1
+        why = ", ".join(f"{v} {k}" for k, v in sorted(reasons.items(), key=lambda kv: -kv[1])) or "too few candidates"
+        if of_parent:
+            why += f"; {of_parent} of the duplicates repeat their parent's question"
+        log.warning("level %d kept %d of the %d nodes asked for (%s); ask for more candidates (--oversample), "
+                    "loosen --dedup_threshold, or raise the level's token limit (L=%d)", depth, kept, wanted, why,
+                    max_tokens)
 
     def _expandable(self, depth: int) -> list[str | None]:
         if depth == 1:
@@ -202,13 +234,23 @@ class TreeGrower:
             rows = []
             for q, reply in zip(chunk, replies):
                 answer = reply.text.strip()
-                rows.append({
-                    "id": q["id"], "parent_id": parent_of(q["id"]), "depth": depth,
-                    "question": q["question"], "answer": answer,
-                    "dropped": answer_drop_reasons(answer, self.cfg.max_repeat_ratio),
+                row = {"id": q["id"], "parent_id": parent_of(q["id"]), "depth": depth, "question": q["question"]}
+                dropped = answer_drop_reasons(answer, self.cfg.max_repeat_ratio)
+                if reply.finish_reason == "length" and not dropped:  # cut by L_i (see --cut_answers)
+                    row["cut_at_limit"] = True
+                    if self.cfg.cut_answers == "drop":
+                        dropped = [CUT_BY_LIMIT]
+                    elif self.cfg.cut_answers == "trim":
+                        trimmed = trim_to_sentence(answer)
+                        row["untrimmed"] = answer
+                        dropped = answer_drop_reasons(trimmed, self.cfg.max_repeat_ratio) if trimmed else [CUT_BY_LIMIT]
+                        answer = trimmed or answer
+                row.update({
+                    "answer": answer, "dropped": dropped,
                     "model": self.backend.name, "params": p.to_dict(), "finish_reason": reply.finish_reason,
                     "prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
                 })
+                rows.append(row)
             self.n_journal.append(rows)
             for r in rows:
                 self.nodes[r["id"]] = r
@@ -222,9 +264,8 @@ class TreeGrower:
         """Conversations asking for ``want`` candidates for parent ``pid``, split so none asks > max_list_size."""
         if pid is None:
             topics = self.cfg.topics
-            # Spread the root questions over the topics, but ask for lists of >= MIN_LIST questions:
-            # models asked for "1 question" tend to ramble, and one list per topic gives more variety.
-            n_req = max(math.ceil(want / self.cfg.max_list_size), min(len(topics), math.ceil(want / MIN_LIST)))
+            # Spread the root questions over the topics (one list per topic gives more variety).
+            n_req = self.cfg.root_requests(want)
             sizes = [want // n_req + (1 if r < want % n_req else 0) for r in range(n_req)]
             return [(self._system() + [{"role": "user", "content": self.cfg.prompts.root_message(n, topics[r % len(topics)])}], n)
                     for r, n in enumerate(sizes)]

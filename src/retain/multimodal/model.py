@@ -39,6 +39,8 @@ Design:
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import re
 import tempfile
@@ -394,22 +396,53 @@ def check_llava_family(model, processor, where: str = "model") -> None:
 
 
 def save_language_model(model, processor, out_dir: str | Path) -> Path:
-    """Write the MLLM's text path as a plain causal-LM folder (safetensors + its tokenizer), e.g. for
+    """Write the MLLM's text path as a causal-LM folder that :func:`retain.models.load_model` reads, e.g. for
     ``retain decompress --model OUT``: a TG corpus from the MLLM's own language instead of the base LLM's.
 
-    The folder holds the language model's weights and the LM head unchanged; a model built from it gives
-    the MLLM's text-only logits (tested)."""
+    ``model`` may be any folder ``retain train`` writes for an MLLM, as loaded (the caller's model is not changed):
+
+    - a whole model (``full`` / ``projector``): a plain folder, the language model's weights and LM head;
+    - LoRA (a PEFT wrapper around the MLLM): merged first (``merge_and_unload`` on a copy): a plain folder;
+    - LoRAMoE (a router cannot be merged): a LoRAMoE adapter folder over the plain language model, which is
+      written inside it as ``base/`` and recorded by that relative name.
+
+    A model built from the folder gives the MLLM's text-only logits (tested for each)."""
+    import copy
+
     from transformers import AutoModelForCausalLM
 
-    text_config = model.config.text_config
+    from retain.adapters.loramoe import adapter_state_dict, load_adapter_state_dict, loramoe_config
+    from retain.adapters.loramoe.model import inject_loramoe
+    from retain.adapters.registry import get_method
+    from retain.multimodal.methods import LANGUAGE_SCOPE, _core
+
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        model = copy.deepcopy(model).merge_and_unload()  # LoRA deltas folded into the weights
+    core = _core(model)
+    moe = loramoe_config(core)
+    text_config = core.config.text_config
     lm = AutoModelForCausalLM.from_config(text_config)
-    lm.model.load_state_dict(model.model.language_model.state_dict(), strict=True)
+    # The language model's own weights: a LoRAMoE layer keeps the frozen linear as ``base_layer``.
+    want = lm.model.state_dict()
+    have = {k.replace(".base_layer.", "."): v for k, v in core.model.language_model.state_dict().items()}
+    lm.model.load_state_dict({k: have[k] for k in want if k in have}, strict=True)
     if not getattr(text_config, "tie_word_embeddings", False):
-        lm.lm_head.load_state_dict(model.lm_head.state_dict())
+        lm.lm_head.load_state_dict(core.lm_head.state_dict())
     lm.tie_weights()
     out = Path(out_dir)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        lm.save_pretrained(str(tmp), safe_serialization=True)
+        if moe is None:
+            lm.save_pretrained(str(tmp), safe_serialization=True)
+        else:
+            lm.save_pretrained(str(tmp / "base"), safe_serialization=True)
+            processor.tokenizer.save_pretrained(str(tmp / "base"))
+            prefix = LANGUAGE_SCOPE + "."
+            inject_loramoe(lm, dataclasses.replace(moe, scope="model"))
+            load_adapter_state_dict(lm, {"model." + k.removeprefix(prefix): v
+                                         for k, v in adapter_state_dict(core).items()}, source="save_language_model")
+            get_method("loramoe").save(lm, tmp, base_model="base")
         processor.tokenizer.save_pretrained(str(tmp))
     return out

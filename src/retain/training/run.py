@@ -450,6 +450,9 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
                           type_shares([d.type for d in recipe.datasets], list(mixture.shares.values())))
     callback = RunLogCallback(log_path, recipe.train.seed, meta, saved, is_main,
                               save_last=recipe.train.keep_final_checkpoint)
+    # The Trainer sets config.use_cache = TrainingArguments.use_cache (False) on the model it trains; the saved
+    # folder (and the model returned) keep what the base had, so decoding elsewhere uses the KV cache.
+    base_use_cache = getattr(getattr(trainee, "config", None), "use_cache", None)
     trainer = RetainTrainer(
         model=trainee, args=training_arguments(recipe, out, steps), recipe=recipe, balance=balance,
         train_dataset=StreamDataset(features, recipe.train.seed, steps * g,
@@ -474,6 +477,8 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
         if is_no_space(e) or (isinstance(e, RuntimeError) and _disk_full(out)):
             raise no_space(out / CHECKPOINTS) from None
         raise
+    if base_use_cache is not None:
+        trainee.config.use_cache = base_use_cache
 
     # Validation loss on the held-out split, once at the end (every rank takes part; nats per assistant token,
     # averaged over evaluation batches).

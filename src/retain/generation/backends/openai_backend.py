@@ -1,9 +1,12 @@
 """``openai`` backend: any OpenAI-compatible chat-completions server (`retain serve`, vLLM, SGLang,
 llama.cpp server, TGI).
 
-- The official ``openai`` client does the HTTP work. Its built-in retries are what we use for 408/409/
-  429/5xx and connection errors: exponential backoff from 0.5 s (capped at 8 s) with up to 25 % jitter,
-  honouring ``Retry-After``; ``BackendConfig.max_retries`` sets how many (so we do not hand-write a loop).
+- The official ``openai`` client does the HTTP work; retries are ours (:meth:`OpenAIBackend._one`), on
+  408/409/429/5xx, timeouts and connection errors, with the client's schedule: exponential backoff from
+  0.5 s (capped at 8 s) with up to 25 % jitter, honouring ``Retry-After`` (up to 60 s);
+  ``BackendConfig.max_retries`` sets how many. Each retry logs one warning line with its cause
+  (``HTTP 503 (...)``, ``no answer within 120 s``, ``connection refused``): the client's own retries logged
+  only ``Retrying request in 0.45 seconds``, which hid a server that had stopped answering.
 - Bounded concurrency: a thread pool of ``max_concurrency`` workers, each making blocking calls with the
   sync client (thread-safe, one shared connection pool). Threads rather than asyncio so ``chat()`` also
   works when the caller already runs an event loop (notebooks, servers).
@@ -17,7 +20,10 @@ llama.cpp server, TGI).
 
 from __future__ import annotations
 
+import logging
 import os
+import random
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
@@ -30,6 +36,24 @@ from retain.generation.backends.config import BackendConfig
 
 DUMMY_KEY = "sk-no-key-required"
 PREFLIGHT_CONNECT_S = 5.0
+RETRY_STATUS = frozenset({408, 409, 429})
+"""Statuses retried besides 5xx (as the openai client does)."""
+MAX_RETRY_AFTER_S = 60.0
+
+log = logging.getLogger(__name__)
+
+
+def _retry_delay(attempt: int, error: Exception) -> float:
+    """Seconds before retry ``attempt`` (0-based): the server's ``Retry-After`` when it gives a sane one,
+    else ``min(0.5 * 2**attempt, 8)`` less up to 25 % jitter."""
+    response = getattr(error, "response", None)
+    after = response.headers.get("retry-after") if response is not None else None
+    try:
+        if after is not None and 0 <= float(after) <= MAX_RETRY_AFTER_S:
+            return float(after)
+    except ValueError:
+        pass
+    return min(0.5 * 2**attempt, 8.0) * (1 - 0.25 * random.random())
 
 
 @register_backend("openai")
@@ -45,7 +69,7 @@ class OpenAIBackend:
             api_key=key,
             base_url=self.base_url,
             timeout=openai.Timeout(cfg.timeout_s, connect=min(cfg.timeout_s, PREFLIGHT_CONNECT_S)),
-            max_retries=cfg.max_retries,
+            max_retries=0,  # retried in _one, which logs why
         )
         if check:
             self.check_server()
@@ -83,16 +107,29 @@ class OpenAIBackend:
             kwargs["top_p"] = params.top_p
         if seed is not None:
             kwargs["seed"] = seed
-        try:
-            r = self.client.chat.completions.create(model=self.cfg.model, messages=list(messages), **kwargs)
-        except openai.APIConnectionError as e:  # after the client's retries
-            raise self._unreachable(type(e).__name__) from None
-        except openai.APIStatusError as e:  # non-retryable (4xx) or retries exhausted (429/5xx)
-            msg = str(e).strip().splitlines()[0][:200]
-            raise RetainError(
-                f"{self.base_url}/chat/completions: HTTP {e.status_code} after {self.cfg.max_retries} retries "
-                f"at most ({msg}); check the server log, --backend.model and --backend.max_concurrency"
-            ) from None
+        url, tries = f"{self.base_url}/chat/completions", self.cfg.max_retries + 1
+        for attempt in range(tries):
+            try:
+                r = self.client.chat.completions.create(model=self.cfg.model, messages=list(messages), **kwargs)
+                break
+            except openai.APITimeoutError as e:  # a subclass of APIConnectionError: the server took the request
+                error, cause = e, f"no answer within {self.cfg.timeout_s:g} s (APITimeoutError)"
+            except openai.APIConnectionError as e:
+                error, cause = e, f"{type(e).__name__}: {e.__cause__ or e}"
+            except openai.APIStatusError as e:
+                msg = str(e).strip().splitlines()[0][:200]
+                if e.status_code not in RETRY_STATUS and e.status_code < 500 or attempt + 1 == tries:
+                    raise RetainError(
+                        f"{url}: HTTP {e.status_code} after {attempt + 1} attempt(s) ({msg}); check the server "
+                        "log, --backend.model and --backend.max_concurrency"
+                    ) from None
+                error, cause = e, f"HTTP {e.status_code} ({msg})"
+            if attempt + 1 == tries:
+                raise RetainError(f"{url}: {cause}, {tries} attempt(s); check that the server is up and answering "
+                                  "(its log, GET /health) or raise --backend.timeout_s") from None
+            delay = _retry_delay(attempt, error)
+            log.warning("%s: %s; retry %d of %d in %.1f s", url, cause, attempt + 1, tries - 1, delay)
+            time.sleep(delay)
         choice = r.choices[0]
         usage = r.usage
         return Completion(
