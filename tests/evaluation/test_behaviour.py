@@ -271,3 +271,18 @@ def test_a_fine_tune_is_asked_the_sample_and_its_accuracy_is_estimated_per_strat
     assert m["behaviour"]["asked"] == row["asked"] and m["behaviour"]["n"] == 8
     # the base itself was asked every item, and its replies are its own: nothing changed
     assert ref.base_metrics["reply_change"] == 0.0 and len(ref.base_metrics["items"][name]["ids"]) == 8
+
+
+def test_a_saved_reference_loads_back_what_was_built(tiny, tmp_path):
+    from retain.evaluation.config import EvalSuite
+    from retain.evaluation.suite import BaseReference
+
+    model, tok = tiny
+    suite = EvalSuite.profile("tiny", probes={"arc_easy": 6}, behaviour={"triviaqa": 8}, behaviour_unknown=3,
+                              domain=None, drift_prompts=2, drift_new_tokens=4)
+    built = BaseReference.build(model, tok, suite)
+    built.save(tmp_path)
+    loaded = BaseReference.load(tmp_path, suite)
+    assert loaded.asked == built.asked and loaded.known == built.known and loaded.items == built.items
+    assert loaded.base_metrics["items"] == built.base_metrics["items"]
+    assert loaded.base_metrics["behaviour"] == built.base_metrics["behaviour"]

@@ -151,8 +151,7 @@ class BaseReference:
             drift = drift_reference(base_model, tokenizer, n_prompts=suite.drift_prompts,
                                     new_tokens=suite.drift_new_tokens, batch_size=suite.batch_size)
         # Score the base without the drift reference (its KL to itself is 0 by construction).
-        ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, {}, {}, None, probes,
-                  domain)
+        ref = cls(asdict(suite), {p.name: [it["id"] for it in p.items] for p in probes}, {}, probes=probes, domain=domain)
         results: dict[str, list[dict]] = {}
         metrics = evaluate(base_model, tokenizer, suite, ref, _results=results)
         metrics["kl_drift"] = metrics["kl_opening"] = 0.0 if drift is not None else None
@@ -198,8 +197,8 @@ class BaseReference:
             tensors = load_file(str(folder / REFERENCE_TENSORS))
             drift = DriftReference.from_saved(meta["drift"], tensors)
         domain = suite_domain(suite)
-        return cls(meta["suite"], meta["items"], meta["known"], meta.get("base_metrics", {}), meta.get("asked", {}),
-                   drift, probes, domain)
+        return cls(meta["suite"], meta["items"], meta["known"], asked=meta.get("asked", {}),
+                   base_metrics=meta.get("base_metrics", {}), drift=drift, probes=probes, domain=domain)
 
 
 def asked_items(ids: list[str], known: list[str], n_unknown: int, seed: int) -> list[str]:
