@@ -138,7 +138,11 @@ def test_fused_equals_reference_loop(arch, batch):
     assert fused_grads.keys() == loop_grads.keys()
     for name in fused_grads:
         assert fused_grads[name].abs().max() > 0, name
-        torch.testing.assert_close(fused_grads[name], loop_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+        # float32 rounding of sums over the batch scales with the gradient's size (seen: 2.7e-6 on entries up
+        # to 4.1 for GPT-2's c_fc on one CPU), so the absolute tolerance is relative to the largest entry
+        scale = float(loop_grads[name].abs().max())
+        torch.testing.assert_close(fused_grads[name], loop_grads[name], rtol=1e-4, atol=2e-6 * max(1.0, scale),
+                                   msg=name)
 
 
 def test_only_adapter_parameters_get_gradients(arch, batch):
