@@ -84,7 +84,10 @@ def test_eval_writes_outputs_and_reuses_reference(tiny_llama_path, tuned_folder,
     assert tuned["probes"]["chat:triviaqa"]["view"] == "behaviour" and tuned["probes"]["mmlu"]["view"] == "knowledge"
     assert base["reply_change"] == 0.0 and tuned["behaviour"]["n"] == 8
     assert len(tuned["items"]["chat:triviaqa"]["prediction"]) == 8 and "behaviour" in tuned["vs_base"]
-    assert "| base |" in (out / "eval.md").read_text()
+    md = (out / "eval.md").read_text()
+    assert "| base |" in md
+    # no hidden prompt: every probe's format is printed (the few-shot probe names its shots' count)
+    assert "`chat:triviaqa`: chat: the model's chat template" in md and "`triviaqa`: 3-shot completion" in md
     # eval_items.jsonl is the item-level diff of the two rows' per-item outcomes
     flipped = [(r["probe"], r["id"], r["change"]) for r in map(json.loads, (out / "eval_items.jsonl").open())]
     want = [(name, i, "lost" if b else "gained") for name, rec in tuned["items"].items()

@@ -198,12 +198,13 @@ def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], ga
     stdout. Returns 1 when the gate fails, else 0."""
     from retain.evaluation.flips import FLIPS_FILE, flip_lines, flips_markdown
     from retain.evaluation.gate import GATE_FILE, evaluate_gate, gate_summary
-    from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table
+    from retain.evaluation.report import eval_markdown_table, plot_eval, print_eval_table, prompt_lines
     from retain.evaluation.verdict import legend, verdict_lines
     from retain.utils.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
     out = Path(cfg.out)
-    write_json_atomic(out / "eval.json", {"suite": asdict(suite), "base": cfg.base, "rows": rows})
+    prompts = {p.name: p.prompt_format for p in ref.probes}
+    write_json_atomic(out / "eval.json", {"suite": asdict(suite), "base": cfg.base, "prompts": prompts, "rows": rows})
     write_jsonl_atomic(out / FLIPS_FILE, flips)
     lines = verdict_lines(rows)
     gated = evaluate_gate(gate, rows) if gate is not None else []
@@ -214,7 +215,8 @@ def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], ga
         md += [f"## Gate ({gate.mode}): {'passed' if summary['passed'] else 'FAILED'}", "",
                *[f"- {g['line']}" for g in gated], ""]
     md += ["## Scores", "", eval_markdown_table(rows), *legend(), "",
-           f"Known items (base calibration): {known or 'none'}.", "", "## What flipped", "", flips_markdown(flips), ""]
+           f"Known items (base calibration): {known or 'none'}.", "", *prompt_lines({"prompts": prompts}),
+           "## What flipped", "", flips_markdown(flips), ""]
     write_text_atomic(out / "eval.md", "\n".join(md))
     plot_eval(rows, out / "eval.png")
     print_eval_table(rows)
