@@ -71,8 +71,11 @@ def test_stage1_is_the_same_whether_tg_is_generated_or_reused(tmp_path, tiny_lla
             out = super().chat(conversations, params)
             for conv, c in zip(conversations, out):
                 m = re.search(r"numbered list of (\d+)", conv[-1]["content"])
-                c.text = ("\n".join(f"{i}. What is thing {i} of {len(conv)} {c.text[:12]!r}?" for i in range(1, 1 + int(m[1])))
-                          if m else "It is a thing.")
+                if m:
+                    c.text = "\n".join(f"{i}. What is thing {i} of {len(conv)} {c.text[:12]!r}?"
+                                       for i in range(1, 1 + int(m[1])))
+                else:
+                    c.text = "It is a thing."
                 c.finish_reason = "stop"
             return out
 

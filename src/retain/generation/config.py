@@ -143,7 +143,8 @@ class DecompressConfig:
         if plan["nodes"] > LARGE_TREE_NODES and not self.yes:
             raise RetainError(f"--levels {[list(x) for x in self.resolved_levels()]}: plans {plan['nodes']:,} nodes, "
                               f"{plan['requests']:,} requests and up to {plan['max_new_tokens']:,} generated tokens "
-                              f"(over {LARGE_TREE_NODES:,} nodes); pass --yes to start it, or use fewer or smaller levels")
+                              f"(over {LARGE_TREE_NODES:,} nodes); pass --yes to start it, or use fewer or smaller "
+                              "levels")
 
     def plan(self) -> dict[str, int | list[int]]:
         """What the tree asks of the model at most (before dedup and filter drops): nodes per level and in all,

@@ -59,7 +59,8 @@ _WRAP = re.compile(r'^[\s"“”\'*_`]+|[\s"“”\'*_`]+$')
 # A heading or preamble glued before a list marker: "Science: 1. What ...", "**Biology:** 2) How ...",
 # "Here are 3 questions: 1. What ...". Only stripped when a marker follows, so "Rome: why did it fall?" stays.
 _LABEL_BEFORE_MARKER = re.compile(
-    r"^\s*(?:\*\*)?\s*[^\W\d][^:?\n]{0,60}:\s*(?:\*\*)?\s*(?=(?:\*\*)?\s*(?:\(?\d{1,3}[.):]|q(?:uestion)?\s*\d{1,3}\s*[.):]))",
+    r"^\s*(?:\*\*)?\s*[^\W\d][^:?\n]{0,60}:\s*(?:\*\*)?\s*"  # the label, "Science:" or "**Biology:**"
+    r"(?=(?:\*\*)?\s*(?:\(?\d{1,3}[.):]|q(?:uestion)?\s*\d{1,3}\s*[.):]))",  # followed by a list marker
     re.IGNORECASE,
 )
 # A bare question label: "Question: What ...", "Q: Why ...", "Follow-up question: How ...".
