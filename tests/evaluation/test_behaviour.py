@@ -286,3 +286,22 @@ def test_a_saved_reference_loads_back_what_was_built(tiny, tmp_path):
     assert loaded.asked == built.asked and loaded.known == built.known and loaded.items == built.items
     assert loaded.base_metrics["items"] == built.base_metrics["items"]
     assert loaded.base_metrics["behaviour"] == built.base_metrics["behaviour"]
+
+
+def test_a_fine_tune_is_asked_with_the_same_instruction_as_the_base(tiny, monkeypatch):
+    """The known items + sample a fine-tune gets keep the probe's own instruction (a bare-question suite stays
+    bare), so base and fine-tune answer the same prompts."""
+    from retain.evaluation import probes as probes_mod
+    from retain.evaluation.config import EvalSuite
+    from retain.evaluation.suite import BaseReference, evaluate
+
+    model, tok = tiny
+    suite = EvalSuite.profile("tiny", probes={}, behaviour={"triviaqa": 8}, behaviour_unknown=2, domain=None,
+                              drift_prompts=0, behaviour_instruction="")
+    ref = BaseReference.build(model, tok, suite)
+    seen: list[str] = []
+    real = probes_mod.chat_prompt
+    monkeypatch.setattr(probes_mod, "chat_prompt", lambda t, it, ins=probes_mod.CHAT_INSTRUCTION: (
+        seen.append(ins), real(t, it, ins))[1])
+    evaluate(model, tok, suite, ref)
+    assert seen and set(seen) == {""} and len(seen) < 8  # the sample, asked bare

@@ -41,6 +41,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -137,11 +138,6 @@ class BaseReference:
         """Names of the multiple-choice probes (the ones with margins)."""
         return {p.name for p in self.probes if p.kind == "mc"}
 
-    @property
-    def chat_probes(self) -> set[str]:
-        """Names of the behaviour probes (chat format)."""
-        return {p.name for p in self.probes if p.kind == "chat"}
-
     @classmethod
     def build(cls, base_model, tokenizer, suite: EvalSuite) -> "BaseReference":
         probes = build_probes(suite)
@@ -230,7 +226,7 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     for p in [*probes, *([domain] if domain is not None else [])]:
         if ref is not None and ref.asked.get(p.name) and len(ref.asked[p.name]) < len(p.items):
             ask = set(ref.asked[p.name])  # a fine-tune: the known items and a sample of the others
-            p = Probe(p.name, p.kind, [it for it in p.items if it["id"] in ask], p.shots)
+            p = dataclasses.replace(p, items=[it for it in p.items if it["id"] in ask])
         t = time.perf_counter()
         if p.kind in DOMAIN_FILE_KINDS:
             results[p.name] = score_domain_items(model, tokenizer, p, batch_size=suite.batch_size)
