@@ -28,10 +28,9 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
-    from retain.evaluation.compare import compare
+    from retain.evaluation.compare import compare, interval
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.stats import fmt_interval
-    from retain.evaluation.compare import interval
     from retain.evaluation.suite import BaseReference, evaluate
     from retain.models import load_model
     from retain.utils.io import read_json, write_json_atomic

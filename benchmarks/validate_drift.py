@@ -23,7 +23,6 @@ and writes both to ``--out`` (JSON). Not a test: it reads what the demo wrote an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
@@ -90,7 +89,7 @@ def main() -> None:
         full, _ = load_model(str(demo / "full" / "model"), device="cpu")
         for a in args.alphas:
             m = evaluate(interpolated(base, full, a), tok, suite, ref)
-            rows.append({**summarize({**m, "label": f"full FT x {a:g}"})})
+            rows.append(summarize({**m, "label": f"full FT x {a:g}"}))
             print(f"scored full FT x {a:g}", flush=True)
     from retain.utils.tables import md_table
 
@@ -99,7 +98,7 @@ def main() -> None:
                      f"{r['kl_opening']:.3f}", f"{100 * r['reply_change']:.1f}",
                      "–" if r["domain"] is None else f"{100 * r['domain']:.1f}"] for r in rows]))
     corr = correlations(rows)
-    methods = [r for r in rows[1: len(summary["rows"])]]  # the demo's fine-tunes alone (one strength each)
+    methods = rows[1: len(summary["rows"])]  # the demo's fine-tunes alone (one strength each)
     corr_methods = correlations(methods)
     print(md_table(["drift measure", f"Spearman vs lost ({len(rows)} models)", "vs label share",
                     f"vs lost ({len(methods)} demo methods)"],

@@ -305,3 +305,10 @@ def test_a_fine_tune_is_asked_with_the_same_instruction_as_the_base(tiny, monkey
         seen.append(ins), real(t, it, ins))[1])
     evaluate(model, tok, suite, ref)
     assert seen and set(seen) == {""} and len(seen) < 8  # the sample, asked bare
+
+
+def test_answer_labels_are_the_documented_ones():
+    from retain.evaluation.probes import has_label
+
+    assert all(has_label(r) for r in ("Answer: X", "**Answer:** X", "Final answer: X", "answer - X", "Answer is: X"))
+    assert not any(has_label(r) for r in ("The answer is X", "X", "An answer: X"))

@@ -22,6 +22,9 @@ FULL_PROBES: dict[str, int] = {"arc_easy": 570, "arc_challenge": 299, "mmlu": 20
                                "nq_open": 1000}
 
 
+CHAT_INSTRUCTION = "Answer with just the name or short phrase."
+"""The line after each behaviour question by default (``EvalSuite.behaviour_instruction``)."""
+
 DEFAULT_BEHAVIOUR: dict[str, int] = {"common_knowledge": 600, "triviaqa": 400}
 """Closed-book questions asked in the chat format (the behaviour probe, ``chat:<name>``). Sized by the rule
 in docs/behaviour.md (fixed on the base model alone, before any method was compared)."""
@@ -37,7 +40,7 @@ class EvalSuite:
     behaviour: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_BEHAVIOUR))
     """Behaviour probes: built-in closed-book sets (common_knowledge, triviaqa, nq_open) and how many questions each, asked
     through the tested model's chat template and scored on its own greedy reply (``chat:<name>``)."""
-    behaviour_instruction: str = "Answer with just the name or short phrase."
+    behaviour_instruction: str = CHAT_INSTRUCTION
     """The line after each behaviour question ("" asks the bare question). The default resembles what many
     domain fine-tunes are trained on (an instruction line), so docs/behaviour.md also reports the bare form."""
     behaviour_unknown: int = 50

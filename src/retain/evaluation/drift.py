@@ -152,8 +152,12 @@ def kl_per_prompt(model, tokenizer, ref: DriftReference, *, batch_size: int = 16
 
     The per-prompt values are what confidence intervals resample (:mod:`retain.evaluation.stats`);
     their token-weighted mean is :func:`kl_drift`."""
-    pos = kl_positions(model, tokenizer, ref, batch_size=batch_size)
-    return [float(k.mean()) if k.numel() else 0.0 for k in pos], list(ref.n_reply)
+    return kl_means(kl_positions(model, tokenizer, ref, batch_size=batch_size)), list(ref.n_reply)
+
+
+def kl_means(positions: list[torch.Tensor]) -> list[float]:
+    """Per prompt: mean KL over its reply positions (nats/token; 0 for an empty reply)."""
+    return [float(k.mean()) if k.numel() else 0.0 for k in positions]
 
 
 def kl_opening(positions: list[torch.Tensor], first: int = FIRST_TOKENS) -> list[float]:

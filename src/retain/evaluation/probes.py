@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Literal
 
 from retain.errors import RetainError
+from retain.evaluation.config import CHAT_INSTRUCTION  # the default line after a chat question (EvalSuite)
 
 Kind = Literal["mc", "gen", "letter", "chat"]
 PromptFormat = Literal["chat", "fewshot", "zeroshot"]
@@ -56,10 +57,6 @@ SHOT_POOL: tuple[tuple[str, str], ...] = (
 """Few-shot examples of ``gen`` probes: the first three that give away no item of the probe are used
 (:func:`pick_shots`), in this order."""
 N_SHOTS = 3
-
-CHAT_INSTRUCTION = "Answer with just the name or short phrase."
-"""Appended (on its own line) to every question of a ``chat`` probe: the format a user would ask for. A
-fine-tune that answers "Answer: Ottawa" or "The capital of Canada is Ottawa." is still scored correct."""
 
 
 @dataclass
@@ -273,11 +270,16 @@ def exact_match(prediction: str, answers: list[str]) -> bool:
 _LABEL = re.compile(r"^\s*(?:\*\*)?\s*(?:final\s+)?answer\s*(?:is)?\s*[:\-–]\s*", re.IGNORECASE)
 
 
+def has_label(reply: str) -> bool:
+    """The reply opens with an answer label ("Answer:", "**Answer:**", "Final answer:", "Answer -"), a domain format."""
+    return bool(_LABEL.match(reply))
+
+
 def answer_in_reply(reply: str, answers: list[str], question: str = "") -> bool:
     """Format-robust match of a chat reply against every gold alias.
 
     After SQuAD normalization (:func:`normalize_answer`) and dropping a leading answer label
-    ("Answer:", "**Answer:**", "The answer is:"), the reply is correct when it equals an alias or contains
+    ("Answer:", "**Answer:**", "Final answer:"), the reply is correct when it equals an alias or contains
     it as a whole-word phrase. An alias that already appears in the question counts only as the whole
     reply, so echoing the question is not an answer. Only the reply as cut by the stop rule is seen
     (first line, ``chat_new_tokens`` tokens), which bounds what a rambling reply can collect."""

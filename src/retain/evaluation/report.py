@@ -13,8 +13,8 @@ both ``retain demo`` (``demo.json``) and ``retain eval`` (``eval.json``).
   which one heads the tables and the plot, and why; it was fixed before the comparison was re-run.
 - Tables: per model, domain score with its gain over the base, behaviour and knowledge retention, the
   change of the known items' margins, reply change and KL drift (opening and whole reply), each with
-  ``±`` the half-width of its paired 95 % interval against the base; then every method against plain full fine-tuning, and every other method against
-  plain LoRA (the two baselines of both papers), intervals as ``[lo, hi]``.
+  ``±`` the half-width of its paired 95 % interval against the base; then every method against plain full
+  fine-tuning, and every other method against plain LoRA (the two baselines of both papers), intervals as ``[lo, hi]``.
 - The wording rule (:func:`retain.evaluation.stats.verdict`): a sentence says "more", "less",
   "gained" or "lost" only when the 95 % interval of that difference excludes 0; otherwise it says
   "no detectable difference". A model that gives one option on :data:`COLLAPSE_SHARE` of the domain

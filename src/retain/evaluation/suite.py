@@ -50,8 +50,8 @@ from pathlib import Path
 from retain.errors import RetainError
 from retain.evaluation.config import EvalSuite
 from retain.evaluation.domain_file import score_domain_items
-from retain.evaluation.drift import DriftReference, drift_reference, kl_opening, kl_positions, weighted_mean
-from retain.evaluation.probes import (Probe, _LABEL, behaviour_probe, builtin_probe, domain_probe, load_probe_file,
+from retain.evaluation.drift import DriftReference, drift_reference, kl_means, kl_opening, kl_positions, weighted_mean
+from retain.evaluation.probes import (Probe, behaviour_probe, builtin_probe, domain_probe, has_label, load_probe_file,
                                       normalize_answer, score_probe)
 from retain.utils.io import atomic_path, read_json, write_json_atomic
 
@@ -239,8 +239,7 @@ def evaluate(model, tokenizer, suite: EvalSuite, ref: BaseReference | None = Non
     if ref is not None and ref.drift is not None:
         t = time.perf_counter()
         pos = kl_positions(model, tokenizer, ref.drift, batch_size=suite.batch_size)
-        kls = [float(k.mean()) if k.numel() else 0.0 for k in pos]
-        counts, first = list(ref.drift.n_reply), kl_opening(pos)
+        kls, counts, first = kl_means(pos), list(ref.drift.n_reply), kl_opening(pos)
         drift_prompts = {"kl": kls, "tokens": counts, "kl_opening": first}
         extra = {"kl_drift": weighted_mean(kls, counts), "kl_opening": sum(first) / len(first) if first else None}
         timings["kl_drift"] = round(time.perf_counter() - t, 2)
@@ -295,11 +294,6 @@ def same_reply(a: str, b: str) -> bool:
     return normalize_answer(a) == normalize_answer(b)
 
 
-def has_label(reply: str) -> bool:
-    """The reply opens with an answer label ("Answer:", "The answer is:"), a domain format."""
-    return bool(_LABEL.match(reply))
-
-
 def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | None, suite: EvalSuite,
                           extra: dict) -> dict:
     """Aggregate per-item results into the metrics dict (retention uses ``ref.known``): knowledge
@@ -308,7 +302,7 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
     base_items = (ref.base_metrics.get("items") or {}) if ref is not None else {}
     probe_rows: dict[str, dict] = {}
     tot = {"knowledge": [0, 0, 0.0], "behaviour": [0, 0, 0.0]}  # known, retained, chance
-    beh = {"n": 0, "correct": 0, "lost": 0, "gained": 0, "labelled": 0, "changed": 0, "compared": 0}
+    beh = {"n": 0, "lost": 0, "gained": 0, "labelled": 0, "changed": 0, "compared": 0}
     items_view: dict[str, list[int] | None] = {}  # chat probe -> per item: reply differs from the base's
     for name, rs in results.items():
         if name.startswith("domain:"):
@@ -343,10 +337,10 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
                                 if rs and all(r["id"] in texts for r in rs) else None)
             base_ok = dict(zip(base.get("ids", []), base.get("correct", [])))
             known = set((ref.known.get(name) or []) if ref is not None else [])
-            row["label_share"] = sum(has_label(r["prediction"]) for r in rs) / len(rs) if rs else None
+            labelled = sum(has_label(r["prediction"]) for r in rs)
+            row["label_share"] = labelled / len(rs) if rs else None
             beh["n"] += len(rs)
-            beh["correct"] += sum(bool(r["correct"]) for r in rs)
-            beh["labelled"] += sum(has_label(r["prediction"]) for r in rs)
+            beh["labelled"] += labelled
             beh["lost"] += sum(1 for r in rs if r["id"] in known and not r["correct"])
             beh["gained"] += sum(1 for r in rs if r["id"] in base_ok and not base_ok[r["id"]] and r["correct"])
             if items_view[name] is not None:
@@ -358,7 +352,7 @@ def evaluate_from_results(results: dict[str, list[dict]], ref: BaseReference | N
     items = compact_results(results)
     for name, changed in items_view.items():  # behaviour probes: marked, with their reply changes
         items[name]["view"] = "behaviour"
-        if changed is not None and len(changed) == len(items[name]["ids"]):
+        if changed is not None:
             items[name]["changed"] = changed
     kn, bh = tot["knowledge"], tot["behaviour"]
     behaviour = None
