@@ -513,7 +513,7 @@ def phase_report(study: Path, out: Path) -> None:
         return [100 * x.diff, 100 * x.lo, 100 * x.hi]
 
     def cell(v, ci=None):
-        return f"{v:.1f}" + (f" [{ci[1]:+.1f}, {ci[2]:+.1f}]" if ci else "")
+        return f"{v:.1f}" + (f" ({ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}])" if ci else "")
 
     md, res = ["# LoRAMoE behaviour: results (dev sets only)", ""], {"models": {}}
     models = sorted(p.name for p in (out / "models").glob("*") if any((p / f"{a}.json").exists() for a in ABLATIONS))
@@ -567,8 +567,9 @@ def phase_report(study: Path, out: Path) -> None:
                 for k, scale in (("lp", 0.01), ("p_answer", 1), ("same_first", 1)):
                     cis[k] = [scale * v for v in iv(r[k], ref[k])]
             res["teacher_forced"].setdefault(name, {})[a] = {"value": vals, "vs_as_trained": cis, "n": len(r["lp"])}
-            md.append(f"| {name} | {a} | {vals['lp']:.3f}" + (f" [{cis['lp'][1]:+.3f}, {cis['lp'][2]:+.3f}]" if cis else "")
-                      + f" | {cell(vals['p_answer'], cis.get('p_answer'))} | {cell(vals['same_first'], cis.get('same_first'))} |")
+            lp = f"{vals['lp']:.3f}" + (f" ({cis['lp'][0]:+.3f} [{cis['lp'][1]:+.3f}, {cis['lp'][2]:+.3f}])" if cis else "")
+            md.append(f"| {name} | {a} | {lp} | {cell(vals['p_answer'], cis.get('p_answer'))} | "
+                      f"{cell(vals['same_first'], cis.get('same_first'))} |")
     md += ["", "## Routing", "",
            "Mean over adapted layers: the world group's share of the router mass over all tokens and at the decision "
            "position (the prompt's last token); the size of each group's update relative to the frozen output, "
