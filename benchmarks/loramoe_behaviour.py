@@ -5,26 +5,32 @@ on dev sets only (docs/loramoe_behaviour.md has the question, the results and wh
     python benchmarks/loramoe_behaviour.py train     # training ablations (LBC off, other expert splits) into --out
     python benchmarks/loramoe_behaviour.py report    # tables -> stdout and <out>/loramoe_behaviour.md, .json
 
-What is measured, per LoRAMoE model (a run of ``benchmarks/learn_and_keep.py`` or one trained here):
+What is measured, per LoRAMoE model (a run of ``benchmarks/learn_and_keep.py`` or one trained here), in the
+order of :data:`PLAN` (cheapest and most telling first; each step is its own file):
 
-- **Routing** on five prompt sets, each as ``user prompt + reply`` teacher-forced: the dev behaviour questions
-  with the probe's instruction line and bare (reply: the base's own), the built-in drift prompts
-  (:data:`retain.evaluation.drift.DRIFT_PROMPTS`, reply: the base's greedy one), SST-2 dev items (reply: the
-  training answer) and TG corpus rows (as trained). Per adapted layer: the router's mass on the world group,
-  over every real token (``retain routing``'s :func:`~retain.adapters.routing.routing_statistics`, reused) and
-  at the *decision position* (the prompt's last token, which emits the reply's first token, where
-  ``Answer:`` is chosen); and the size of each group's update ``||sum_{e in group} g_e s B_e A_e x||``
-  against the frozen output ``||W0 x||`` (L2 over the output features, mean over tokens).
-- **Inference-time expert ablations** (forward hooks on each :class:`~retain.adapters.loramoe.layer.LoRAMoELinear`;
-  the update is linear in the gates, so the hook adds ``Delta(g') - Delta(g) = Delta(g' - g)``):
-  ``as_trained``; ``no_task`` (task experts' gates set to 0, the world's unchanged); ``no_world``;
-  ``world_only`` (the router renormalised over the world group, every token); ``task_only``; ``base``
-  (adapters disabled: a check, 100 % kept by construction). A self-check compares ``no_task`` against a
-  copy of the model whose task experts' ``lora_B`` columns are zeroed.
-  For each: dev behaviour kept (share of the base-known dev chat items still answered right), the share of
-  replies opening with an answer label (:func:`retain.evaluation.probes.has_label`) and the SST-2 dev
-  accuracy (200 items, letter scoring as ``benchmarks/sweep_lr.py``), with paired 95 % bootstrap intervals
-  against ``as_trained`` (:func:`retain.evaluation.stats.paired_bootstrap`).
+- **Weights**: ``||s B_e A_e||_F`` per expert and layer (:func:`expert_norms`, no forward pass).
+- **Routing** (:func:`routing`) on conversations ``user prompt + reply``, teacher-forced: the dev behaviour
+  questions with the probe's instruction line (a seeded sample of :data:`TF_ITEMS` known items; also bare), the
+  built-in drift prompts (:data:`retain.evaluation.drift.DRIFT_PROMPTS`; replies: the base's own), SST-2 dev
+  items (reply: the training answer) and TG corpus rows (as trained). Per adapted layer: the router's mass on the
+  world group over every real token and at the *decision position* (the prompt's last token, which emits the
+  reply's first token, where ``Answer:`` is chosen), and each group's update ``||sum_{e in group} g_e s B_e A_e x||``
+  against the frozen output ``||W0 x||`` (L2 over output features, mean over tokens). On the TG rows the world
+  share is cross-checked against ``retain routing``'s :func:`~retain.adapters.routing.routing_statistics`.
+- **Inference-time expert ablations** (:func:`ablation`: forward hooks on each
+  :class:`~retain.adapters.loramoe.layer.LoRAMoELinear`; the update is linear in the gates, so the hook adds
+  ``Delta(g') - Delta(g) = Delta(g' - g)``; :func:`check_ablation_hook` compares ``no_task`` with a copy whose task
+  experts' ``lora_B`` columns are zero): ``as_trained``; ``no_task`` (task experts' gates set to 0, the world's
+  unchanged); ``no_world``; ``world_only`` (the router renormalised over the world group, every token);
+  ``task_only``; ``base`` (adapters disabled). Two measures: *teacher-forced* (``tf``, :func:`teacher_forced`) on
+  the base's own replies to :data:`TF_ITEMS` known items: P(reply opens with ``Answer``), whether the base's first
+  token is the most likely, the reply's mean log-probability; and *generated* (``ablation``,
+  :func:`behaviour_and_domain`): dev behaviour kept on all known items, the share of replies opening with an answer
+  label (:func:`retain.evaluation.probes.has_label`) and the SST-2 dev accuracy (200 items, letter scoring as
+  ``benchmarks/sweep_lr.py``). The report gives paired 95 % bootstrap intervals against ``as_trained``
+  (:func:`retain.evaluation.stats.paired_bootstrap`).
+- **Training ablations** (``train``, :data:`TRAIN_ABLATIONS`): the demo's ``loramoe_tg`` recipe with LoRAMoE
+  fields changed, on the study's TG draw; then ``analyse`` picks them up.
 
 Dev only: the chat file and the SST-2 dev split of the study (never its reported probes). The base's
 calibration is ``<study>/dev_reference/calibration.json``, restricted to the chat file (the study's suite also
