@@ -385,8 +385,8 @@ def behaviour_and_domain(model, tok, dev: Dev) -> dict:
 TF_ITEMS = 40
 """Known dev chat items (a seeded sample) in the teacher-forced ablations: CPU is scarce (see the doc)."""
 PLAN = (("tf", "as_trained"), ("tf", "no_task"), ("tf", "world_only"), ("routing", "sst2"), ("routing", "tg"),
-        ("tf", "base"), ("tf", "no_world"), ("routing", "drift"), ("tf", "task_only"),
-        ("ablation", "world_only"), ("ablation", "no_task"), ("ablation", "as_trained"), ("routing", "chat_bare"))
+        ("tf", "base"), ("tf", "no_world"), ("ablation", "no_world"), ("ablation", "as_trained"), ("routing", "drift"),
+        ("tf", "task_only"), ("ablation", "no_task"), ("ablation", "world_only"), ("routing", "chat_bare"))
 """Order of the measurements of one model, cheapest and most telling first (CPU is scarce; each is its own
 file, so a run stopped anywhere resumes). ``tf``: the teacher-forced measures (:func:`teacher_forced`) on
 :data:`TF_ITEMS` known dev chat items under one ablation; the ``as_trained`` one also records routing on them
