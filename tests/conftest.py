@@ -19,6 +19,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+"""Under pytest-xdist (`make test`: `-n 2`) the workers already fill the cores: each runs torch (and every
+subprocess it starts) on one thread, set before torch is imported; more would oversubscribe the machine."""
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
@@ -80,12 +87,12 @@ def small_disk(tmp_path):
 
 ONE_THREAD_AREAS = frozenset({"adapters", "training", "integrations"})
 """Test folders whose tiny-model steps are dominated by small ops: they stall in thread barriers when
-the machine is oversubscribed, so one torch thread is faster and steadier there."""
+the machine is oversubscribed, so one torch thread is faster and steadier there (every folder under xdist)."""
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread(request):
-    if request.path.parent.name not in ONE_THREAD_AREAS:
+    if request.path.parent.name not in ONE_THREAD_AREAS and not XDIST_WORKER:
         yield
         return
     import torch
