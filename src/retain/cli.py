@@ -52,8 +52,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Measure domain score, knowledge probes, known-fact retention and KL drift.",
     ),
     "routing": (
-        "retain.adapters.config:RoutingReportConfig",
-        "retain.adapters.routing:run_routing_report",
+        "retain.evaluation.config:RoutingReportConfig",
+        "retain.evaluation.routing:run_routing_report",
         "LoRAMoE routing report: router mass per expert group and layer, by sample type.",
     ),
     "demo": (

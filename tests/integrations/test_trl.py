@@ -9,9 +9,10 @@ import torch
 
 from retain.adapters.config import LoRAMoEConfig
 from retain.adapters.loramoe import lbc_loss, sample_types
-from retain.adapters.methods import folder_kind, load_finetuned, prepare_model
+from retain.adapters.methods import folder_kind, prepare_model
 from retain.errors import RetainError
 from retain.integrations.trl import LoRAMoESFTTrainer, LoRAMoETrainer, SampleTypeCollator
+from retain.models import load_finetuned
 
 
 @pytest.fixture(scope="module")

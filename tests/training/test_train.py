@@ -18,7 +18,7 @@ def _same_logits(a, b, ids):
 
 @pytest.mark.parametrize("method", ["full", "lora", "loramoe"])
 def test_short_run_lowers_loss_and_writes_outputs(make_recipe, tmp_path, method):
-    from retain.adapters.methods import load_finetuned
+    from retain.models import load_finetuned
 
     lr = 3e-3 if method == "full" else 2e-2  # adapters start at zero (LoRA B = 0): a larger step
     recipe = recipe_from_dict(make_recipe(method=method, optim={"lr": lr}, train={"max_steps": 8, "grad_accum": 2}))

@@ -36,7 +36,7 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
             raise RetainError(f"--behaviour: unknown source '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
     # raises file:line on bad format, on two files of one name, and on shots that give items away
     load_probe_files(suite.probe_files, suite.probe_prompt)
-    from retain.adapters.check import check_finetuned_folder
+    from retain.adapters.methods import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
         check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle,
