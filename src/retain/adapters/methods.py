@@ -167,9 +167,13 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 def save_finetuned(model: nn.Module, out_dir: str | Path, base_model: str, tokenizer=None) -> None:
     """Write ``model`` to ``out_dir`` in its method's format (atomically; an existing folder is replaced).
 
-    base_model: the base model's name or folder, recorded for loading. tokenizer: saved beside the weights
-    (default: the base model's tokenizer, when it can be loaded offline).
+    base_model: the base model's name or folder, recorded for loading (the bundled model as ``smollm2``,
+    even when given as its cache folder: :func:`retain.assets.model_name`). tokenizer: saved beside the
+    weights (default: the base model's tokenizer, when it can be loaded offline).
     """
+    from retain.assets import model_name
+
+    base_model = model_name(base_model)
     method = get_method(method_of(model))
     tokenizer = tokenizer if tokenizer is not None else _try_tokenizer(base_model)
     with atomic_path(out_dir) as tmp:

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from retain.assets import model_name
 from retain.errors import RetainError
 from retain.evaluation.config import EvalConfig
 from retain.utils import console
@@ -164,7 +165,7 @@ def run_eval(cfg: EvalConfig) -> int:
     rows, flips = [], []
     base_harness = _harness(cfg, base, tok)  # also with --skip_base: the tuned models' tasks pair with it
     if not cfg.skip_base:
-        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **base_harness})
+        rows.append({"model": "base", "path": model_name(cfg.base), **ref.base_metrics, **base_harness})
     del base
     from retain.evaluation.compare import compare
 

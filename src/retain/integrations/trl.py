@@ -106,7 +106,7 @@ class LoRAMoETrainerMixin:
 
     sample_type_column: the dataset column holding each sample's type. base_model: recorded in the saved
     ``adapter_config.json`` for :func:`~retain.models.load_finetuned` (default: the folder or hub
-    id the model was loaded from).
+    id the model was loaded from; the bundled model's cache folder is recorded as ``smollm2``).
     """
 
     def __init__(self, *args, sample_type_column: str = "sample_type", base_model: str | None = None, **kwargs):
