@@ -353,7 +353,7 @@ def test_serve_answers_to_a_short_stable_name_and_to_the_folder_it_was_given(tra
 
     assert served_names("smollm2") == ("smollm2", ())
     assert served_names(str(bundled_smollm2)) == ("smollm2", (str(bundled_smollm2),))
-    assert served_names(str(trained["lora"]), "mine") == ("mine", (str(trained["lora"]),))
+    assert served_names(str(trained["lora"]), "mine") == ("mine", ())  # a name given is the only one
     apps = []
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
     with socket.socket() as s:

@@ -79,9 +79,9 @@ class ServeConfig:
     max_queue: int = 4096
     """Queued choices beyond this get HTTP 429 (clients back off and retry)."""
     served_model_name: str | None = None
-    """Model id reported by /v1/models and in responses. Default: a short name: 'smollm2' for the bundled model,
-    a local folder's name (for a run's model/ folder, the run folder's name), else --model. A request's
-    'model' may also be --model as given."""
+    """Model id reported by /v1/models and in responses (then the only name served). Default: a short name:
+    'smollm2' for the bundled model, a local folder's name (for a run's model/ folder, the run folder's name),
+    else --model; a request's 'model' may then also be --model as given."""
     api_key_env: str | None = None
     """If set, the name of an environment variable holding the key clients must send as 'Authorization: Bearer'."""
     max_body_bytes: int = 2_000_000
@@ -236,19 +236,20 @@ class _GateAndLog:
 def served_names(model: str, served_model_name: str | None = None) -> tuple[str, tuple[str, ...]]:
     """(the id ``retain serve`` reports, the other names a request's ``model`` may carry) for ``--model``.
 
-    The id is ``served_model_name`` when given, else short and stable: ``smollm2`` for the bundled model
-    (any of its names or its cache folder, :func:`retain.assets.model_name`), a local folder's name (for a
-    folder named ``model``, as ``retain train`` writes in its run folder, the run folder's name:
-    ``runs/lora/model`` -> ``lora``), else ``model`` itself (a hub id). ``model`` as given is accepted too."""
+    The id is ``served_model_name`` when given (then it is the only name), else short and stable:
+    ``smollm2`` for the bundled model (any of its names or its cache folder, :func:`retain.assets.model_name`),
+    a local folder's name (for a folder named ``model``, as ``retain train`` writes in its run folder, the
+    run folder's name: ``runs/lora/model`` -> ``lora``), else ``model`` itself (a hub id); ``model`` as given
+    is accepted too."""
     from pathlib import Path
 
     from retain.assets import model_name
 
+    if served_model_name:
+        return served_model_name, ()
     canonical = model_name(model)
     folder = Path(model).expanduser()
-    if served_model_name:
-        served = served_model_name
-    elif canonical != model or not folder.is_dir():
+    if canonical != model or not folder.is_dir():
         served = canonical
     else:
         folder = folder.resolve()
