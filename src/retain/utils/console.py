@@ -10,7 +10,7 @@
   codes, one per tenth of the work (as the HF Trainer's logging steps), and the libraries' own bars
   (transformers' weight loading, the hub, datasets) are switched off, as with ``--quiet``.
 - The chatter of libraries the user cannot act on stays out: httpx / httpcore log each request at INFO
-  (``HTTP Request: POST ...``), so their loggers are set to WARNING.
+  (``HTTP Request: POST ...``; the openai client on httpx2 / httpcore2), so their loggers are set to WARNING.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ _quiet = False
 _QUIET_ENV = ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS")
 _set_env: set[str] = set()  # the variables --quiet set (and will unset)
 _applied = False  # whether the library progress bars are switched off
-CHATTY_LOGGERS = ("httpx", "httpcore")
-"""Libraries that log every request at INFO; kept at WARNING."""
+CHATTY_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
+"""HTTP clients that log every request at INFO (the openai client runs on httpx2 here); kept at WARNING."""
 
 
 def configure(quiet: bool = False) -> None:
