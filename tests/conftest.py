@@ -55,6 +55,20 @@ def tiny_llama_path(tmp_path_factory, smollm2_path) -> str:
 
 
 @pytest.fixture
+def bundled_smollm2(tmp_path, monkeypatch, tiny_llama_path):
+    """A machine whose bundled model (``smollm2``) is the tiny Llama: ``$RETAIN_CACHE`` points at a fresh folder
+    that holds it as the converted SmolLM2. Returns that model folder (what ``smollm2`` resolves to)."""
+    import shutil
+
+    from retain.assets import SMOLLM2_DIRNAME
+
+    folder = tmp_path / "retain_cache" / "models" / SMOLLM2_DIRNAME
+    shutil.copytree(tiny_llama_path, folder)
+    monkeypatch.setenv("RETAIN_CACHE", str(tmp_path / "retain_cache"))
+    return folder
+
+
+@pytest.fixture
 def small_disk(tmp_path):
     """``make(size)`` -> a folder on a fresh tmpfs of ``size`` (e.g. "64k"), unmounted afterwards; to
     test a full disk. Needs root and a working ``mount -t tmpfs``; the test is skipped otherwise.
