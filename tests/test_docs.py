@@ -67,6 +67,14 @@ def test_readme_code_blocks_are_the_example_files():
     assert {"measure.sh", "tg_replay.sh", "trl_loramoe.py", "serve.sh", "gate.sh", "multimodal.sh"} <= shown
 
 
+def test_readme_links_point_at_files_that_exist():
+    text = (ROOT / "README.md").read_text()
+    links = [m for m in re.findall(r"\]\(([^)\s]+)\)", text) if not re.match(r"[a-z]+://|#", m)]
+    assert links
+    missing = [link for link in links if not (ROOT / link.split("#")[0]).exists()]
+    assert not missing, f"README links to files that do not exist: {missing}"
+
+
 def test_site_runnable_blocks_include_example_files():
     pages = sorted((ROOT / "docs").rglob("*.md"))
     included = set()

@@ -119,12 +119,22 @@ def test_example_runs_as_written(name, workdir):
         assert (runs / "mllm" / "report.md").exists()
 
 
-def test_the_ci_recipe_and_gate_parse(tmp_path):
-    """examples/ci/recipe.yaml (what the GitHub Actions job trains) and its gate file are valid, without
-    training: every key, the data file and the gate file are checked by `--print_config`."""
+def test_the_ci_job_files_are_valid(tmp_path, monkeypatch):
+    """What the GitHub Actions job of examples/ci/forgetting-gate.yml runs, checked without training: the
+    recipe's keys and values (`retain train ... --print_config`), its gate, probe and data files."""
+    from retain.data.formats import load_examples
+    from retain.evaluation.gate import load_gate
+    from retain.evaluation.probes import load_probe_file
+
     (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
     res = subprocess.run([sys.executable, "-m", "retain", "train", "examples/ci/recipe.yaml", "--print_config"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
-    assert "examples/ci/gate.yaml" in res.stdout and "examples/ci/data.jsonl" in res.stdout
+    assert "retain train examples/ci/recipe.yaml" in (EXAMPLES / "ci" / "forgetting-gate.yml").read_text()
+    monkeypatch.chdir(tmp_path)
+    for path in ("examples/ci/gate.yaml", "examples/ci/facts.jsonl", "examples/ci/data.jsonl"):
+        assert path in res.stdout  # the recipe points at the files checked below
+    assert load_gate("examples/ci/gate.yaml").rules
+    assert load_probe_file("examples/ci/facts.jsonl").kind == "mc"
+    assert len(load_examples("examples/ci/data.jsonl")) == 24
