@@ -41,7 +41,7 @@ RUN_ORDER = [
 ]
 """Every runnable example, in the order they run (tests/test_docs.py checks that no example is missing)."""
 
-TIMEOUT_S = 900
+TIMEOUT_S = 1800
 """Per example; far above what any takes (a hung server or a deadlock fails instead of blocking CI)."""
 
 
