@@ -4,7 +4,7 @@ from retain.evaluation.config import EvalSuite
 from retain.evaluation.suite import BaseReference, evaluate
 from retain.models import load_model
 
-suite = EvalSuite.profile("tiny", domain=None)  # small item counts; EvalSuite.profile("default") to measure
+suite = EvalSuite.profile("tiny", probes={"arc_easy": 12}, domain=None)  # "default": real item counts
 base, tok = load_model("smollm2")
 ref = BaseReference.build(base, tok, suite)  # once per base: the items it knows, the drift reference
 tuned, tuned_tok = load_model("runs/lora/model")  # a folder retain train wrote (any method) or a model folder
