@@ -2,5 +2,6 @@
 from retain.generation.backends import BackendConfig, SamplingParams, make_backend
 
 backend = make_backend(BackendConfig(kind="hf", model="smollm2", batch_size=32))  # or kind="openai", base_url=...
-[reply] = backend.chat([[{"role": "user", "content": "What is DNA?"}]], SamplingParams(max_new_tokens=32, temperature=0))
+conversation = [{"role": "user", "content": "What is DNA?"}]
+[reply] = backend.chat([conversation], SamplingParams(max_new_tokens=32, temperature=0))  # 0: greedy
 print(reply.text, reply.finish_reason, reply.completion_tokens)
