@@ -36,7 +36,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=6, help="optimizer steps timed per setting (first one excluded)")
     ap.add_argument("--micro", type=int, nargs="+", default=[8, 4, 2], help="examples per forward pass")
-    ap.add_argument("--arms", nargs="+", default=["lora", "full_tg"], help="demo arms (retain.demo.METHODS)")
+    ap.add_argument("--arms", nargs="+", default=["lora", "full_tg"], help="demo arms (retain.demo.common.METHODS)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--tg_corpus", help="the TG arms' corpus, e.g. a demo run's runs/demo/tg/sft.jsonl "
                     "(default: a small tree made here with the demo's TG stage)")
@@ -49,7 +49,8 @@ def main() -> None:
 
     from retain.assets import smollm2_path
     from retain.data.collate import encode_examples
-    from retain.demo import PROFILES, DemoConfig, build_recipe
+    from retain.demo import DemoConfig
+    from retain.demo.text import PROFILES, build_recipe
     from retain.training.run import load_mixture, train
     import retain.training.trainer as trainer_mod
     from retain.training.trainer import StreamDataset
@@ -63,7 +64,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tg = _p(args.tg_corpus) if args.tg_corpus else None
         if tg is None and any("tg" in a for a in args.arms):  # a small TG corpus for the TG arms' mixture
-            from retain.demo import make_tg_corpus
+            from retain.demo.common import make_tg_corpus
 
             tg = make_tg_corpus(cfg, dataclasses.replace(prof, tg_levels=[[4, 64], [2, 64]]), _p(tmp), base, tok)
         print(f"\nSmolLM2-135M-Instruct, default demo profile: {prof.steps} steps x {prof.batch_size} examples, "

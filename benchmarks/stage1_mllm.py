@@ -19,7 +19,7 @@ from pathlib import Path
 def main(out: Path) -> dict:
     from retain.data import easy_vqa
     from retain.demo import DemoConfig
-    from retain.demo_mllm import _recipe, resolved_profile, vqa_data
+    from retain.demo.mllm import _recipe, resolved_profile, vqa_data
     from retain.evaluation.vqa import score_vqa, vqa_accuracy
     from retain.multimodal.model import MiniMLLMConfig, build_mini_mllm
     from retain.training.config import DatasetSpec

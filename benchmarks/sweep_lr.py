@@ -5,7 +5,7 @@
 Not part of ``make bench`` (about 30 minutes on 2 CPU cores). It produced the numbers behind the
 default demo profile (``docs/domain.md``). The rule, fixed before any run:
 
-- **Budget**: the demo's own (``retain.demo.PROFILES["default"]``): same steps, batch, max length,
+- **Budget**: the demo's own (``retain.demo.text.PROFILES["default"]``): same steps, batch, max length,
   warmup and schedule for every method; the training examples are the demo's (``builtin:<domain>``,
   first ``domain_examples`` of the seeded shuffle of the train split).
 - **Dev split**: the last ``--dev`` items of that same shuffled train split. The demo never reports on
@@ -58,7 +58,8 @@ def main() -> None:
 
     import torch
 
-    from retain.demo import PROFILES, DemoConfig, build_recipe
+    from retain.demo import DemoConfig
+    from retain.demo.text import PROFILES, build_recipe
     from retain.evaluation.probes import Probe, score_probe
     from retain.evaluation.stats import fmt_interval, paired_bootstrap
     from retain.evaluation.suite import label_balance

@@ -184,3 +184,29 @@ def test_a_full_fine_tune_keeps_the_bases_use_cache(make_recipe, tiny_llama_path
     res = train(recipe_from_dict(make_recipe(method="full", model={"name": str(base)}, train={"max_steps": 1})))
     saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
     assert saved["use_cache"] is base_use_cache and res.model.config.use_cache is base_use_cache
+
+
+@pytest.mark.parametrize("method", ["full", "lora", "loramoe"])
+def test_snapshot_steps_save_loadable_fine_tunes_of_those_steps(make_recipe, tmp_path, method):
+    """train.snapshot_steps: a folder per listed step, in the final model's format, loaded by load_model; the
+    last step's snapshot is the final model, an earlier one is not; use_cache is the base's, not the Trainer's."""
+    from retain.models import load_model
+
+    recipe = recipe_from_dict(make_recipe(method=method, optim={"lr": 2e-2},
+                                          train={"max_steps": 4, "snapshot_steps": [2, 4]}))
+    res = train(recipe)
+    snaps = tmp_path / "run" / "snapshots"
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-2", "step-4"]
+    ids = torch.randint(0, 1000, (2, 12))
+    at2, _ = load_model(str(snaps / "step-2"), device="cpu")
+    at4, _ = load_model(str(snaps / "step-4"), device="cpu")
+    assert _same_logits(res.model, at4, ids) and not _same_logits(res.model, at2, ids)
+    assert at2.config.use_cache is res.model.config.use_cache  # the base's (the Trainer trains with False)
+
+
+def test_snapshot_steps_are_checked():
+    from retain.errors import RetainError
+    from retain.training.config import TrainLoopConfig
+
+    with pytest.raises(RetainError, match="train.snapshot_steps"):
+        TrainLoopConfig(snapshot_steps=[0])

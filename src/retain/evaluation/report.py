@@ -6,7 +6,7 @@ both ``retain demo`` (``demo.json``) and ``retain eval`` (``eval.json``).
   ``path``. :meth:`Row.from_dict` reads both, so every function here takes rows of either command.
 - Every number shown comes from the rows the run wrote; nothing is recomputed here, the paired 95 %
   intervals included (``vs_base``, ``vs_full``, ``vs_lora``: :func:`retain.evaluation.compare.compare`
-  entries stored by :func:`retain.demo.add_comparisons` and ``retain eval``).
+  entries stored by :func:`retain.demo.text.add_comparisons` and ``retain eval``).
 - Two views of retention, named everywhere: **behaviour** (the tuned model's own chat-format answers to
   closed-book questions the base answered; what a user meets) and **knowledge** (multiple-choice
   log-likelihood and few-shot completion; robust to the answer format). :data:`HEADLINE_RULE` says

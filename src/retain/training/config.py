@@ -160,6 +160,10 @@ class TrainLoopConfig:
     keep_final_checkpoint: bool = False
     """Keep checkpoints/ after training finishes, with a checkpoint of the final step (by default only the final
     model stays). A kept final checkpoint lets --resume with a larger train.max_steps continue the run."""
+    snapshot_steps: list[int] = field(default_factory=list)
+    """Also save a loadable fine-tuned folder (the format of ``model/``: any command that takes a fine-tune
+    takes it) at these optimizer steps, to ``snapshots/step-<N>/``: to measure forgetting as training sees
+    more data (``benchmarks/learn_and_keep.py``). Kept after training; not with FSDP / DeepSpeed."""
     log_every: int = 1
     """Write a train_log.jsonl row every N steps."""
     progress: bool = True
@@ -172,6 +176,8 @@ class TrainLoopConfig:
     memory). Logged as kl_loss (nats/token). See retain.training.anchor."""
 
     def __post_init__(self) -> None:
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in self.snapshot_steps):
+            raise RetainError(f"train.snapshot_steps={self.snapshot_steps}: give optimizer steps >= 1, e.g. [6, 12]")
         for key in ("batch_size", "grad_accum", "max_length", "log_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise RetainError(f"train.{key}={getattr(self, key)}: must be >= 1")

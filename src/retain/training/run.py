@@ -159,6 +159,7 @@ RUN_RECIPE_HEADER = ("# Written by retain train: the recipe this run trains (the
 """First lines of the run's own ``recipe.yaml``: how a later run tells its file from a user's recipe."""
 
 RESUME_SAFE = ("train.output_dir", "train.progress", "train.log_every", "train.save_every", "train.keep_checkpoints",
+               "train.snapshot_steps",
                "train.keep_final_checkpoint", "train.report_to")
 """Recipe keys a resumed run may change: where and how often it logs and checkpoints, never what it trains."""
 RESUME_LENGTH = ("train.max_steps", "train.epochs")
@@ -367,7 +368,7 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
-        CHECKPOINTS, LossBalance, RetainTrainer, RunLogCallback, StepBarCallback, StreamDataset, check_resume,
+        CHECKPOINTS, LossBalance, RetainTrainer, RunLogCallback, SnapshotCallback, StepBarCallback, StreamDataset, check_resume,
         complete_checkpoints, read_log, total_steps, type_shares,
     )
     from retain.utils.io import (
@@ -462,6 +463,20 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
         base_model=recipe.model.name, eval_dataset=held_features or None,
     )
     callback.trainer = trainer
+    if recipe.train.snapshot_steps:
+        if trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled:
+            raise RetainError("train.snapshot_steps: not supported with FSDP / DeepSpeed (sharded weights); drop it "
+                              "or keep checkpoints (train.save_every)")
+
+        def snapshot(dest: Path) -> None:  # the final model's format and use_cache (the Trainer turns it off)
+            cache = getattr(trainee.config, "use_cache", None)
+            if base_use_cache is not None:
+                trainee.config.use_cache = base_use_cache
+            save_finetuned(trainee, dest, base_model=recipe.model.name, tokenizer=tok)
+            if cache is not None:
+                trainee.config.use_cache = cache
+
+        trainer.add_callback(SnapshotCallback(recipe.train.snapshot_steps, out / "snapshots", snapshot, is_main))
     if is_main:
         log.info("engine: transformers Trainer, accelerate %s", trainer.accelerator.distributed_type.value)
     # No per-step dicts on stdout (train_log.jsonl has them): without a bar the Trainer's PrinterCallback

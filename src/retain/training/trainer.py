@@ -433,6 +433,20 @@ class RunLogCallback(TrainerCallback):
         self._mark = time.perf_counter()
 
 
+class SnapshotCallback(TrainerCallback):
+    """``train.snapshot_steps``: after each listed optimizer step, ``save(folder)`` writes a loadable fine-tuned
+    folder ``<snapshots>/step-<N>/`` (rank 0; the saver writes atomically). A folder already there (a run resumed
+    past that step: resume is bit-exact, so it holds the same weights) is kept."""
+
+    def __init__(self, steps: list[int], folder: Path, save, is_main: bool):
+        self.steps, self.folder, self.save, self.is_main = set(steps), folder, save, is_main
+
+    def on_step_end(self, args, state, control, **kwargs):
+        dest = self.folder / f"step-{state.global_step}"
+        if self.is_main and state.global_step in self.steps and not dest.exists():
+            self.save(dest)
+
+
 def complete_checkpoints(output_dir: Path) -> list[Path]:
     """The run's complete checkpoints (those with ``retain_state.json``), oldest first."""
     root = Path(output_dir) / CHECKPOINTS

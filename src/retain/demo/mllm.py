@@ -35,7 +35,7 @@ from typing import Any
 from retain.errors import RetainError
 
 MLLM_METHODS = ("full", "full_tg", "lora", "loramoe_tg", "lora_tg")
-"""Stage-2 methods (keys of :data:`retain.demo.METHODS`)."""
+"""Stage-2 methods (keys of :data:`retain.demo.common.METHODS`)."""
 
 
 @dataclass
@@ -103,7 +103,7 @@ def mllm_methods(cfg) -> list[str]:
 
 
 def resolved_profile(cfg) -> MllmProfile:
-    from retain.demo import pick_profile
+    from retain.demo.common import pick_profile
 
     return pick_profile(cfg, MLLM_PROFILES)
 
@@ -139,7 +139,7 @@ def stage2_recipe(cfg, prof: MllmProfile, out: Path, name: str, vqa_file: Path, 
     """The stage-2 recipe of one method: easy-VQA (task) [+ the TG corpus, text only (world)], on the
     stage-1 model."""
     from retain.data import easy_vqa
-    from retain.demo import METHODS
+    from retain.demo.common import METHODS
     from retain.training.config import DatasetSpec
 
     arm = METHODS[name]
@@ -177,7 +177,7 @@ def run_mllm_demo(cfg) -> int:
     """``retain demo --scenario mllm`` (cfg: :class:`retain.demo.DemoConfig`)."""
 
     from retain.data import easy_vqa
-    from retain.demo import (
+    from retain.demo.common import (
         METHODS, check_tg_corpus, open_run, reference_stage, result_row, run_summary, tg_stage, train_arm,
     )
     from retain.evaluation.config import EvalSuite

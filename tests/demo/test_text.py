@@ -8,6 +8,7 @@ import json
 import pytest
 
 from retain.demo import DemoConfig, run_demo
+from retain.demo.text import text_methods, text_profile
 from retain.errors import RetainError
 
 
@@ -78,11 +79,11 @@ def test_a_bad_tg_corpus_is_refused_before_any_model_loads(tmp_path, monkeypatch
 
 def test_demo_bad_input(tmp_path):
     with pytest.raises(RetainError, match="unknown method 'nope'"):
-        DemoConfig(out=str(tmp_path), methods=["nope"]).resolved_methods()
+        text_methods(DemoConfig(out=str(tmp_path), methods=["nope"]))
     with pytest.raises(RetainError, match="--profile"):
-        DemoConfig(out=str(tmp_path), profile="huge").resolved_profile()  # type: ignore[arg-type]
+        text_profile(DemoConfig(out=str(tmp_path), profile="huge"))  # type: ignore[arg-type]
     with pytest.raises(RetainError, match="--tg_corpus"):
-        from retain.demo import check_tg_corpus
+        from retain.demo.common import check_tg_corpus
 
         check_tg_corpus(str(tmp_path / "missing.jsonl"))
 
@@ -94,7 +95,7 @@ def test_demo_trains_on_the_sweeps_examples_and_never_on_its_dev_split(tmp_path)
 
     from retain.data.formats import load_examples
     from retain.data.olmo_eval import dev_split, domain_split, format_mc_prompt
-    from retain.demo import PROFILES, build_recipe
+    from retain.demo.text import PROFILES, build_recipe
 
     prof = PROFILES["default"]
     cfg = DemoConfig(out=str(tmp_path), domain="sst2")
@@ -111,7 +112,8 @@ def test_demo_trains_on_the_sweeps_examples_and_never_on_its_dev_split(tmp_path)
 def test_kl_anchored_methods_carry_the_profile_lambda_and_others_do_not(tmp_path):
     from pathlib import Path
 
-    from retain.demo import METHODS, PROFILES, build_recipe
+    from retain.demo.common import METHODS
+    from retain.demo.text import PROFILES, build_recipe
 
     prof, cfg = PROFILES["smoke"], DemoConfig(out=str(tmp_path), domain="sst2")
     lam = {n: build_recipe(cfg, prof, n, Path("tg.jsonl"), tmp_path).train.kl_anchor for n in METHODS}
@@ -127,7 +129,7 @@ def test_stage_clock_keeps_recorded_times_of_skipped_stages(tmp_path):
 
     from rich.console import Console
 
-    from retain.demo import StageClock
+    from retain.demo.common import StageClock
 
     (tmp_path / "demo.json").write_text(json.dumps({"stages": {"train full": 123.4}}))
     clock = StageClock(tmp_path, Console(file=open(tmp_path / "log.txt", "w")))
