@@ -60,7 +60,8 @@ def workdir(tmp_path_factory) -> Path:
     bin_dir.mkdir()
     (bin_dir / "retain").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m retain "$@"\n')
     (bin_dir / "retain").chmod(0o755)
-    (bin_dir / "python").symlink_to(sys.executable)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # a symlink would leave the venv
+    (bin_dir / "python").chmod(0o755)
     return work
 
 
