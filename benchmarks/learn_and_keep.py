@@ -412,6 +412,7 @@ def phase_report(root: Path) -> None:
     res["curves"] = curves
     write_json_atomic(root / "learn_and_keep.json", res)
     plot(curves, {v: 100 * sum(oc_base[v][0].values()) / len(oc_base[v][0]) for v, _ in VIEWS},
+         {arm: {v: rec[v]["per_draw"] for v, _ in VIEWS} for arm, rec in res["arms"].items()},
          root / "learn_and_keep.png")
     md = ["# Learn and keep: results", "",
           f"Loss balance `{bal}` (decided on dev), KL anchor λ = {lam:g} (decided on dev). "
@@ -425,27 +426,32 @@ def phase_report(root: Path) -> None:
     print("\n".join(md))
 
 
-def plot(curves: dict, base: dict, path: Path) -> None:
+def plot(curves: dict, base: dict, draws: dict, path: Path) -> None:
+    """One panel per view: draw 0's snapshots and final model against domain examples seen, from the base at
+    0 (paired 95 % intervals vs the base as error bars), and every draw's final value as a small cross."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
     for ax, (view, title) in zip(axes, VIEWS):
-        for arm, pts in curves.items():
+        for j, (arm, pts) in enumerate(curves.items()):
             if not pts:
                 continue
-            x = [p["domain_examples"] for p in pts]
-            y = [p[view][0] for p in pts]
-            err = [[p[view][0] - p[view][1] for p in pts], [p[view][2] - p[view][0] for p in pts]]
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=LABELS[arm])
-        ax.axhline(base[view], color="grey", ls=":", label="base")
-        ax.set_xlabel("domain examples seen (draw 0)")
+            dx = (j - 2) * 1.5  # a small offset per arm, so the error bars do not overlap
+            x = [0.0] + [p["domain_examples"] + dx for p in pts]
+            y = [base[view]] + [p[view][0] for p in pts]
+            err = [[0.0] + [p[view][0] - p[view][1] for p in pts], [0.0] + [p[view][2] - p[view][0] for p in pts]]
+            line = ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, label=LABELS[arm])
+            finals = draws.get(arm, {}).get(view, [])
+            ax.scatter([x[-1] + 3] * len(finals), finals, marker="x", s=18, color=line[0].get_color(), alpha=0.8)
+        ax.set_xlabel("domain examples seen")
         ax.set_title(f"{title} (%)")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Forgetting as the domain data grows: SmolLM2-135M, SST-2, 95 % paired intervals vs the base")
+    fig.suptitle("Forgetting as the domain data grows (SmolLM2-135M, SST-2): draw 0 with paired 95 % intervals vs "
+                 "the base; x: each draw's final model", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
