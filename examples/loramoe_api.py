@@ -3,8 +3,8 @@ import torch
 
 from retain.adapters.config import LoRAMoEConfig
 from retain.adapters.loramoe import lbc_loss, sample_types
-from retain.adapters.methods import load_finetuned, prepare_model, save_finetuned
-from retain.models import load_model
+from retain.adapters.methods import prepare_model, save_finetuned
+from retain.models import load_finetuned, load_model
 
 base, tok = load_model("smollm2")
 model = prepare_model(base, "loramoe", loramoe=LoRAMoEConfig(num_experts=6, rank=4, lbc_beta=0.1))
