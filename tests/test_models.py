@@ -269,3 +269,102 @@ def test_routing_takes_a_loramoe_folder_and_names_what_a_lora_folder_lacks(train
     else:  # routing reports a router: a LoRA folder has none; one line, exit 2
         err = capsys.readouterr().err
         assert rc == 2 and err.startswith("error: ") and "not a LoRAMoE adapter folder" in err and err.count("\n") == 1
+
+
+# -- the bundled model has one name, smollm2, that every API accepts and every folder records (issue 23) --
+
+def test_model_name_is_smollm2_for_every_name_of_the_bundled_model(bundled_smollm2, tiny_llama_path):
+    from retain.assets import model_name, resolve_model
+
+    assert [model_name(n) for n in ("smollm2", "SmolLM2-135M-Instruct", str(bundled_smollm2))] == ["smollm2"] * 3
+    assert model_name(tiny_llama_path) == tiny_llama_path  # any other folder is recorded as given
+    assert resolve_model("smollm2") == str(bundled_smollm2)
+
+
+def _another_machine(bundled, tmp_path, monkeypatch) -> list:
+    """Move the bundled model away and point $RETAIN_CACHE at an empty folder; converting the model (on first
+    use of 'smollm2') copies it there. Returns the list of conversions made."""
+    from retain import assets
+
+    tiny = tmp_path / "tiny"
+    shutil.move(str(bundled), tiny)
+    monkeypatch.setenv("RETAIN_CACHE", str(tmp_path / "other_cache"))
+    converted = []
+    monkeypatch.setattr(assets, "_convert_smollm2", lambda target: (converted.append(target),
+                                                                     shutil.copytree(tiny, target)))
+    return converted
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_an_adapter_on_the_bundled_model_records_smollm2_and_loads_on_another_machine(bundled_smollm2, tmp_path,
+                                                                                      monkeypatch, method):
+    """The base was given as the cache folder (as a script that loads it by path would): the folder records
+    'smollm2', which resolves on a machine whose cache is elsewhere, converting the model on first use."""
+    from retain import assets
+    from retain.adapters.config import LoRAConfig, LoRAMoEConfig
+    from retain.adapters.methods import prepare_model, save_finetuned
+
+    torch.manual_seed(0)
+    base, tok = load_model(str(bundled_smollm2), device="cpu")
+    model = prepare_model(base, method, lora=LoRAConfig(r=2), loramoe=LoRAMoEConfig(num_experts=2, rank=2))
+    save_finetuned(model, tmp_path / "adapter", base_model=str(bundled_smollm2), tokenizer=tok)
+    meta = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert meta["base_model_name_or_path" if method == "lora" else "base_model"] == "smollm2"
+
+    converted = _another_machine(bundled_smollm2, tmp_path, monkeypatch)
+    loaded, _ = load_model(str(tmp_path / "adapter"), device="cpu")
+    ids = torch.tensor([tok("The capital of France is")["input_ids"]])
+    assert torch.allclose(_logits(loaded, ids), _logits(model.eval(), ids), atol=1e-5)
+    assert converted == [tmp_path / "other_cache" / "models" / assets.SMOLLM2_DIRNAME]
+
+
+def test_eval_takes_smollm2_as_base_and_a_folder_that_records_it(bundled_smollm2, tmp_path, monkeypatch, capsys):
+    from retain.adapters.config import LoRAConfig
+    from retain.adapters.methods import prepare_model, save_finetuned
+    from retain.cli import main
+
+    base, tok = load_model(str(bundled_smollm2), device="cpu")
+    save_finetuned(prepare_model(base, "lora", lora=LoRAConfig(r=2)), tmp_path / "lora", base_model=str(bundled_smollm2))
+    _another_machine(bundled_smollm2, tmp_path, monkeypatch)
+    rc = main(["eval", "--base", "smollm2", "--tuned", f"[{tmp_path / 'lora'}]", "--out", str(tmp_path / "ev"),
+               "--profile", "tiny", "--probes", "{arc_easy: 4}", "--domain_items", "4", "--device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+
+
+def test_decompress_records_smollm2_not_its_cache_folder(bundled_smollm2, tmp_path, capsys):
+    from retain.cli import main
+
+    rc = main(["decompress", str(tmp_path / "tg"), "--model", "smollm2", "--levels", "[[2,4]]",
+               "--topics", '["science","history"]', "--dedup_threshold", "1.0", "--progress", "false",
+               "--backend.device", "cpu"])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "tg" / "manifest.json").read_text())["model"] == "smollm2"
+
+
+def test_serve_answers_to_a_short_stable_name_and_to_the_folder_it_was_given(trained, bundled_smollm2, monkeypatch):
+    """`retain serve --model runs/x/model` served the id 'runs/x/model'; now 'x' (the run's name), and the path
+    is accepted too; /v1/models lists the id first. The bundled model is 'smollm2' however it was given."""
+    import socket
+
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from retain.generation.serve import ServeConfig, run_serve, served_names
+
+    assert served_names("smollm2") == ("smollm2", ())
+    assert served_names(str(bundled_smollm2)) == ("smollm2", (str(bundled_smollm2),))
+    assert served_names(str(trained["lora"]), "mine") == ("mine", ())  # a name given is the only one
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append(app))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert run_serve(ServeConfig(model=str(trained["lora"]), port=port)) == 0
+    ask = {"messages": [{"role": "user", "content": "1+1?"}], "max_tokens": 2, "temperature": 0}
+    with TestClient(apps[0]) as client:
+        assert [m["id"] for m in client.get("/v1/models").json()["data"]] == ["lora", str(trained["lora"])]
+        for name in ("lora", str(trained["lora"])):
+            r = client.post("/v1/chat/completions", json={**ask, "model": name})
+            assert r.status_code == 200 and r.json()["model"] == "lora", r.text
+        r = client.post("/v1/chat/completions", json={**ask, "model": "smollm2"})
+        assert r.status_code == 404 and "serves `lora`" in r.json()["error"]["message"]

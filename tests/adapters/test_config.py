@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from retain.adapters.config import LoRAConfig, LoRAMoEConfig, RoutingReportConfig
+from retain.adapters.config import LoRAConfig, LoRAMoEConfig
+from retain.evaluation.config import RoutingReportConfig
 from retain.errors import RetainError
 
 OLD = {"blc_weight": 0.25, "blc_alpha": 0.3, "blc_reduction": "sum", "blc_eps": 1e-8, "blc_paper_sign": True}

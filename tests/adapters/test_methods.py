@@ -10,8 +10,9 @@ from tests.adapters.adapter_archs import build_tiny, randomize_adapters
 
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
 from retain.adapters.loramoe import lbc_loss, sample_types
-from retain.adapters.methods import folder_kind, load_finetuned, prepare_model, save_finetuned
+from retain.adapters.methods import folder_kind, prepare_model, save_finetuned
 from retain.errors import RetainError
+from retain.models import load_finetuned
 
 
 @pytest.fixture(scope="module")

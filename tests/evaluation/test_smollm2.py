@@ -12,7 +12,9 @@ def test_smollm2_small_suite(smollm2_path):
     from retain.models import load_model
 
     model, tok = load_model(smollm2_path)
-    suite = EvalSuite(probes={"arc_easy": 40}, domain="medmcqa", domain_items=8, drift_prompts=3, drift_new_tokens=8)
+    # behaviour: a small sample (the default asks 1,000 chat questions twice: 5 minutes of the suite)
+    suite = EvalSuite(probes={"arc_easy": 40}, behaviour={"common_knowledge": 12}, domain="medmcqa", domain_items=8,
+                      drift_prompts=3, drift_new_tokens=8)
     ref = BaseReference.build(model, tok, suite)
     base = ref.base_metrics
     # ARC-Easy has 4 choices (chance 25 %); SmolLM2-135M scores well above it in cloze format

@@ -102,3 +102,17 @@ def test_the_plan_is_printed_before_the_run_and_yes_starts_a_large_tree(tmp_path
     assert started[0].plan()["nodes"] == 200 + 200 * 101 and started[0].yes
     assert main(["decompress", str(tmp_path / "big"), "--levels", "[[200,64],[101,64]]"]) == 2
     assert "pass --yes" in capsys.readouterr().err and len(started) == 1
+
+
+def test_decompress_through_a_server_prints_no_request_lines(tmp_path, capsys):
+    """One `HTTP Request: POST ...` line per request (httpx at INFO) buried the run's own status lines."""
+    from tests.generation.conftest import FakeBackend
+    from tests.generation.test_backends_openai import serve_in_thread
+
+    from retain.generation.serve import create_app
+
+    with serve_in_thread(create_app(FakeBackend(), model_name="smollm2")) as url:
+        rc = main(["decompress", str(tmp_path / "run"), *SMALL, "--backend.kind", "openai", "--backend.base_url", url])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "HTTP Request" not in err and "plan:" in err

@@ -63,7 +63,7 @@ def _content(run_dir: Path) -> list[tuple]:
 def reference(tmp_path_factory) -> Path:
     """The same tree grown without interruption (in process, same fake backend)."""
     sys.path.insert(0, str(HERE))
-    from conftest import FakeBackend
+    from tests.generation.conftest import FakeBackend
 
     run_dir = tmp_path_factory.mktemp("ref") / "run"
     cfg = DecompressConfig(run_dir=str(run_dir), levels=LEVELS, topics=["science", "history", "cooking"],
@@ -96,7 +96,7 @@ def test_sigkill_at_several_points_then_resume(tmp_path, reference):
 def test_truncated_last_line_is_ignored_and_repaired(tmp_path, reference):
     """What kill -9 during a write leaves: a partial last line. The resumed run rewrites that node."""
     sys.path.insert(0, str(HERE))
-    from conftest import FakeBackend
+    from tests.generation.conftest import FakeBackend
 
     run_dir = tmp_path / "run"
     cfg = DecompressConfig(run_dir=str(run_dir), levels=LEVELS, topics=["science", "history", "cooking"],

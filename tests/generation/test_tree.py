@@ -78,7 +78,7 @@ def test_tree_shape_batching_and_ids(small_cfg, fake_backend):
 
 
 def test_chunking_gives_the_same_tree(small_cfg, fake_backend, tmp_path):
-    from conftest import FakeBackend
+    from tests.generation.conftest import FakeBackend
 
     a = decompress(small_cfg(), fake_backend)
     b = decompress(small_cfg(run_dir=str(tmp_path / "chunked"), chunk_size=2), FakeBackend())
@@ -102,7 +102,7 @@ class ScriptedBackend:
     name = "scripted"
 
     def __init__(self):
-        from conftest import FakeBackend
+        from tests.generation.conftest import FakeBackend
 
         self.fake = FakeBackend()
 

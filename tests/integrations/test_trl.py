@@ -9,9 +9,10 @@ import torch
 
 from retain.adapters.config import LoRAMoEConfig
 from retain.adapters.loramoe import lbc_loss, sample_types
-from retain.adapters.methods import folder_kind, load_finetuned, prepare_model
+from retain.adapters.methods import folder_kind, prepare_model
 from retain.errors import RetainError
 from retain.integrations.trl import LoRAMoESFTTrainer, LoRAMoETrainer, SampleTypeCollator
+from retain.models import load_finetuned
 
 
 @pytest.fixture(scope="module")
@@ -301,3 +302,18 @@ def test_sample_type_collator():
     assert "sample_type" not in collate([{"x": 1}])  # no column, no key: no LBC
     with pytest.raises(RetainError, match="sample_type"):
         collate([{"x": 1, "sample_type": 2}])
+
+
+def test_a_trainer_on_the_bundled_model_records_smollm2(tmp_path, bundled_smollm2, tok):
+    """The base model's name_or_path is its cache folder; the saved folder records the name every API takes."""
+    import json
+
+    from transformers import TrainingArguments
+
+    from retain.data.collate import Collator
+    from retain.models import pad_token_id
+
+    trainer = LoRAMoETrainer(model=_model(str(bundled_smollm2)), train_dataset=_features(tok), processing_class=tok,
+                             data_collator=Collator(pad_token_id(tok)), args=_args(tmp_path, cls=TrainingArguments))
+    trainer.save_model(str(tmp_path / "out"))
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["base_model"] == "smollm2"

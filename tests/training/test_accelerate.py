@@ -45,7 +45,7 @@ def _log(path):
 def test_accelerate_launch_two_cpu_processes_matches_one(make_recipe, tmp_path, config, method, balance):
     """``type``: the loss weights come from the step's counts summed over both ranks (each rank alone would
     weigh its own share of the step)."""
-    from retain.adapters.methods import load_finetuned
+    from retain.models import load_finetuned
 
     path = make_recipe(method=method, write=True, loramoe={"dropout": 0.0}, mixture={"loss_balance": balance},
                        train={"max_steps": 3, "batch_size": 2, "save_every": 2, "keep_final_checkpoint": True})

@@ -318,3 +318,36 @@ def test_a_start_that_failed_before_its_first_step_does_not_block_the_corrected_
     (out / "train_log.jsonl").write_text("", encoding="utf-8")
     assert main(["train", str(path)]) == 0
     assert len((out / "train_log.jsonl").read_text().splitlines()) == 1
+
+
+def test_train_in_a_log_prints_plain_lines_and_no_library_chatter(tmp_path, tiny_llama_path):
+    """`retain train 2> log`: transformers' FutureWarning (PEFT asking for is_gradient_checkpointing), the
+    'accelerate NO' line and tqdm's \\r redraws are gone; the bar's last line and the final line report one
+    number, the mean LM loss of the last steps, and say so."""
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{i}+1?"},
+                                                     {"role": "assistant", "content": f"{i + 1}"}]}) + "\n"
+                            for i in range(8)))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "model": {"name": tiny_llama_path, "device": "cpu"}, "method": "lora", "lora": {"r": 2},
+        "datasets": [{"path": str(data), "type": "task"}],
+        "train": {"output_dir": str(tmp_path / "run"), "max_steps": 4, "batch_size": 2, "max_length": 64}}))
+    src = str(Path(__file__).resolve().parents[2] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "retain.cli", "train", str(recipe)], capture_output=True, text=True,
+                       env=env, timeout=600)
+    assert r.returncode == 0, r.stderr
+    for noise in ("FutureWarning", "accelerate", "\r", "\x1b", "Loading weights"):
+        assert noise not in r.stderr, (noise, r.stderr)
+    bar = [line for line in r.stderr.splitlines() if line.startswith("train: ")]
+    assert bar and bar[-1].startswith("train: 4/4 step (100 %)")
+    shown = float(re.search(r"loss \(last 4 steps\)=([\d.]+)", bar[-1]).group(1))
+    final = re.search(r"final loss ([\d.]+) \(mean LM loss of the last 4 steps\)", r.stdout)
+    assert final and float(final.group(1)) == pytest.approx(shown, abs=5e-4 * shown)

@@ -66,7 +66,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_recipe, tmp_path):
         assert [r[key] for r in rows] == [r[key] for r in ref], key
     a, b = _trainable(straight.model), _trainable(resumed.model)
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
-    assert resumed.final_loss == straight.final_loss == ref[-1]["lm_loss"]  # same weights, same final loss
+    assert resumed.final_loss == straight.final_loss == pytest.approx(sum(r["lm_loss"] for r in ref) / len(ref))
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
-"""Check a model folder or a fine-tuned folder completely *before* any model runs.
+"""The checks of a model folder or a fine-tuned folder's files, made *before* any model runs.
 
 One small function per question, each raising one :class:`RetainError` line that names the file, the
-key or the tensor at fault; :func:`check_finetuned_folder` runs them all for a folder that
-:func:`retain.models.load_model` will read. Cheap by construction: it reads JSON files,
+key or the tensor at fault. The methods call them from their own ``check`` (:mod:`.registry`), and
+:func:`retain.adapters.methods.check_finetuned_folder` asks the registry which method's ``check`` a folder
+gets before :func:`retain.models.load_model` reads it. This module knows no method: it sits under them. Cheap by construction: it reads JSON files,
 safetensors *headers* (names and shapes, no tensor data) and builds the base model on the ``meta``
 device (shapes only, no memory, no weights), so ``retain eval`` can check every ``--tuned`` folder in
 about a second before calibrating the base model.
@@ -11,11 +12,11 @@ about a second before calibrating the base model.
   ``adapter_model.bin``, ``*.pt``) is refused, since unpickling can run code, unless the caller opts in
   (``allow_pickle``; the message names the command's own switch).
 - **Configs**: readable JSON; for LoRA every key must be a field of PEFT's config class for its
-  ``peft_type`` (PEFT itself only warns and drops unknown keys); for LoRAMoE the top level holds exactly
-  ``method``, ``base_model``, ``config`` and ``config`` holds only ``LoRAMoEConfig`` fields.
+  ``peft_type`` (PEFT itself only warns and drops unknown keys); LoRAMoE's own keys are checked in
+  :mod:`retain.adapters.loramoe.model`.
 - **Tensors**: every adapter tensor must belong to a module of the base and have the shape that
-  module implies (LoRA: ``lora_A`` (r, d_in), ``lora_B`` (d_out, r); LoRAMoE: exactly the names and
-  shapes an injection into the base creates).
+  module implies (LoRA: ``lora_A`` (r, d_in), ``lora_B`` (d_out, r); LoRAMoE, in its module: exactly the
+  names and shapes an injection into the base creates).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from retain.utils.io import read_json
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-LORAMOE_KEYS = ("method", "base_model", "config")
 
 
 def check_weights(folder: str | Path, allow_pickle: bool = False, opt_in: str | None = "--allow_pickle true",
@@ -65,23 +65,6 @@ def safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
                           "the folder is damaged, save it again") from None
 
 
-def folder_kind(folder: str | Path) -> str:
-    """The registered method (``full``, ``lora``, ``loramoe``, ...) a folder belongs to, from its files."""
-    from retain.adapters.registry import claimant
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise RetainError(f"{folder}: no such folder; give a folder written by `retain train`")
-    meta = adapter_meta(folder)
-    method = claimant("detects", folder, meta)
-    if method is not None:
-        return method.name
-    if meta is not None:
-        raise RetainError(f"{folder / ADAPTER_CONFIG}: no known adapter method (neither 'method': 'loramoe' nor a "
-                          "PEFT 'peft_type')")
-    raise RetainError(f"{folder}: no adapter_config.json or config.json; not a fine-tuned model folder")
-
-
 def adapter_meta(folder: Path) -> dict | None:
     """The folder's ``adapter_config.json`` as a dict (None when it has none)."""
     if not (folder / ADAPTER_CONFIG).exists():
@@ -104,19 +87,6 @@ def recorded_base(folder: Path, key: str, base_model: str | None = None) -> str:
     if not Path(base).is_absolute() and not Path(base).exists() and inside.is_dir():
         return str(inside)  # a base kept inside the folder (save_language_model of a LoRAMoE MLLM)
     return base
-
-
-def check_finetuned_folder(folder: str | Path, base_model: str | None = None, allow_pickle: bool = False,
-                           opt_in: str | None = "--allow_pickle true", trust_remote_code: bool = False) -> str:
-    """Everything :func:`retain.models.load_model` needs for a fine-tuned folder, checked without loading
-    weights (each method's own ``check``); returns the method's name. ``base_model``: the base an adapter
-    goes on (default: the recorded one)."""
-    from retain.adapters.registry import get_method
-
-    folder = Path(folder)
-    kind = folder_kind(folder)
-    get_method(kind).check(folder, adapter_meta(folder), base_model, allow_pickle, opt_in, trust_remote_code)
-    return kind
 
 
 def check_model_config(folder: Path, trust_remote_code: bool = False):
@@ -149,22 +119,6 @@ def check_peft_config(folder: Path, meta: dict) -> int:
     return r
 
 
-def loramoe_config_of(folder: Path, meta: dict):
-    """The ``LoRAMoEConfig`` a LoRAMoE ``adapter_config.json`` holds; unknown keys at either level refused,
-    old ``blc_*`` keys read as their ``lbc_*`` names (one warning line each)."""
-    from retain.adapters.loramoe.config import LoRAMoEConfig
-
-    where = folder / ADAPTER_CONFIG
-    unknown = sorted(set(meta) - set(LORAMOE_KEYS))
-    if unknown:
-        raise RetainError(f"{where}: unknown key '{unknown[0]}'; a LoRAMoE adapter_config.json holds only "
-                          f"{', '.join(LORAMOE_KEYS)}")
-    raw = meta.get("config") or {}
-    if not isinstance(raw, dict):
-        raise RetainError(f"{where}: 'config' must be an object of LoRAMoE options")
-    return LoRAMoEConfig.from_dict(raw, where=f"{where}: config")
-
-
 def meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_remote_code: bool = False):
     """The base model with every tensor on the ``meta`` device: module names and shapes, no weights
     (an image-text-to-text folder builds as such)."""
@@ -172,7 +126,6 @@ def meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_re
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
 
     from retain.assets import resolve_model
-    from retain.multimodal.model import is_mllm_folder
 
     path = resolve_model(base_model)
     if Path(path).is_dir():
@@ -181,12 +134,13 @@ def meta_model(base_model: str, allow_pickle: bool, opt_in: str | None, trust_re
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise RetainError(f"base model {base_model}: cannot read its config ({str(e).splitlines()[0][:160]})") from None
-    auto = AutoModelForImageTextToText if is_mllm_folder(path) else AutoModelForCausalLM
+    multimodal = getattr(config, "vision_config", None) is not None  # an image-text-to-text model
+    auto = AutoModelForImageTextToText if multimodal else AutoModelForCausalLM
     with torch.device("meta"):
         return auto.from_config(config, trust_remote_code=trust_remote_code)
 
 
-def _shape_error(weights: Path, name: str, got: tuple, want: tuple) -> RetainError:
+def shape_error(weights: Path, name: str, got: tuple, want: tuple) -> RetainError:
     return RetainError(f"{weights}: {name} has shape {got}, the base model expects {want}; load the adapter onto "
                        "the base model it was trained on")
 
@@ -211,21 +165,4 @@ def check_lora_tensors(weights: Path, shapes: dict[str, tuple[int, ...]], base, 
             d_in, d_out = linear_shape(modules[module])
             want = (shape[0], d_in) if part == "lora_A" else (d_out, shape[1])
             if len(shape) != 2 or shape != want:
-                raise _shape_error(weights, name, shape, want)
-
-
-def check_loramoe_tensors(weights: Path, shapes: dict[str, tuple[int, ...]], base, cfg) -> None:
-    """The file holds exactly the tensors, with the shapes, that injecting ``cfg`` into ``base`` creates."""
-    from retain.adapters.loramoe import adapter_state_dict, inject_loramoe
-
-    inject_loramoe(base, cfg)
-    want = {k: tuple(v.shape) for k, v in adapter_state_dict(base).items()}
-    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
-    if missing or unexpected:
-        raise RetainError(
-            f"{weights}: adapter weights do not fit this base model (missing {missing[:3]}, unexpected "
-            f"{unexpected[:3]}); load it onto the base model it was trained on"
-        )
-    for k, shape in want.items():
-        if shapes[k] != shape:
-            raise _shape_error(weights, k, shapes[k], shape)
+                raise shape_error(weights, name, shape, want)

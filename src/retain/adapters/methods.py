@@ -1,8 +1,13 @@
 """One interface over the ways retain fine-tunes, dispatched through the registry (:mod:`.registry`).
 
 - ``prepare_model`` returns the module to train; ``save_finetuned`` writes a method's folder;
-  ``folder_kind`` names the method of a saved folder; ``trainable_parameters`` counts what the optimizer
-  will see. Loading is :func:`retain.models.load_model` (``load_finetuned`` is it, on the CPU).
+  ``folder_kind`` names the method of a saved folder and ``check_finetuned_folder`` runs that method's
+  checks (:mod:`.check`) before any weight loads; ``trainable_parameters`` counts what the optimizer will
+  see. Loading is :func:`retain.models.load_model` (``retain.models.load_finetuned`` is it, on the CPU),
+  which uses this module; nothing in ``retain.adapters`` imports ``retain.models``.
+- This is the top of ``retain.adapters``' method layer: every built-in method is registered once it is
+  imported (``full`` and ``lora`` here, ``loramoe`` from :mod:`.loramoe.model`), so ask for a method
+  through its ``get_method`` / ``all_methods`` (the registry's own, re-exported).
 - The built-in methods, one small class each: :class:`FullMethod` (every weight trains; a plain
   ``save_pretrained`` safetensors folder), :class:`LoRAMethod` (PEFT's LoRA, unchanged: ``LoraConfig`` +
   ``get_peft_model``, PEFT's save format, ``PeftModel.from_pretrained`` to load) and
@@ -22,18 +27,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from retain.adapters import check
 from retain.adapters.config import LoRAConfig, LoRAMoEConfig
-from retain.adapters.registry import AdapterMethod, claimant, get_method, register_method
+from retain.adapters.loramoe.model import LoRAMoEMethod
+from retain.adapters.registry import AdapterMethod, all_methods, claimant, get_method, register_method
 from retain.adapters.targets import find_targets, resolve_target_modules
 from retain.errors import RetainError
 from retain.utils.io import atomic_path, read_json
 
 ADAPTER_CONFIG = check.ADAPTER_CONFIG
 ADAPTER_WEIGHTS = check.ADAPTER_WEIGHTS
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "FullMethod", "LoRAMethod", "LoRAMoEMethod", "all_methods",
+           "check_finetuned_folder", "folder_kind", "get_method", "method_of", "prepare_model", "save_finetuned",
+           "trainable_parameters"]
 
 
 @register_method
@@ -133,10 +141,6 @@ def _has_conv1d(model: nn.Module) -> bool:
     return any(isinstance(m, Conv1D) for m in model.modules())
 
 
-# LoRAMoE registers itself where it is defined, as any further method would.
-import retain.adapters.loramoe.model  # noqa: E402, F401
-
-
 def prepare_model(model: nn.Module, method: str, lora: LoRAConfig | None = None,
                   loramoe: LoRAMoEConfig | None = None, *, config: Any = None, scope: str | None = None) -> nn.Module:
     """The module to train for ``method`` (a registered name): ``full`` -> ``model`` with every parameter
@@ -163,9 +167,13 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 def save_finetuned(model: nn.Module, out_dir: str | Path, base_model: str, tokenizer=None) -> None:
     """Write ``model`` to ``out_dir`` in its method's format (atomically; an existing folder is replaced).
 
-    base_model: the base model's name or folder, recorded for loading. tokenizer: saved beside the weights
-    (default: the base model's tokenizer, when it can be loaded offline).
+    base_model: the base model's name or folder, recorded for loading (the bundled model as ``smollm2``,
+    even when given as its cache folder: :func:`retain.assets.model_name`). tokenizer: saved beside the
+    weights (default: the base model's tokenizer, when it can be loaded offline).
     """
+    from retain.assets import model_name
+
+    base_model = model_name(base_model)
     method = get_method(method_of(model))
     tokenizer = tokenizer if tokenizer is not None else _try_tokenizer(base_model)
     with atomic_path(out_dir) as tmp:
@@ -194,15 +202,27 @@ def _try_tokenizer(name: str):
 
 
 def folder_kind(folder: str | Path) -> str:
-    """The registered method a saved folder belongs to, detected from its files."""
-    return check.folder_kind(folder)
+    """The registered method (``full``, ``lora``, ``loramoe``, ...) a saved folder belongs to, from its files."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RetainError(f"{folder}: no such folder; give a folder written by `retain train`")
+    meta = check.adapter_meta(folder)
+    method = claimant("detects", folder, meta)
+    if method is not None:
+        return method.name
+    if meta is not None:
+        raise RetainError(f"{folder / ADAPTER_CONFIG}: no known adapter method (neither 'method': 'loramoe' nor a "
+                          "PEFT 'peft_type')")
+    raise RetainError(f"{folder}: no adapter_config.json or config.json; not a fine-tuned model folder")
 
 
-def load_finetuned(folder: str | Path, base_model: str | None = None, dtype: torch.dtype = torch.float32,
-                   allow_pickle: bool = False, trust_remote_code: bool = False):
-    """A folder written by :func:`save_finetuned` -> ``(model, tokenizer)`` on the CPU, in eval mode: the
-    same as :func:`retain.models.load_model` (the one loader) with ``device="cpu"``."""
-    from retain.models import load_model
+def check_finetuned_folder(folder: str | Path, base_model: str | None = None, allow_pickle: bool = False,
+                           opt_in: str | None = "--allow_pickle true", trust_remote_code: bool = False) -> str:
+    """Everything :func:`retain.models.load_model` needs for a fine-tuned folder, checked without loading
+    weights (its method's own ``check``); returns the method's name. ``base_model``: the base an adapter
+    goes on (default: the recorded one)."""
+    folder = Path(folder)
+    kind = folder_kind(folder)
+    get_method(kind).check(folder, check.adapter_meta(folder), base_model, allow_pickle, opt_in, trust_remote_code)
+    return kind
 
-    return load_model(folder, device="cpu", dtype=dtype, base_model=base_model, allow_pickle=allow_pickle,
-                      trust_remote_code=trust_remote_code, key="folder")

@@ -14,9 +14,12 @@ A method answers five questions, and nothing outside it branches on its name:
 - ``disabled(model)``: a context in which an adapter method's model computes its base model's outputs
   (the KL anchor's reference; methods that change the base weights keep a copy instead).
 
-Registering from another module needs no edit here: subclass :class:`AdapterMethod`, decorate it with
-:func:`register_method` and import that module before use (``retain.adapters.methods`` imports the built-in
-ones: ``full``, ``lora``, ``loramoe``). ``config_class`` is the method's options dataclass (None: none).
+The registry is the bottom of ``retain.adapters``: it imports no method. Each method registers itself
+where it is defined (subclass :class:`AdapterMethod`, decorate it with :func:`register_method`), so a new
+method needs no edit here. :mod:`retain.adapters.methods` defines ``full`` and ``lora`` and imports
+``loramoe``, so code that asks for a method by name or asks which method a model or folder belongs to
+imports its lookups from there (``get_method``, ``method_of``, ``folder_kind``), where the built-in ones are
+always registered. ``config_class`` is the method's options dataclass (None: none).
 
 ``scope`` is a module-name prefix that confines an adapter to one submodule: an image-text-to-text model
 passes ``"model.language_model"`` so LoRA/LoRAMoE adapt its language model only; a method that trains
@@ -90,7 +93,6 @@ def register_method(cls: type[AdapterMethod]) -> type[AdapterMethod]:
 
 def get_method(name: str) -> AdapterMethod:
     """The registered method ``name``; an unknown name is one RetainError line listing the known ones."""
-    _builtins()
     if name not in METHODS:
         raise RetainError(f"method={name!r}: use one of {', '.join(repr(m.name) for m in all_methods())}")
     return METHODS[name]
@@ -99,7 +101,6 @@ def get_method(name: str) -> AdapterMethod:
 def all_methods() -> list[AdapterMethod]:
     """Every registered method: the built-in ones first (in :data:`BUILTIN` order), then the others in
     registration order."""
-    _builtins()
     rank = {name: i for i, name in enumerate(BUILTIN)}
     return sorted(METHODS.values(), key=lambda m: rank.get(m.name, len(BUILTIN)))
 
@@ -112,6 +113,3 @@ def claimant(question: str, *args: Any) -> AdapterMethod | None:
             return method
     return None
 
-
-def _builtins() -> None:
-    import retain.adapters.methods  # noqa: F401  (registers full, lora, loramoe)

@@ -5,6 +5,7 @@
 - ``profile`` picks item counts: ``default`` fits one evaluation of SmolLM2-135M in 60-80 s on a
   2-core CPU (measured in the demo run of 2026-11-22: 61-77 s per fine-tuned model, 77 s for the base
   calibration with its drift reference); ``quick`` about half that; ``full`` is for GPUs.
+- :class:`RoutingReportConfig`: ``retain routing`` (:mod:`retain.evaluation.routing`).
 """
 
 from __future__ import annotations
@@ -173,3 +174,35 @@ class EvalConfig:
         if self.domain_items is not None:
             over["domain_items"] = self.domain_items
         return EvalSuite.profile(self.profile, **over)
+
+
+@dataclass
+class RoutingReportConfig:
+    """Where a trained LoRAMoE adapter routes tokens: router mass per expert group and layer, by sample type."""
+
+    adapter_dir: str
+    """Folder written by training with method loramoe (adapter_config.json + adapter_model.safetensors)."""
+    data: str | None = None
+    """JSONL file of {"messages": [...], "sample_type": 1|0|-1} rows (required; an option, not a positional,
+    so the command reads `retain routing ADAPTER --data FILE`)."""
+    out: str = "routing_report"
+    """Output folder: routing.json, routing.md and routing.png."""
+    base_model: str | None = None
+    """Base model folder or id; None = the one recorded in adapter_config.json."""
+    max_examples: int = 256
+    """Use at most this many rows of --data (in file order)."""
+    batch_size: int = 8
+    """Sequences per forward pass."""
+    max_length: int = 512
+    """Truncate each chat-formatted example to this many tokens."""
+    device: str = "auto"
+    """'auto' (cuda, else mps, else cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'."""
+
+    def __post_init__(self) -> None:
+        from retain.errors import RetainError
+
+        if not self.data:
+            raise RetainError("--data: required; give a JSONL file of {'messages': [...], 'sample_type': 1|0|-1}")
+        if self.max_examples < 1 or self.batch_size < 1 or self.max_length < 2:
+            raise RetainError(f"--max_examples {self.max_examples}, --batch_size {self.batch_size}, --max_length "
+                              f"{self.max_length}: need max_examples >= 1, batch_size >= 1 and max_length >= 2")

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from retain.assets import model_name
 from retain.errors import RetainError
 from retain.evaluation.config import EvalConfig
 from retain.utils import console
@@ -36,7 +37,7 @@ def _check_inputs(cfg: EvalConfig, suite) -> None:
             raise RetainError(f"--behaviour: unknown source '{name}'; choose from: {', '.join(BEHAVIOUR_SOURCES)}")
     # raises file:line on bad format, on two files of one name, and on shots that give items away
     load_probe_files(suite.probe_files, suite.probe_prompt)
-    from retain.adapters.check import check_finetuned_folder
+    from retain.adapters.methods import check_finetuned_folder
 
     if Path(cfg.base).expanduser().is_dir():
         check_finetuned_folder(Path(cfg.base).expanduser(), allow_pickle=cfg.allow_pickle,
@@ -164,7 +165,7 @@ def run_eval(cfg: EvalConfig) -> int:
     rows, flips = [], []
     base_harness = _harness(cfg, base, tok)  # also with --skip_base: the tuned models' tasks pair with it
     if not cfg.skip_base:
-        rows.append({"model": "base", "path": cfg.base, **ref.base_metrics, **base_harness})
+        rows.append({"model": "base", "path": model_name(cfg.base), **ref.base_metrics, **base_harness})
     del base
     from retain.evaluation.compare import compare
 

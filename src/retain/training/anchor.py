@@ -41,7 +41,7 @@ class KLAnchor:
     """Base-model logits for the anchor term of one training run."""
 
     def __init__(self, model: nn.Module, method: str, weight: float):
-        from retain.adapters.registry import get_method
+        from retain.adapters.methods import get_method
 
         self.weight = weight
         self.method = get_method(method)

@@ -46,8 +46,9 @@ class TrainResult:
     method: str
     steps: int
     final_loss: float
-    """LM loss (nats per assistant token, averaged as ``mixture.loss_balance`` says) of the final step (the same
-    whether or not the run was resumed)."""
+    """Mean LM loss (nats per assistant token, averaged as ``mixture.loss_balance`` says) of the last
+    ``final_loss_steps`` steps (:func:`retain.training.trainer.final_loss`; what the progress bar shows last;
+    the same whether or not the run was resumed)."""
     wall_time_s: float
     """Training-loop seconds (all sessions of a resumed run; model loading excluded)."""
     tokens_per_s: float
@@ -63,6 +64,8 @@ class TrainResult:
     token, mean over evaluation batches); None without a held-out split."""
     heldout: int = 0
     """Held-out records (``eval_split``), in <output_dir>/heldout.jsonl."""
+    final_loss_steps: int = 0
+    """The steps ``final_loss`` averages (10, or fewer in a shorter run)."""
     model: Any = field(default=None, repr=False, compare=False)
     """The trained module in memory (rank 0; None when the run had already finished)."""
 
@@ -368,11 +371,11 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
     from retain.training.plots import plot_loss
     from retain.training.recipe import dump_recipe
     from retain.training.trainer import (
-        CHECKPOINTS, LossBalance, RetainTrainer, RunLogCallback, SnapshotCallback, StepBarCallback, StreamDataset, check_resume,
-        complete_checkpoints, read_log, total_steps, type_shares,
+        CHECKPOINTS, LossBalance, RetainTrainer, RunLogCallback, SnapshotCallback, StepBarCallback, StreamDataset,
+        check_resume, complete_checkpoints, final_loss, read_log, total_steps, type_shares,
     )
     from retain.utils.io import (
-        _disk_full, is_no_space, no_space, read_json, write_json_atomic, write_jsonl_atomic, write_text_atomic,
+        _disk_full, is_no_space, no_space, write_json_atomic, write_jsonl_atomic, write_text_atomic,
     )
     from retain.utils.seed import seed_everything
     from accelerate import PartialState
@@ -477,15 +480,15 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
                 trainee.config.use_cache = cache
 
         trainer.add_callback(SnapshotCallback(recipe.train.snapshot_steps, out / "snapshots", snapshot, is_main))
-    if is_main:
-        log.info("engine: transformers Trainer, accelerate %s", trainer.accelerator.distributed_type.value)
+    if is_main and state.num_processes > 1:  # one process says nothing (the line above names the device)
+        log.info("engine: transformers Trainer under accelerate (%s)", trainer.accelerator.distributed_type.value)
     # No per-step dicts on stdout (train_log.jsonl has them): without a bar the Trainer's PrinterCallback
     # prints them, and its tqdm bar writes them to stdout too; StepBarCallback shows the loss on the bar.
     from transformers import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(PrinterCallback)
     if trainer.pop_callback(ProgressCallback) is not None:
-        trainer.add_callback(StepBarCallback())
+        trainer.add_callback(StepBarCallback(read_log(log_path) if is_main and start else None))
     try:
         trainer.train(resume_from_checkpoint=str(ckpts[-1]) if ckpts else None)
     except Exception as e:  # a checkpoint write on a full disk: one line; --resume skips the torn folder
@@ -499,10 +502,10 @@ def _train_locked(recipe: Recipe, out: Path, mixture, heldout: list[dict], multi
     # averaged over evaluation batches).
     eval_loss = trainer.evaluate()["eval_loss"] if held_features else None
     rows = read_log(log_path) if is_main else []
-    last = callback.rows or rows
+    loss, loss_steps = final_loss(rows or callback.rows)
     result = TrainResult(
         output_dir=str(out), model_dir=str(out / "model"), method=recipe.method, steps=trainer.state.global_step,
-        final_loss=last[-1]["lm_loss"] if last else float("nan"),
+        final_loss=loss, final_loss_steps=loss_steps,
         wall_time_s=round(callback.elapsed, 3),
         tokens_per_s=round(callback.session_tokens / callback.session_seconds, 2) if callback.session_seconds else 0.0,
         trainable_params=n_train, total_params=n_total, examples=len(features), counts=mixture.counts,
@@ -562,7 +565,8 @@ def run_train(cmd: TrainCommand) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     console.result(
-        f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f}, "
+        f"trained {res.method}: {res.steps} steps, final loss {res.final_loss:.4f} (mean LM loss of the last "
+        f"{res.final_loss_steps} steps), "
         + (f"validation loss {res.eval_loss:.4f} on {res.heldout} held-out records, " if res.eval_loss is not None
            else "")
         + f"{res.trainable_params:,}/{res.total_params:,} params trainable, {res.tokens_per_s:.0f} tokens/s, "

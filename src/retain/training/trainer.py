@@ -346,19 +346,71 @@ class RetainTrainer(LoRAMoETrainer):
         return self.lr_scheduler
 
 
+FINAL_LOSS_STEPS = 10
+"""The final loss is the mean LM loss of the run's last this-many steps (:func:`final_loss`)."""
+
+
+def final_loss(rows: list[dict], steps: int = FINAL_LOSS_STEPS) -> tuple[float, int]:
+    """(mean LM loss of the last ``steps`` steps, steps covered) from ``train_log.jsonl`` rows.
+
+    A row is the mean over the steps since the row before it (``train.log_every``), so rows are taken whole
+    from the end until they cover ``steps`` steps, each weighted by the steps it covers; the count says how
+    many were covered (more than ``steps`` when ``log_every`` does not divide it). One step's loss alone is
+    noisy; the progress bar shows the same mean, so the bar's last value and the reported final loss are
+    one number."""
+    covered = 0
+    picked: list[tuple[int, float]] = []
+    for i in range(len(rows) - 1, -1, -1):
+        if covered >= steps:
+            break
+        prev = rows[i - 1]["step"] if i > 0 else 0
+        n = max(1, rows[i]["step"] - prev)
+        picked.append((n, rows[i]["lm_loss"]))
+        covered += n
+    total = sum(n * loss for n, loss in picked)
+    return (total / covered if covered else float("nan")), covered
+
+
 class StepBarCallback(ProgressCallback):
-    """transformers' tqdm bar (stderr) with the latest loss in its postfix.
+    """The training bar (stderr, made by :func:`retain.utils.console.tqdm`: plain lines when stderr is not a
+    terminal) with the run's final-loss quantity in its postfix: the mean LM loss of the last
+    :data:`FINAL_LOSS_STEPS` steps (:func:`final_loss`), beside the latest LBC / KL terms and gradient norm.
 
     The stock :class:`~transformers.ProgressCallback` also writes every log dict with ``tqdm.write``,
     which goes to **stdout**, against retain's output rule (stdout carries results only); the rows are in
     ``train_log.jsonl``. Here a log updates the bar instead.
     """
 
+    def __init__(self, rows: list[dict] | None = None):
+        super().__init__()
+        self.rows: list[dict] = list(rows or [])  # a resumed run's earlier rows (train_log.jsonl)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from retain.utils.console import tqdm
+
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, desc="train", unit="step", dynamic_ncols=True)
+        self.current_step = 0
+
+    def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        from retain.utils.console import tqdm
+
+        if state.is_world_process_zero and eval_dataloader is not None and hasattr(eval_dataloader, "__len__"):
+            if self.prediction_bar is None:
+                self.prediction_bar = tqdm(total=len(eval_dataloader), desc="validation", unit="batch",
+                                           leave=self.training_bar is None, dynamic_ncols=True)
+            self.prediction_bar.update(1)
+
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
-            shown = {k: logs[k] for k in ("lm_loss", "lbc_loss", "kl_loss", "grad_norm") if k in logs}
-            self.training_bar.set_postfix({k: f"{float(v):.4g}" for k, v in (shown or {"loss": logs["loss"]}).items()},
-                                          refresh=False)
+        if not (state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs):
+            return
+        if "train_loss" in logs:  # the end-of-training summary is not a step
+            return
+        self.rows.append({"step": state.global_step, "lm_loss": float(logs.get("lm_loss", logs["loss"]))})
+        mean, n = final_loss(self.rows)
+        shown = {f"loss (last {n} steps)": mean,
+                 **{k: logs[k] for k in ("lbc_loss", "kl_loss", "grad_norm") if k in logs}}
+        self.training_bar.set_postfix({k: f"{float(v):.4g}" for k, v in shown.items()}, refresh=False)
 
 
 class RunLogCallback(TrainerCallback):

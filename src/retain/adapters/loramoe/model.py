@@ -30,6 +30,7 @@ from typing import Iterator, Sequence
 import torch
 import torch.nn as nn
 
+from retain.adapters import check
 from retain.adapters.check import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from retain.adapters.loramoe.config import LoRAMoEConfig
 from retain.adapters.loramoe.layer import LoRAMoELinear
@@ -37,6 +38,10 @@ from retain.adapters.loramoe.lbc import check_types, lbc_term, router_mass
 from retain.adapters.registry import AdapterMethod, register_method
 from retain.adapters.targets import find_targets, resolve_target_modules
 from retain.errors import RetainError
+from retain.utils.io import read_json
+
+LORAMOE_KEYS = ("method", "base_model", "config")
+"""The top-level keys of a LoRAMoE ``adapter_config.json``, all required."""
 
 
 class LoRAMoEState:
@@ -223,6 +228,37 @@ def load_adapter_state_dict(model: nn.Module, tensors: dict[str, torch.Tensor], 
             p.copy_(t.to(p.dtype))
 
 
+def loramoe_config_of(folder: Path, meta: dict) -> LoRAMoEConfig:
+    """The ``LoRAMoEConfig`` a LoRAMoE ``adapter_config.json`` holds; unknown keys at either level refused,
+    old ``blc_*`` keys read as their ``lbc_*`` names (one warning line each)."""
+    where = folder / ADAPTER_CONFIG
+    unknown = sorted(set(meta) - set(LORAMOE_KEYS))
+    if unknown:
+        raise RetainError(f"{where}: unknown key '{unknown[0]}'; a LoRAMoE adapter_config.json holds only "
+                          f"{', '.join(LORAMOE_KEYS)}")
+    raw = meta.get("config") or {}
+    if not isinstance(raw, dict):
+        raise RetainError(f"{where}: 'config' must be an object of LoRAMoE options")
+    return LoRAMoEConfig.from_dict(raw, where=f"{where}: config")
+
+
+def check_loramoe_tensors(weights: Path, shapes: dict[str, tuple[int, ...]], base: nn.Module,
+                          cfg: LoRAMoEConfig) -> None:
+    """The file holds exactly the tensors, with the shapes, that injecting ``cfg`` into ``base`` (a model on
+    the ``meta`` device, :func:`retain.adapters.check.meta_model`) creates."""
+    inject_loramoe(base, cfg)
+    want = {k: tuple(v.shape) for k, v in adapter_state_dict(base).items()}
+    missing, unexpected = sorted(set(want) - set(shapes)), sorted(set(shapes) - set(want))
+    if missing or unexpected:
+        raise RetainError(
+            f"{weights}: adapter weights do not fit this base model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); load it onto the base model it was trained on"
+        )
+    for k, shape in want.items():
+        if shapes[k] != shape:
+            raise check.shape_error(weights, k, shapes[k], shape)
+
+
 @register_method
 class LoRAMoEMethod(AdapterMethod):
     """LoRAMoE + LBC: experts and router injected, backbone frozen; the folder holds ``adapter_config.json``
@@ -255,21 +291,16 @@ class LoRAMoEMethod(AdapterMethod):
 
     def check(self, folder: Path, meta: dict | None, base_model: str | None, allow_pickle: bool,
               opt_in: str | None, trust_remote_code: bool) -> None:
-        from retain.adapters import check
-
-        cfg = check.loramoe_config_of(folder, meta or {})
+        cfg = loramoe_config_of(folder, meta or {})
         check.check_weights(folder, allow_pickle, opt_in, stem="adapter_model")
         weights = folder / ADAPTER_WEIGHTS
         if not weights.exists():
             raise RetainError(f"{weights}: missing; LoRAMoE adapters are read from safetensors only")
         base = check.meta_model(self.base_of(folder, meta, base_model), allow_pickle, opt_in, trust_remote_code)
-        check.check_loramoe_tensors(weights, check.safetensors_shapes(weights), base, cfg)
+        check_loramoe_tensors(weights, check.safetensors_shapes(weights), base, cfg)
 
     def load(self, base: nn.Module, folder: Path) -> nn.Module:
         from safetensors.torch import load_file
-
-        from retain.adapters.check import loramoe_config_of
-        from retain.utils.io import read_json
 
         inject_loramoe(base, loramoe_config_of(folder, read_json(folder / ADAPTER_CONFIG)))
         weights = folder / ADAPTER_WEIGHTS
@@ -280,6 +311,4 @@ class LoRAMoEMethod(AdapterMethod):
         return adapters_disabled(model)
 
     def base_of(self, folder: Path, meta: dict | None, base_model: str | None = None) -> str:
-        from retain.adapters.check import recorded_base
-
-        return recorded_base(folder, "base_model", base_model)
+        return check.recorded_base(folder, "base_model", base_model)

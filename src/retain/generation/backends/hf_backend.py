@@ -45,13 +45,14 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from retain.utils.console import tqdm
 
+from retain.assets import model_name
 from retain.errors import RetainError
 from retain.generation.backends.base import Completion, Messages, SamplingParams, register_backend
 from retain.generation.backends.config import BackendConfig
 from retain.generation.backends.prefix_cache import KV, PrefixCache, group_by_prefix
 from retain.models import load_model, pad_token_id
+from retain.utils.console import tqdm
 
 _MARKER = "RETAIN_EOT_PROBE"
 
@@ -69,13 +70,16 @@ class HFBackend:
         self.cfg = cfg or BackendConfig()
         if (model is None) != (tokenizer is None):
             raise ValueError("pass both model and tokenizer, or neither")
+        source = self.cfg.model
         if model is None:
             # a base name, a local folder or a fine-tuned folder of any method (full, LoRA, LoRAMoE)
             model, tokenizer = load_model(self.cfg.model, device=self.cfg.device, dtype=self.cfg.dtype,
                                           trust_remote_code=self.cfg.trust_remote_code,
                                           device_key="--backend.device", opt_in=None)
+        else:
+            source = getattr(model.config, "name_or_path", None) or self.cfg.model
         self.model, self.tokenizer = model.eval(), tokenizer
-        self.name = name or getattr(model.config, "name_or_path", None) or self.cfg.model
+        self.name = name or model_name(source)  # recorded in corpora: 'smollm2', not its cache folder
         if not getattr(tokenizer, "chat_template", None):
             raise RetainError(f"--model {self.cfg.model}: tokenizer has no chat template; use an instruct/chat model")
         pad_token_id(tokenizer)  # many base tokenizers have none: EOS pads (masked out anyway)

@@ -8,6 +8,8 @@ mass per expert over the real tokens of that type (padding excluded):
 and the share on the world-knowledge group (experts 0 .. world_experts-1). A working LBC shows world
 samples with a clearly higher world-group share than task samples.
 
+- A measurement of a trained model on data, so it lives in evaluation (it loads the model through
+  :func:`retain.models.load_model`; ``retain.adapters`` sits below ``retain.models``).
 - Reuses the training-time recording (:func:`~retain.adapters.loramoe.sample_types`), so the numbers come
   from the same Q the LBC sees; the forward runs under ``torch.no_grad``.
 - Examples are encoded and padded by training's own code (:func:`retain.data.collate.encode_chat`,
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from retain.adapters.config import RoutingReportConfig
+from retain.evaluation.config import RoutingReportConfig
 from retain.errors import RetainError
 from retain.utils.io import iter_jsonl_lines, write_json_atomic, write_text_atomic
 

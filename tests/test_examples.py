@@ -1,0 +1,141 @@
+"""Every runnable example of the README and the docs site runs, as written, on the bundled SmolLM2 on a CPU.
+
+The examples are the files under ``examples/`` (``*.sh``, ``*.py``); the site includes them with
+``pymdownx.snippets`` and the README copies their bodies (``tests/test_docs.py`` checks both). They run
+here in ``RUN_ORDER``, the order of the tutorials, in one scratch folder: a later example uses what an
+earlier one wrote (``runs/lora/model`` from ``measure.sh``, ``runs/tg/sft.jsonl`` from ``tg_replay.sh``), as
+a reader following the tutorials would. ``retain`` and ``python`` on the examples' PATH are this
+interpreter, so they run this checkout's code.
+
+Slow: each example starts retain (torch, the model) again, and together they train five tiny fine-tunes
+and evaluate twice; about 4-5 minutes of CPU on the 2-core machine (measured numbers in the report).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+
+RUN_ORDER = [
+    "measure.sh",        # runs/lora (a 4-step LoRA), runs/eval
+    "evaluate_api.py",   # needs runs/lora/model
+    "gate.sh",           # needs runs/eval (the base reference)
+    "serve.sh",          # serves runs/lora/model
+    "tg_replay.sh",      # runs/tg, runs/tg_loramoe
+    "export.sh",         # needs runs/tg
+    "routing.sh",        # needs runs/tg_loramoe/model
+    "trl_loramoe.py",    # needs runs/tg/sft.jsonl
+    "loramoe_api.py",
+    "backend_api.py",
+    "multimodal.sh",
+]
+"""Every runnable example, in the order they run (tests/test_docs.py checks that no example is missing)."""
+
+TIMEOUT_S = 1800
+"""Per example; far above what any takes (a hung server or a deadlock fails instead of blocking CI)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """A scratch folder that sees the repository's examples/ (read only) and gets the examples' runs/."""
+    work = tmp_path_factory.mktemp("examples")
+    (work / "examples").symlink_to(EXAMPLES, target_is_directory=True)
+    bin_dir = work / ".bin"
+    bin_dir.mkdir()
+    (bin_dir / "retain").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m retain "$@"\n')
+    (bin_dir / "retain").chmod(0o755)
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')  # a symlink would leave the venv
+    (bin_dir / "python").chmod(0o755)
+    return work
+
+
+def run_example(name: str, work: Path) -> subprocess.CompletedProcess:
+    """Run ``examples/<name>`` from ``work`` as a reader would (``bash examples/x.sh``, ``python examples/x.py``)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{work / '.bin'}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT / "src"), env.get("PYTHONPATH")) if p)
+    env["PORT"] = str(free_port())
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    cmd = ["bash", f"examples/{name}"] if name.endswith(".sh") else [sys.executable, f"examples/{name}"]
+    proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group: a timeout kills the server too
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def check_ran(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, f"{' '.join(result.args)} exited {result.returncode}\n{result.stderr[-4000:]}"
+    return result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", RUN_ORDER)
+def test_example_runs_as_written(name, workdir):
+    out = check_ran(run_example(name, workdir))
+    runs = workdir / "runs"
+    if name == "measure.sh":  # trained, evaluated against the base with the probe file, listed the flips
+        report = json.loads((runs / "eval" / "eval.json").read_text())
+        assert "file:capitals.jsonl" in json.dumps(report) and (runs / "lora" / "model").is_dir()
+    elif name == "evaluate_api.py":
+        assert "kept knowledge" in out and "'lo'" in out
+    elif name == "gate.sh":
+        assert json.loads((runs / "gate" / "gate.json").read_text())["passed"] is True
+    elif name == "serve.sh":  # the served fine-tune answered under its served name
+        reply = json.loads(out)
+        assert reply["model"] == "acme-lora" and reply["choices"][0]["message"]["content"].strip()
+    elif name == "tg_replay.sh":
+        assert (runs / "tg" / "sft.jsonl").read_text().strip()
+        assert (runs / "tg_loramoe" / "model" / "adapter_model.safetensors").exists()
+    elif name == "export.sh":
+        assert (runs / "tg_export" / "pt.jsonl").read_text().strip()
+    elif name == "routing.sh":
+        assert (runs / "routing" / "routing.json").exists()
+    elif name == "trl_loramoe.py":
+        assert (runs / "trl" / "model" / "adapter_model.safetensors").exists()
+    elif name == "loramoe_api.py":
+        assert (runs / "loramoe_api" / "adapter_config.json").exists()
+    elif name == "backend_api.py":
+        assert out.strip()
+    elif name == "multimodal.sh":
+        assert (runs / "mllm" / "report.md").exists()
+
+
+def test_the_ci_job_files_are_valid(tmp_path, monkeypatch):
+    """What the GitHub Actions job of examples/ci/forgetting-gate.yml runs, checked without training: the
+    recipe's keys and values (`retain train ... --print_config`), its gate, probe and data files."""
+    from retain.data.formats import load_examples
+    from retain.evaluation.gate import load_gate
+    from retain.evaluation.probes import load_probe_file
+
+    (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
+    res = subprocess.run([sys.executable, "-m", "retain", "train", "examples/ci/recipe.yaml", "--print_config"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "retain train examples/ci/recipe.yaml" in (EXAMPLES / "ci" / "forgetting-gate.yml").read_text()
+    monkeypatch.chdir(tmp_path)
+    for path in ("examples/ci/gate.yaml", "examples/ci/facts.jsonl", "examples/ci/data.jsonl"):
+        assert path in res.stdout  # the recipe points at the files checked below
+    assert load_gate("examples/ci/gate.yaml").rules
+    assert load_probe_file("examples/ci/facts.jsonl").kind == "mc"
+    assert len(load_examples("examples/ci/data.jsonl")) == 24
