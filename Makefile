@@ -22,12 +22,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retain demo
 
-# Two pytest-xdist workers (one torch thread each, tests/conftest.py), whole files (or classes) per worker so a
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py), whole files per worker so a
 # module's shared fixtures are built once; TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

@@ -93,7 +93,7 @@ CHAINS = {
     "api": ["loramoe_api.py", "backend_api.py", "multimodal.sh"],
 }
 """RUN_ORDER cut where no example needs an earlier chain's files: each chain runs in its own scratch folder,
-in order, so the suite's two workers (``--dist loadgroup``) can take different chains."""
+in order (one class each, so ``--dist loadscope`` can give the chains to different workers)."""
 assert sum(CHAINS.values(), []) == RUN_ORDER
 
 
@@ -134,8 +134,8 @@ def run_chain(chain: str, tmp_path_factory) -> None:
         check_example(name, work)
 
 
-# One class per chain: the suite runs with --dist loadscope, which gives each class to one worker (and each
-# module without classes, as loadfile does), so the two workers share the chains.
+# One class per chain: with `pytest -n 2 --dist loadscope` two workers take different chains (make test keeps
+# --dist loadfile: one fresh-clone run each, loadscope was not faster: 7:50 against 6:55).
 @pytest.mark.slow
 class TestEvalChain:
     def test_examples_run_as_written(self, tmp_path_factory):
