@@ -330,7 +330,6 @@ VIEWS = (("domain", "domain acc."), ("behaviour", "behaviour kept"), ("retention
 
 def phase_report(root: Path) -> None:
     from retain.evaluation.compare import outcomes
-    from retain.evaluation.suite import BaseReference
     from retain.utils.io import write_json_atomic, write_text_atomic
 
     dec = json.loads((root / "decision.json").read_text())

@@ -199,6 +199,32 @@ def train_arm(recipe, run_dir: Path, model, tokenizer, device: str):
     return result, trained
 
 
+def arm_row(name: str, make_recipe, model, tokenizer, device: str, out: Path, stage: "StageClock", con, score) -> dict:
+    """One fine-tuned row of either scenario: read from ``out/<name>/demo_result.json`` when an earlier run wrote
+    it, else train ``make_recipe()`` from ``model`` (:func:`train_arm`), evaluate the result with
+    ``score(trained_model)`` (the scenario's metrics) and write the row; both steps are timed on ``stage``."""
+    from retain.utils.io import read_json, write_json_atomic
+
+    result_file = out / name / "demo_result.json"
+    if result_file.exists():
+        con.print(f"{name}: done earlier ({result_file})")
+        now = time.perf_counter()  # no recorded time (demo.json lost): this invocation's ~0 s
+        stage(f"train {name}", now, done_earlier=True)
+        stage(f"evaluate {name}", now, done_earlier=True)
+        return read_json(result_file)
+    con.print(f"[bold]{METHODS[name].label}[/] ({name})")
+    recipe = make_recipe()
+    t0 = time.perf_counter()
+    result, trained = train_arm(recipe, out / name, model, tokenizer, device)
+    stage(f"train {name}", t0)
+    t0 = time.perf_counter()
+    metrics = score(trained)
+    stage(f"evaluate {name}", t0)
+    row = result_row(name, METHODS[name].label, metrics, result, recipe.optim.lr, out / name)
+    write_json_atomic(result_file, row)
+    return row
+
+
 def result_row(name: str, label: str, metrics: dict, result, lr: float, run_dir: Path) -> dict:
     """One report row (both scenarios): the evaluation's metrics plus what training recorded (loss curve in
     nats per token, from ``run_dir/train_log.jsonl``)."""

@@ -178,7 +178,7 @@ def run_mllm_demo(cfg) -> int:
 
     from retain.data import easy_vqa
     from retain.demo.common import (
-        METHODS, check_tg_corpus, open_run, reference_stage, result_row, run_summary, tg_stage, train_arm,
+        arm_row, check_tg_corpus, open_run, reference_stage, result_row, run_summary, tg_stage,
     )
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.vqa import evaluate_mllm
@@ -246,25 +246,9 @@ def run_mllm_demo(cfg) -> int:
 
     con.rule("4/4 stage 2: visual instruction tuning, four ways")
     for name in methods:
-        result_file = out / name / "demo_result.json"
-        if result_file.exists():
-            rows.append(read_json(result_file))
-            now = time.perf_counter()
-            stage(f"train {name}", now, done_earlier=True)
-            stage(f"evaluate {name}", now, done_earlier=True)
-            continue
-        con.print(f"[bold]{METHODS[name].label}[/] ({name})")
-        recipe = stage2_recipe(cfg, prof, out, name, data_dir / "vqa_stage2.json", tg_path)
-        t0 = time.perf_counter()
-        result, tuned = train_arm(recipe, out / name, stage1, processor, device)
-        stage(f"train {name}", t0)
-        t0 = time.perf_counter()
-        metrics = evaluate_mllm(tuned, processor, suite, ref, data["heldout"])
-        stage(f"evaluate {name}", t0)
-        row = result_row(name, METHODS[name].label, metrics, result, recipe.optim.lr, out / name)
-        write_json_atomic(result_file, row)
-        rows.append(row)
-        del result, tuned
+        rows.append(arm_row(name, lambda: stage2_recipe(cfg, prof, out, name, data_dir / "vqa_stage2.json", tg_path),
+                            stage1, processor, device, out, stage, con,
+                            lambda model: evaluate_mllm(model, processor, suite, ref, data["heldout"])))
 
     add_mllm_comparisons(rows, ref)
     summary = {"scenario": "mllm", **run_summary(cfg, prof, rows, tg_path, stage, ref),

@@ -34,11 +34,10 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any
 
 from retain.errors import RetainError
 from retain.demo.common import METHODS, DemoConfig, pick_profile
@@ -195,12 +194,12 @@ def run_text_demo(cfg: DemoConfig) -> int:
     """``retain demo`` (text scenario): runs every stage (skipping finished ones), prints the table, writes the report."""
 
     from retain.demo.common import (
-        check_tg_corpus, open_run, reference_stage, result_row, run_summary, tg_stage, train_arm,
+        arm_row, check_tg_corpus, open_run, reference_stage, run_summary, tg_stage,
     )
     from retain.evaluation.config import EvalSuite
     from retain.evaluation.suite import evaluate
     from retain.models import load_model
-    from retain.utils.io import read_json, write_json_atomic
+    from retain.utils.io import write_json_atomic
 
     prof = text_profile(cfg)
     methods = text_methods(cfg)
@@ -225,26 +224,8 @@ def run_text_demo(cfg: DemoConfig) -> int:
 
     con.rule("3/3 fine-tune and evaluate")
     for name in methods:
-        result_file = out / name / "demo_result.json"
-        if result_file.exists():
-            rows.append(read_json(result_file))
-            con.print(f"{name}: done earlier ({result_file})")
-            now = time.perf_counter()  # no recorded time (demo.json lost): this invocation's ~0 s
-            stage(f"train {name}", now, done_earlier=True)
-            stage(f"evaluate {name}", now, done_earlier=True)
-            continue
-        con.print(f"[bold]{METHODS[name].label}[/] ({name})")
-        recipe = build_recipe(cfg, prof, name, tg_path or Path("-"), out)
-        t0 = time.perf_counter()
-        result, model = train_arm(recipe, out / name, base, tok, device)
-        stage(f"train {name}", t0)
-        t0 = time.perf_counter()
-        metrics = evaluate(model, tok, suite, ref)
-        stage(f"evaluate {name}", t0)
-        row = result_row(name, METHODS[name].label, metrics, result, recipe.optim.lr, out / name)
-        write_json_atomic(result_file, row)
-        rows.append(row)
-        del model, result
+        rows.append(arm_row(name, lambda: build_recipe(cfg, prof, name, tg_path or Path("-"), out), base, tok, device,
+                            out, stage, con, lambda model: evaluate(model, tok, suite, ref)))
 
     add_comparisons(rows, ref)
     summary = run_summary(cfg, prof, rows, tg_path, stage, ref)
