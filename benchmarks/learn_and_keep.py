@@ -175,7 +175,7 @@ class Study:
         m = evaluate(model, self.tok, dev_suite, dev_ref)
         oc = outcomes(m, dev_ref.known, dev_ref.mc_probes)
         row = {"domain": [int(bool(r["correct"])) for r in res], "pred": pred, "gold": gold,
-               **{k: v for k, v in label_balance(pred, gold).items()},
+               **label_balance(pred, gold),
                "behaviour": oc["behaviour"][0], "knowledge": oc["retention"][0],
                "seconds": round(time.perf_counter() - t, 1)}
         from retain.utils.io import write_json_atomic
@@ -237,9 +237,7 @@ def decide_balance(dev: dict[str, dict[str, list[dict]]]) -> dict:
     cands = [b for b in BALANCES if eligible[b]]
     best = max(table[b]["mean_balanced_accuracy"] for b in cands)
     near = [b for b in cands if table[b]["mean_balanced_accuracy"] >= best - 1.0]
-    order = ("type", "example", "token")
-    top = max(cands, key=lambda b: table[b]["mean_balanced_accuracy"])
-    choice = next((b for b in order if b in near), top)
+    choice = next(b for b in ("type", "example", "token") if b in near)  # near holds the best, so one is there
     return {"choice": choice, "eligible": eligible, "table": table}
 
 
