@@ -66,7 +66,7 @@ def phase_run(root: Path, tg_root: Path | None) -> None:
     run_mllm_demo(cfg)
     log(f"draw 0 (the demo): {time.perf_counter() - t:.0f} s")
     prof = dataclasses.replace(MLLM_PROFILES["default"])
-    suite = EvalSuite.profile(prof.eval_profile, domain=None, seed=0)
+    suite = EvalSuite.profile(prof.eval_profile, domain=None, seed=0, **prof.eval_overrides)
     ref = BaseReference.load(demo / "reference", suite)
     heldout = vqa_data(prof, 0)["heldout"]
     stage1, processor = load_mllm(demo / "stage1" / "model")

@@ -90,6 +90,16 @@ def test_identity_adapter_passes_a_strict_gate_and_gate_json_says_so(tiny_llama_
     assert rc == 0 and summary["passed"] and summary["mode"] == "strict"
     assert [r["rule"] for r in summary["results"]] == ["knowledge_retention", "drift", "domain"]
     assert "gate (strict): passed" in stdout and stdout.count("  pass ") == 3
+    # the saved evaluation gated again with other rules, no model loaded: a failing rule exits 1
+    (out / "gate.json").unlink()
+    rc = main(["eval", "--out", str(out), "--gate", "{drift: {max: 0.0}, behaviour_retention: {min_diff: -3}}"])
+    stdout = capsys.readouterr().out
+    again = json.loads((out / "gate.json").read_text())
+    assert rc == 1 and not again["passed"] and [r["rule"] for r in again["results"]] == ["drift", "behaviour_retention"]
+    assert "not measured in this run" in again["results"][1]["line"] and f"on {out / 'eval.json'}: FAILED" in stdout
+    # nothing saved to gate: one error line naming the file
+    rc = main(["eval", "--out", str(tmp_path / "none"), "--gate", "{drift: {max: 0.1}}"])
+    assert rc == 2 and "no saved evaluation at" in capsys.readouterr().err and not (tmp_path / "none").exists()
     # a rule this run cannot measure is a user error before any model loads
     rc = main(["eval", "--base", tiny_llama_path, "--tuned", f"[{identity_adapter}]", "--out", str(tmp_path / "e2"),
                *SMALL, "--domain", "none", "--gate", "{domain: {min_gain: 0}}"])

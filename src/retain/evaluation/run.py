@@ -75,8 +75,6 @@ def _check_gate(cfg: EvalConfig, suite, vqa: bool = False):
     from retain.evaluation.gate import load_gate
 
     gate = load_gate(cfg.gate, cfg.gate_mode)
-    if not cfg.tuned:
-        raise RetainError("--gate: no --tuned folder to gate; give the fine-tuned folder(s)")
     for rule in gate.rules:
         missing = {"domain": not suite.domain and not vqa, "drift": suite.drift_prompts <= 0,
                    "knowledge_retention": not (suite.probes or suite.probe_files)}.get(rule.name, False)
@@ -120,6 +118,8 @@ def _load(path: str, cfg: EvalConfig, key: str):
 
 
 def run_eval(cfg: EvalConfig) -> int:
+    if cfg.gate is not None and not cfg.tuned:
+        return gate_saved(cfg)
     if cfg.show != "none" and not cfg.tuned:
         return show_saved_flips(cfg)
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -243,6 +243,31 @@ def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], ga
         rc = 0 if summary["passed"] else 1
     console.result(f"wrote {', '.join(map(str, written))}")
     return rc
+
+
+def gate_saved(cfg: EvalConfig) -> int:
+    """``retain eval --out DIR --gate G`` without ``--tuned``: apply the gate to the evaluation saved in
+    ``DIR/eval.json`` (no model is loaded), write ``DIR/gate.json``; 1 when a rule fails. A rule the saved run
+    did not measure fails ("not measured in this run")."""
+    from retain.evaluation.gate import GATE_FILE, evaluate_gate, gate_summary, load_gate
+    from retain.utils.io import read_json, write_json_atomic
+
+    path = Path(cfg.out) / "eval.json"
+    if not path.exists():
+        raise RetainError(f"--gate: no --tuned folder to gate and no saved evaluation at {path}; give --tuned, "
+                          "or point --out at an earlier retain eval's folder")
+    gate = load_gate(cfg.gate, cfg.gate_mode)
+    rows = read_json(path)["rows"]
+    gated = evaluate_gate(gate, rows)
+    if not gated:
+        raise RetainError(f"--gate: {path} holds no fine-tuned row to gate; run retain eval with --tuned first")
+    summary = gate_summary(gate, gated)
+    write_json_atomic(Path(cfg.out) / GATE_FILE, summary)
+    console.result(f"gate ({gate.mode}) on {path}: {'passed' if summary['passed'] else 'FAILED'}")
+    for g in gated:
+        console.result(f"  {g['line']}")
+    console.result(f"wrote {Path(cfg.out) / GATE_FILE}")
+    return 0 if summary["passed"] else 1
 
 
 def show_saved_flips(cfg: EvalConfig) -> int:
