@@ -394,6 +394,14 @@ file, so a run stopped anywhere resumes). ``tf``: the teacher-forced measures (:
 known items, and SST-2 dev accuracy."""
 
 
+RULE_PLAN = (("routing", "sst2"), ("routing", "tg"), ("ablation", "as_trained"))
+"""What the adoption rule of the training ablations reads (docs/loramoe_behaviour.md): the groups' separation
+(routing on TG and SST-2 rows) and the generated dev measures as trained."""
+RULE_CANDIDATES = ("delta09", "delta09_sum")
+"""Settings the rule may adopt, smaller change first; ``lbc_off`` is the control (is the LBC doing anything)."""
+RULE_SEEDS = (0, 1)
+
+
 def analyse_model(name: str, folder: Path, tg_path: Path, dev: Dev, plan=PLAN) -> None:
     """Weights, routing and ablations of one LoRAMoE model folder into ``<out>/models/<name>/``."""
     from retain.models import load_model
@@ -464,13 +472,94 @@ def own_runs(out: Path) -> list[tuple[str, Path, Path, str]]:
             for r in sorted((out / "runs").glob("*")) if (r / "train_result.json").exists() and (r / "model").exists()]
 
 
-def phase_analyse(study: Path, out: Path, only: list[str]) -> None:
+def phase_analyse(study: Path, out: Path, only: list[str], plan=PLAN) -> None:
     dev = Dev(study, out)
     runs = study_runs(study) + [(n, m, t) for n, m, t, _ in own_runs(out)]
     for name, folder, tg in runs:
         if only and not any(o in name for o in only):
             continue
-        analyse_model(name, folder, tg, dev)
+        analyse_model(name, folder, tg, dev, plan)
+
+
+def balanced_ci(a: list[float], b: list[float], gold: list, n_boot: int = 2000, seed: int = 0) -> list[float]:
+    """Paired bootstrap over items of the difference in balanced accuracy (points): ``a``, ``b`` per-item
+    correctness (0..1, e.g. averaged over draws), ``gold`` the items' labels. -> [diff, lo, hi]."""
+    import numpy as np
+
+    a, b, gold = np.asarray(a, float), np.asarray(b, float), np.asarray(gold)
+    classes = sorted(set(gold.tolist()))
+
+    def bal(x, g):
+        return np.mean([x[g == c].mean() for c in classes if (g == c).any()])
+
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(a), len(a))
+        diffs.append(bal(a[idx], gold[idx]) - bal(b[idx], gold[idx]))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return [100 * float(bal(a, gold) - bal(b, gold)), 100 * float(lo), 100 * float(hi)]
+
+
+def rule_decision(out: Path, balance: str = "token") -> dict:
+    """The adoption rule of docs/loramoe_behaviour.md on the training ablations, draws :data:`RULE_SEEDS`:
+    (i) world share on TG rows minus on SST-2 rows >= 0.3 (all tokens, mean over layers and draws); (ii) dev
+    behaviour kept detectably above the default's and the `Answer:`-label share detectably below (paired 95 %
+    intervals, per-item outcomes averaged over the draws); (iii) SST-2 dev balanced accuracy not detectably below.
+    The first of :data:`RULE_CANDIDATES` that passes is adopted; none: the defaults stay."""
+    def name(setting, seed):
+        return f"{'loramoe_tg' if setting == 'default' else setting}-{balance}-s{seed}"
+
+    def load(setting):
+        rows = []
+        for seed in RULE_SEEDS:
+            d = out / "models" / name(setting, seed)
+            files = [d / "as_trained.json", d / "routing-tg.json", d / "routing-sst2.json"]
+            if not all(f.exists() for f in files):
+                return None
+            rows.append([json.loads(f.read_text()) for f in files])
+        return rows
+
+    def avg(rows, key):
+        first = rows[0][0][key]
+        if isinstance(first, dict):
+            return {k: sum(r[0][key][k] for r in rows) / len(rows) for k in first}
+        return [sum(r[0][key][i] for r in rows) / len(rows) for i in range(len(first))]
+
+    def iv(a, b):
+        from retain.evaluation.stats import paired_bootstrap
+
+        keys = sorted(set(a) & set(b)) if isinstance(a, dict) else range(len(a))
+        x = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
+        return [100 * x.diff, 100 * x.lo, 100 * x.hi]
+
+    default = load("default")
+    if default is None:
+        return {"error": f"the default's rule measures are missing: analyse --plan rule --only loramoe_tg-{balance}"}
+    res: dict = {"settings": {}, "adopted": None}
+    for setting in ("default", *TRAIN_ABLATIONS):
+        rows = load(setting)
+        if rows is None:
+            continue
+        sep = mean(mean(tg["share"]["all"]) - mean(sst["share"]["all"]) for _, tg, sst in rows)
+        rec = {"separation": sep, "behaviour": 100 * mean(avg(rows, "behaviour").values()),
+               "label": 100 * mean(avg(rows, "label").values()),
+               "balanced": 100 * mean(r[0]["balanced_accuracy"] for r in rows),
+               "per_draw": [{"behaviour": 100 * mean(r[0]["behaviour"].values()),
+                             "label": 100 * mean(r[0]["label"].values()),
+                             "balanced": 100 * r[0]["balanced_accuracy"]} for r in rows]}
+        if setting != "default":
+            rec["vs_default"] = {"behaviour": iv(avg(rows, "behaviour"), avg(default, "behaviour")),
+                                 "label": iv(avg(rows, "label"), avg(default, "label")),
+                                 "balanced": balanced_ci(avg(rows, "domain"), avg(default, "domain"),
+                                                         default[0][0]["gold"])}
+            v = rec["vs_default"]
+            rec["checks"] = {"separates": sep >= 0.3, "keeps_more": v["behaviour"][1] > 0 and v["label"][2] < 0,
+                             "domain_not_below": v["balanced"][2] >= 0}
+            rec["passes"] = all(rec["checks"].values())
+        res["settings"][setting] = rec
+    res["adopted"] = next((c for c in RULE_CANDIDATES if res["settings"].get(c, {}).get("passes")), None)
+    return res
 
 
 # ---------------------------------------------------------------------- training ablations
@@ -597,6 +686,21 @@ def phase_report(study: Path, out: Path) -> None:
             res["routing"].setdefault(name, {})[s] = {"share_all": sa, "share_decision": sd, "world_update": wu,
                                                       "task_update": tu, "layers": n}
             md.append(f"| {name} | {SET_LABELS[s]} | {sa:.3f} | {sd:.3f} | {wu:.2f} | {tu:.2f} |")
+    rule = rule_decision(out)
+    res["rule"] = rule
+    if "settings" in rule:
+        md += ["", f"## The adoption rule: training ablations (draws {', '.join(map(str, RULE_SEEDS))}, dev sets)", "",
+               "Separation: world share on TG rows minus on SST-2 rows (all tokens, mean over layers and draws). Behaviour "
+               "kept, `Answer:`-label replies and SST-2 dev balanced accuracy: mean over the draws [paired 95 % interval "
+               "of the difference from the default, per-item outcomes averaged over the draws].", "",
+               "| setting | separation | behaviour kept % | `Answer:` replies % | SST-2 dev balanced % | passes |",
+               "|---|---|---|---|---|---|"]
+        for setting, rec in rule["settings"].items():
+            v = rec.get("vs_default", {})
+            md.append(f"| {setting} | {rec['separation']:.3f} | {cell(rec['behaviour'], v.get('behaviour'))} | "
+                      f"{cell(rec['label'], v.get('label'))} | {cell(rec['balanced'], v.get('balanced'))} | "
+                      f"{'–' if setting == 'default' else ('yes' if rec['passes'] else 'no: ' + ', '.join(k for k, ok in rec['checks'].items() if not ok))} |")
+        md += ["", f"Adopted: {rule['adopted'] or 'none; the defaults stay the paper’s'}."]
     write_json_atomic(out / "loramoe_behaviour.json", res)
     write_text_atomic(out / "loramoe_behaviour.md", "\n".join(md) + "\n")
     print("\n".join(md))
@@ -611,6 +715,8 @@ def main() -> None:
     ap.add_argument("--ablations", nargs="*", default=["lbc_off", "delta09", "delta09_sum"],
                     help="train: which of TRAIN_ABLATIONS (at most 3 runs by the issue's budget)")
     ap.add_argument("--balance", default="token")
+    ap.add_argument("--plan", choices=["full", "rule"], default="full",
+                    help="analyse: every measurement (PLAN) or only what the adoption rule reads (RULE_PLAN)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     study, out = Path(args.study), Path(args.out)
@@ -619,7 +725,7 @@ def main() -> None:
         return phase_report(study, out)
     if args.phase == "train":
         return phase_train(study, out, args.ablations, args.balance, args.seed)
-    return phase_analyse(study, out, args.only)
+    return phase_analyse(study, out, args.only, PLAN if args.plan == "full" else RULE_PLAN)
 
 
 if __name__ == "__main__":
