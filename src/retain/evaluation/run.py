@@ -252,11 +252,11 @@ def gate_saved(cfg: EvalConfig) -> int:
     from retain.evaluation.gate import GATE_FILE, evaluate_gate, gate_summary, load_gate
     from retain.utils.io import read_json, write_json_atomic
 
+    gate = load_gate(cfg.gate, cfg.gate_mode)  # a bad gate file is named first
     path = Path(cfg.out) / "eval.json"
     if not path.exists():
         raise RetainError(f"--gate: no --tuned folder to gate and no saved evaluation at {path}; give --tuned, "
                           "or point --out at an earlier retain eval's folder")
-    gate = load_gate(cfg.gate, cfg.gate_mode)
     rows = read_json(path)["rows"]
     gated = evaluate_gate(gate, rows)
     if not gated:
