@@ -16,7 +16,7 @@ order of :data:`PLAN` (cheapest and most telling first; each step is its own fil
   world group over every real token and at the *decision position* (the prompt's last token, which emits the
   reply's first token, where ``Answer:`` is chosen), and each group's update ``||sum_{e in group} g_e s B_e A_e x||``
   against the frozen output ``||W0 x||`` (L2 over output features, mean over tokens). On the TG rows the world
-  share is cross-checked against ``retain routing``'s :func:`~retain.adapters.routing.routing_statistics`.
+  share is cross-checked against ``retain routing``'s :func:`~retain.evaluation.routing.routing_statistics`.
 - **Inference-time expert ablations** (:func:`ablation`: forward hooks on each
   :class:`~retain.adapters.loramoe.layer.LoRAMoELinear`; the update is linear in the gates, so the hook adds
   ``Delta(g') - Delta(g) = Delta(g' - g)``; :func:`check_ablation_hook` compares ``no_task`` with a copy whose task
@@ -257,7 +257,7 @@ def routing(model, tok, rows: list[list[dict]], batch_size: int = 8, cross_check
     import torch
 
     from retain.adapters.loramoe import loramoe_layers
-    from retain.adapters.routing import routing_statistics, world_share
+    from retain.evaluation.routing import routing_statistics, world_share
     from retain.data.collate import Collator, encode_chat
     from retain.models import pad_token_id
 
