@@ -156,7 +156,8 @@ class EvalConfig:
     gate: str | None = None
     """Forgetting gate: a YAML file of rules (or inline YAML), e.g. '{knowledge_retention: {min_diff: -3},
     drift: {max: 0.05}}'. Checked on the bounds of the paired 95 % intervals; exit 1 when a rule fails;
-    writes gate.json. Rules and modes: docs/eval.md."""
+    writes gate.json. Without --tuned: gates the evaluation saved in --out (no model loads). Rules and modes:
+    docs/eval.md."""
     gate_mode: Literal["strict", "lenient"] | None = None
     """strict: a loss must be shown to be small (the interval's bound clears the threshold); lenient: only
     not shown to be large. Overrides the gate file's 'mode' (default strict)."""
