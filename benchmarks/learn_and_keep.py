@@ -214,6 +214,38 @@ def mean_over(rows: list[dict], key: str) -> dict[str, float]:
     return {k: sum(r[key][k] for r in rows) / len(rows) for k in rows[0][key]}
 
 
+def pool_draws(ocs: list[dict], ref: dict[str, dict[str, float]], views, ref_key: str):
+    """One arm over its draws: ``ocs`` are the draws' :func:`retain.evaluation.compare.outcomes`, ``ref`` the
+    reference's per-item outcomes per view. -> (table cells "mean (min–max) [lo, hi]", the record per view
+    {mean, per_draw, ref_key: [diff, lo, hi]} in points, the per-item outcomes averaged over the draws per view)."""
+    cells, rec, pooled = [], {"n_draws": len(ocs)}, {}
+    for view, _ in views:
+        per = [100 * sum(o[view][0].values()) / len(o[view][0]) for o in ocs]
+        avg = {k: sum(o[view][0][k] for o in ocs) / len(ocs) for k in ocs[0][view][0]}
+        iv = paired(avg, ref[view])
+        pooled[view] = avg
+        rec[view] = {"mean": sum(per) / len(per), "per_draw": per, ref_key: [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]}
+        cells.append(f"{sum(per) / len(per):.1f} ({min(per):.1f}–{max(per):.1f}) [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
+    return cells, rec, pooled
+
+
+def difference_table(pooled: dict[str, dict], pairs, views, labels: dict[str, str]):
+    """``a - b`` for each pair whose arms both ran, per view, on the draw-averaged per-item outcomes of
+    :func:`pool_draws`. -> (markdown table lines, {"a - b": {view: [diff, lo, hi]}} in points)."""
+    lines = ["| comparison | " + " | ".join(v for _, v in views) + " |", "|---|---|---|---|"]
+    diffs: dict = {}
+    for a, b in pairs:
+        if a not in pooled or b not in pooled:
+            continue
+        cells = []
+        for view, _ in views:
+            iv = paired(pooled[a][view], pooled[b][view])
+            diffs.setdefault(f"{a} - {b}", {})[view] = [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]
+            cells.append(f"{100 * iv.diff:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
+        lines.append(f"| {labels[a]} − {labels[b]} | " + " | ".join(cells) + " |")
+    return lines, diffs
+
+
 def decide_balance(dev: dict[str, dict[str, list[dict]]]) -> dict:
     """The written rule (docs/learn_and_keep.md): eligibility by paired intervals against ``token`` on all
     three dev measures for both TG arms; the highest mean dev balanced accuracy wins; within 1 point of the
@@ -362,32 +394,14 @@ def phase_report(root: Path) -> None:
         rows = [r for r in (load(key(arm, s)) for s in SEEDS) if r is not None]
         if not rows:
             continue
-        ocs = [outcomes(r, known, mc) for r in rows]
-        cells, rec = [], {"n_draws": len(rows)}
-        for view, _ in VIEWS:
-            per = [100 * sum(o[view][0].values()) / len(o[view][0]) for o in ocs]
-            avg = {k: sum(o[view][0][k] for o in ocs) / len(ocs) for k in ocs[0][view][0]}
-            iv = paired(avg, oc_base[view][0])
-            pooled.setdefault(arm, {})[view] = avg
-            rec[view] = {"mean": sum(per) / len(per), "per_draw": per, "vs_base": [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]}
-            cells.append(f"{sum(per) / len(per):.1f} ({min(per):.1f}–{max(per):.1f}) "
-                         f"[{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
+        cells, rec, pooled[arm] = pool_draws([outcomes(r, known, mc) for r in rows],
+                                             {v: oc_base[v][0] for v, _ in VIEWS}, VIEWS, "vs_base")
         res["arms"][arm] = rec
         lines.append(f"| {LABELS[arm]} | {len(rows)} | " + " | ".join(cells) + f" | {train_s[arm] or 0:.0f} |")
     # differences between methods, per-item outcomes averaged over the draws
     pairs = [("full_tg", "full"), ("full_kl", "full"), ("loramoe_tg", "lora"), ("full_tg", "full_kl"),
              ("loramoe_tg", "full_tg")]
-    diff_lines = ["| comparison | " + " | ".join(v for _, v in VIEWS) + " |", "|---|---|---|---|"]
-    res["differences"] = {}
-    for a, b in pairs:
-        if a not in pooled or b not in pooled:
-            continue
-        cells = []
-        for view, _ in VIEWS:
-            iv = paired(pooled[a][view], pooled[b][view])
-            res["differences"].setdefault(f"{a} - {b}", {})[view] = [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]
-            cells.append(f"{100 * iv.diff:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
-        diff_lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
+    diff_lines, res["differences"] = difference_table(pooled, pairs, VIEWS, LABELS)
     # forgetting vs data (draw 0)
     curves = {}
     for arm in TEST_ARMS:

@@ -481,6 +481,16 @@ def phase_analyse(study: Path, out: Path, only: list[str], plan=PLAN) -> None:
         analyse_model(name, folder, tg, dev, plan)
 
 
+def iv(a, b) -> list[float]:
+    """Paired 95 % bootstrap interval of ``mean(a) - mean(b)`` in points: dicts paired by their common keys,
+    lists by position. -> [diff, lo, hi]."""
+    from retain.evaluation.stats import paired_bootstrap
+
+    keys = sorted(set(a) & set(b)) if isinstance(a, dict) else range(len(a))
+    x = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
+    return [100 * x.diff, 100 * x.lo, 100 * x.hi]
+
+
 def balanced_ci(a: list[float], b: list[float], gold: list, n_boot: int = 2000, seed: int = 0) -> list[float]:
     """Paired bootstrap over items of the difference in balanced accuracy (points): ``a``, ``b`` per-item
     correctness (0..1, e.g. averaged over draws), ``gold`` the items' labels. -> [diff, lo, hi]."""
@@ -525,13 +535,6 @@ def rule_decision(out: Path, balance: str = "token") -> dict:
         if isinstance(first, dict):
             return {k: sum(r[0][key][k] for r in rows) / len(rows) for k in first}
         return [sum(r[0][key][i] for r in rows) / len(rows) for i in range(len(first))]
-
-    def iv(a, b):
-        from retain.evaluation.stats import paired_bootstrap
-
-        keys = sorted(set(a) & set(b)) if isinstance(a, dict) else range(len(a))
-        x = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
-        return [100 * x.diff, 100 * x.lo, 100 * x.hi]
 
     default = load("default")
     if default is None:
@@ -599,13 +602,7 @@ def phase_train(study: Path, out: Path, names: list[str], balance: str, seed: in
 
 # ---------------------------------------------------------------------- report
 def phase_report(study: Path, out: Path) -> None:
-    from retain.evaluation.stats import paired_bootstrap
     from retain.utils.io import write_json_atomic, write_text_atomic
-
-    def iv(a, b):
-        keys = sorted(set(a) & set(b)) if isinstance(a, dict) else range(len(a))
-        x = paired_bootstrap([a[k] for k in keys], [b[k] for k in keys])
-        return [100 * x.diff, 100 * x.lo, 100 * x.hi]
 
     def cell(v, ci=None):
         return f"{v:.1f}" + (f" ({ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}])" if ci else "")

@@ -21,7 +21,7 @@ import json
 import time
 from pathlib import Path
 
-from learn_and_keep import log, paired
+from learn_and_keep import Study, difference_table, log, pool_draws
 
 SEEDS = (0, 1, 2)
 ARMS = ("full", "full_tg", "lora", "loramoe_tg")
@@ -31,23 +31,15 @@ VIEWS = (("domain", "VQA acc."), ("behaviour", "behaviour kept"), ("retention", 
 
 
 def tg_corpus(root: Path, tg_root: Path | None, seed: int) -> Path:
-    """TG corpus draw ``seed``: ``<tg_root>/draw<seed>/tg/sft.jsonl`` when given, else made here with the demo's
-    TG stage (``--seed seed``) from the base LLM."""
-    if tg_root is not None:
-        path = tg_root / f"draw{seed}" / "tg" / "sft.jsonl"
-        if not path.exists():
-            raise SystemExit(f"{path}: no TG corpus there; drop --tg_root to make it here")
-        return path
-    path = root / f"tg{seed}" / "tg" / "sft.jsonl"
+    """TG corpus draw ``seed``: ``<tg_root>/draw<seed>/tg/sft.jsonl`` when given, else made here by
+    ``benchmarks/learn_and_keep.py``'s :meth:`Study.tg` (the demo's TG stage with ``--seed seed``) into
+    ``<root>/draw<seed>/tg/``."""
+    path = (tg_root or root) / f"draw{seed}" / "tg" / "sft.jsonl"
     if path.exists():
         return path
-    from retain.demo import DemoConfig
-    from retain.demo.common import make_tg_corpus
-    from retain.demo.mllm import MLLM_PROFILES
-    from retain.models import load_model
-
-    base, tok = load_model("smollm2", device="cpu")
-    return make_tg_corpus(DemoConfig(seed=seed, device="cpu"), MLLM_PROFILES["default"], root / f"tg{seed}", base, tok)
+    if tg_root is not None:
+        raise SystemExit(f"{path}: no TG corpus there; drop --tg_root to make it here")
+    return Study(root).tg(seed)
 
 
 def phase_run(root: Path, tg_root: Path | None) -> None:
@@ -105,45 +97,27 @@ def phase_report(root: Path) -> None:
         f = root / f"draw{seed}" / arm / "demo_result.json"
         return json.loads(f.read_text()) if f.exists() else None
 
-    res: dict = {"arms": {}, "differences": {}}
+    def pct(o: dict[str, float]) -> float:
+        return 100 * sum(o.values()) / len(o)
+
+    res: dict = {"arms": {}}
     pooled: dict[str, dict] = {}
     lines = [f"| method | draws | {' | '.join(v + ' %' for _, v in VIEWS)} | train s |", "|---|---|---|---|---|---|"]
     s1 = outcomes(rows0["stage1"], known, mc)
-    lines.append(f"| {LABELS['stage1']} | 1 | {100 * sum(s1['domain'][0].values()) / len(s1['domain'][0]):.1f} | "
-                 f"{100 * sum(s1['behaviour'][0].values()) / len(s1['behaviour'][0]):.1f} | "
-                 f"{100 * sum(s1['retention'][0].values()) / len(s1['retention'][0]):.1f} | "
-                 f"{rows0['stage1'].get('train_seconds', 0):.0f} |")
+    lines.append(f"| {LABELS['stage1']} | 1 | " + " | ".join(f"{pct(s1[v][0]):.1f}" for v, _ in VIEWS)
+                 + f" | {rows0['stage1'].get('train_seconds', 0):.0f} |")
     for arm in ARMS:
         rows = [r for r in (load(arm, s) for s in SEEDS) if r is not None]
         if not rows:
             continue
-        ocs = [outcomes(r, known, mc) for r in rows]
-        cells, rec = [], {"n_draws": len(rows)}
-        for view, _ in VIEWS:
-            per = [100 * sum(o[view][0].values()) / len(o[view][0]) for o in ocs]
-            avg = {k: sum(o[view][0][k] for o in ocs) / len(ocs) for k in ocs[0][view][0]}
-            iv = paired(avg, oc_ref[view])
-            pooled.setdefault(arm, {})[view] = avg
-            rec[view] = {"mean": sum(per) / len(per), "per_draw": per,
-                         "vs_ref": [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]}
-            cells.append(f"{sum(per) / len(per):.1f} ({min(per):.1f}–{max(per):.1f}) "
-                         f"[{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
+        cells, rec, pooled[arm] = pool_draws([outcomes(r, known, mc) for r in rows], oc_ref, VIEWS, "vs_ref")
         secs = [r.get("train_seconds", 0) for r in rows]
         rec["train_seconds"] = sum(secs) / len(secs)
         res["arms"][arm] = rec
         lines.append(f"| {LABELS[arm]} | {len(rows)} | " + " | ".join(cells) + f" | {rec['train_seconds']:.0f} |")
     pairs = [("full_tg", "full"), ("loramoe_tg", "lora"), ("lora", "full"), ("loramoe_tg", "full_tg")]
-    diff_lines = ["| comparison | " + " | ".join(v + " (pts)" for _, v in VIEWS) + " |", "|---|---|---|---|"]
-    for a, b in pairs:
-        if a not in pooled or b not in pooled:
-            continue
-        cells = []
-        for view, _ in VIEWS:
-            iv = paired(pooled[a][view], pooled[b][view])
-            res["differences"].setdefault(f"{a} - {b}", {})[view] = [100 * iv.diff, 100 * iv.lo, 100 * iv.hi]
-            cells.append(f"{100 * iv.diff:+.1f} [{100 * iv.lo:+.1f}, {100 * iv.hi:+.1f}]")
-        diff_lines.append(f"| {LABELS[a]} − {LABELS[b]} | " + " | ".join(cells) + " |")
-    ref_pct = {v: 100 * sum(oc_ref[v].values()) / len(oc_ref[v]) for v, _ in VIEWS}
+    diff_lines, res["differences"] = difference_table(pooled, pairs, [(v, t + " (pts)") for v, t in VIEWS], LABELS)
+    ref_pct = {v: pct(oc_ref[v]) for v, _ in VIEWS}
     res["reference"] = {**ref_pct, "known": {v: len(oc_ref[v]) for v in ("behaviour", "retention")},
                         "vqa_items": len(oc_ref["domain"])}
     res["verdicts"] = verdicts(res)

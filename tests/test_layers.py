@@ -219,9 +219,10 @@ def test_never(graph, module, prefix, why):
     assert not bad, f"{why}:\n" + "\n".join(bad)
 
 
+SCRIPTS = sorted((SRC.parent / "benchmarks").glob("*.py")) + sorted((SRC.parent / "examples").glob("*.py"))
 
-@pytest.mark.parametrize("script", sorted((SRC.parent / "benchmarks").glob("*.py")) + sorted((SRC.parent / "examples").glob("*.py")),
-                         ids=lambda p: f"{p.parent.name}/{p.name}")
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_retain_import_of_the_benchmarks_and_examples_resolves(script):
     """Benchmarks are not run by the suite: a module moved under them (``retain.adapters.routing`` ->
     ``retain.evaluation.routing``) would only show when someone runs one. Read with ``ast``, nothing imported."""

@@ -234,23 +234,33 @@ def _report(cfg: EvalConfig, suite, ref, rows: list[dict], flips: list[dict], ga
     written = [out / n for n in ("eval.json", FLIPS_FILE, "eval.md", "eval.png")]
     rc = 0
     if gate is not None:
-        summary = gate_summary(gate, gated)
-        write_json_atomic(out / GATE_FILE, summary)
+        rc = _write_gate(gate, gated, out)
         written.append(out / GATE_FILE)
-        console.result(f"gate ({gate.mode}): {'passed' if summary['passed'] else 'FAILED'}")
-        for g in gated:
-            console.result(f"  {g['line']}")
-        rc = 0 if summary["passed"] else 1
     console.result(f"wrote {', '.join(map(str, written))}")
     return rc
+
+
+def _write_gate(gate, gated: list[dict], out: Path, source: Path | None = None) -> int:
+    """``out/gate.json`` and the gate's lines on stdout (``source``: the saved evaluation it judged, named in
+    the status line). Returns 1 when a rule failed, else 0."""
+    from retain.evaluation.gate import GATE_FILE, gate_summary
+    from retain.utils.io import write_json_atomic
+
+    summary = gate_summary(gate, gated)
+    write_json_atomic(out / GATE_FILE, summary)
+    on = f" on {source}" if source is not None else ""
+    console.result(f"gate ({gate.mode}){on}: {'passed' if summary['passed'] else 'FAILED'}")
+    for g in gated:
+        console.result(f"  {g['line']}")
+    return 0 if summary["passed"] else 1
 
 
 def gate_saved(cfg: EvalConfig) -> int:
     """``retain eval --out DIR --gate G`` without ``--tuned``: apply the gate to the evaluation saved in
     ``DIR/eval.json`` (no model is loaded), write ``DIR/gate.json``; 1 when a rule fails. A rule the saved run
     did not measure fails ("not measured in this run")."""
-    from retain.evaluation.gate import GATE_FILE, evaluate_gate, gate_summary, load_gate
-    from retain.utils.io import read_json, write_json_atomic
+    from retain.evaluation.gate import GATE_FILE, evaluate_gate, load_gate
+    from retain.utils.io import read_json
 
     gate = load_gate(cfg.gate, cfg.gate_mode)  # a bad gate file is named first
     path = Path(cfg.out) / "eval.json"
@@ -261,13 +271,9 @@ def gate_saved(cfg: EvalConfig) -> int:
     gated = evaluate_gate(gate, rows)
     if not gated:
         raise RetainError(f"--gate: {path} holds no fine-tuned row to gate; run retain eval with --tuned first")
-    summary = gate_summary(gate, gated)
-    write_json_atomic(Path(cfg.out) / GATE_FILE, summary)
-    console.result(f"gate ({gate.mode}) on {path}: {'passed' if summary['passed'] else 'FAILED'}")
-    for g in gated:
-        console.result(f"  {g['line']}")
+    rc = _write_gate(gate, gated, Path(cfg.out), source=path)
     console.result(f"wrote {Path(cfg.out) / GATE_FILE}")
-    return 0 if summary["passed"] else 1
+    return rc
 
 
 def show_saved_flips(cfg: EvalConfig) -> int:
