@@ -128,11 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         args = [a for i, a in enumerate(argv) if i != argv.index(name)]
         cfg = parse(_load(COMMANDS[name][0]), args, prog=f"retain {name}", config_positional=name in CONFIG_POSITIONAL)
-        run: Callable[[Any], Any] = _load(COMMANDS[name][1])
-        if name in ML_COMMANDS:
+        if name in ML_COMMANDS:  # before the run function's module, which may import torch
             from retain.utils.startup import import_ml_stack
 
             import_ml_stack()
+        run: Callable[[Any], Any] = _load(COMMANDS[name][1])
         rc = run(cfg)
         return int(rc or 0)
     except RetainError as e:

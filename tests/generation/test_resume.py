@@ -72,13 +72,19 @@ def reference(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_resume(tmp_path, reference):
+def test_sigkill_at_several_points_then_resume(tmp_path, reference, monkeypatch):
+    """Three processes killed at different points; the finishing resume runs in this process (the same
+    command, without a new interpreter's imports)."""
+    from retain.cli import main
+
     run_dir = tmp_path / "run"
     _kill_when(run_dir, "questions.jsonl", 1)  # level 1 asked, not answered
     _kill_when(run_dir, "nodes.jsonl", 6)  # in the middle of level 2's answers
     _kill_when(run_dir, "questions.jsonl", 8)  # in the middle of level 3's questions
-    done = subprocess.run(_cmd(run_dir), env=_env(0.0), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    monkeypatch.syspath_prepend(str(HERE))
+    for key in ("RETAIN_BACKEND_FACTORY", "FAKE_BACKEND_DELAY"):
+        monkeypatch.setenv(key, _env(0.0)[key])
+    assert main(["decompress", str(run_dir), *ARGS]) == 0
 
     nodes = read_jsonl(run_dir / "nodes.jsonl")
     ids = [n["id"] for n in nodes]
@@ -115,32 +121,46 @@ def test_truncated_last_line_is_ignored_and_repaired(tmp_path, reference):
     assert len(read_jsonl(run_dir / "nodes.jsonl")) == len(read_jsonl(reference / "nodes.jsonl"))
 
 
+HF_ARGS = ["--levels", "[[3,6],[2,6]]", "--topics", '["science","history","cooking"]', "--chunk_size", "2",
+           "--dedup_threshold", "1.0", "--progress", "false", "--backend.batch_size", "4", "--backend.device", "cpu",
+           "--cut_answers", "keep",  # a random model ends no sentence within 6 tokens: keep its cut answers
+           "--top_p", "1.0"]  # resuming does not depend on the nucleus cut; sorting 49k logits per step was half the time
+
+
 def _hf_run(run_dir: Path, model: str, kill_at: int = 0) -> subprocess.CompletedProcess:
-    """`retain decompress` on the real `hf` backend (tiny model); killed at its ``kill_at``-th backend call."""
+    """`retain decompress` on the real `hf` backend (tiny model) in a subprocess; killed at its ``kill_at``-th
+    backend call."""
     env = _env(0.0)
     env.update(RETAIN_BACKEND_FACTORY="conftest:make_tiny_hf_backend", RETAIN_TEST_KILL_AT=str(kill_at),
                OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "retain.cli", "decompress", str(run_dir), "--model", model,
-           "--levels", "[[3,6],[2,6]]", "--topics", '["science","history","cooking"]', "--chunk_size", "2",
-           "--dedup_threshold", "1.0", "--progress", "false", "--backend.batch_size", "4", "--backend.device", "cpu",
-           "--cut_answers", "keep"]  # a random model ends no sentence within 6 tokens: keep its cut answers
+    cmd = [sys.executable, "-m", "retain.cli", "decompress", str(run_dir), "--model", model, *HF_ARGS]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
+def _hf_run_here(run_dir: Path, model: str, monkeypatch) -> int:
+    """The same command, in this process (no kill): what a process that is not killed does, without the
+    seconds of a new interpreter importing torch and transformers."""
+    from retain.cli import main
+
+    monkeypatch.syspath_prepend(str(HERE))
+    monkeypatch.setenv("RETAIN_BACKEND_FACTORY", "conftest:make_tiny_hf_backend")
+    monkeypatch.setenv("RETAIN_TEST_KILL_AT", "0")
+    return main(["decompress", str(run_dir), "--model", model, *HF_ARGS])
+
+
 @pytest.mark.slow
-def test_hf_backend_resume_after_kills_writes_the_uninterrupted_corpus(tmp_path, tiny_llama_path):
+def test_hf_backend_resume_after_kills_writes_the_uninterrupted_corpus(tmp_path, tiny_llama_path, monkeypatch):
     """8 backend calls (ask L1; answer 2+1; ask L2 2+1; answer 2+2+2): killed at the 3rd call of each of
-    three processes, so each resumes mid-level; seeds follow the node ids, so the sampled text matches."""
+    three processes, so each resumes mid-level; seeds follow the node ids, so the sampled text matches. The
+    uninterrupted reference and the last, finishing resume run in this process."""
     ref = tmp_path / "ref"
-    done = _hf_run(ref, tiny_llama_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert _hf_run_here(ref, tiny_llama_path, monkeypatch) == 0
     run_dir = tmp_path / "run"
     for _ in range(3):
         killed = _hf_run(run_dir, tiny_llama_path, kill_at=3)
         assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert 0 < len(read_jsonl(run_dir / "nodes.jsonl")) < len(read_jsonl(ref / "nodes.jsonl"))
-    done = _hf_run(run_dir, tiny_llama_path)
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert _hf_run_here(run_dir, tiny_llama_path, monkeypatch) == 0
     assert len(read_jsonl(ref / "nodes.jsonl")) == 9
     assert _content(run_dir) == _content(ref)
     assert [r["replies"] for r in read_jsonl(run_dir / "questions.jsonl")] == \
