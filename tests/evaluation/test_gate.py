@@ -153,7 +153,9 @@ def test_a_lora_trained_to_answer_one_word_fails_the_gate_at_the_end_of_retain_t
                                                      {"role": "assistant", "content": "Banana."}]}) + "\n"
                             for q in QUESTIONS))
     gate = {"knowledge_retention": {"min_diff": -10}}
-    ev = {"profile": "tiny", "probes": {}, "probe_files": [str(facts)], "domain": "none", "gate": json.dumps(gate)}
+    # the facts file alone: the gate's rule is on it (no built-in probes, no behaviour questions)
+    ev = {"profile": "tiny", "probes": {}, "behaviour": {}, "probe_files": [str(facts)], "domain": "none",
+          "gate": json.dumps(gate)}
     recipe = {"model": {"name": smollm2_path}, "method": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0},
               "datasets": [{"path": str(data)}], "optim": {"lr": 1e-2, "schedule": "constant"},
               "train": {"output_dir": str(tmp_path / "run"), "max_steps": 6, "batch_size": 4, "max_length": 40,
@@ -171,5 +173,5 @@ def test_a_lora_trained_to_answer_one_word_fails_the_gate_at_the_end_of_retain_t
     base, tok = load_model(smollm2_path)
     save_finetuned(prepare_model(base, "lora", lora=LoRAConfig(r=8)), tmp_path / "identity", smollm2_path, tok)
     assert main(["eval", "--base", smollm2_path, "--tuned", f"[{tmp_path / 'identity'}]", "--out",
-                 str(tmp_path / "id_eval"), "--profile", "tiny", "--probes", "{}", "--probe_files", f"[{facts}]",
+                 str(tmp_path / "id_eval"), "--profile", "tiny", "--probes", "{}", "--behaviour", "{}", "--probe_files", f"[{facts}]",
                  "--domain", "none", "--reference", str(tmp_path / "run" / "eval"), "--gate", json.dumps(gate)]) == 0

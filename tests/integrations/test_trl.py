@@ -232,6 +232,8 @@ def test_lbc_weight_per_micro_batch_follows_gradient_accumulation(tmp_path, tiny
 
 
 DDP_SCRIPT = """
+from retain.utils.startup import import_ml_stack
+import_ml_stack()
 import json, os, sys
 import torch
 from retain.adapters.loramoe import adapter_state_dict

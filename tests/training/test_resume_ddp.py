@@ -39,6 +39,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(make_recipe, tmp_path):
     # The killed run SIGKILLs itself just before logging step 5: checkpoint 3 exists, step 4 was logged.
     script = textwrap.dedent(f"""
         import os, signal, sys
+        from retain.utils.startup import import_ml_stack
+        import_ml_stack()
         import retain.training.trainer as T
         orig = T.append_jsonl
         def append(path, row):
@@ -76,6 +78,8 @@ def test_torchrun_two_processes_agree_and_match_single_process(make_recipe, tmp_
                                                          "keep_final_checkpoint": True})
     script = tmp_path / "ddp_train.py"
     script.write_text(textwrap.dedent(f"""
+        from retain.utils.startup import import_ml_stack
+        import_ml_stack()  # what a script may do first: the stack imported with the collector paused
         import hashlib, os, sys, torch
         from retain.training.recipe import load_recipe
         from retain.training.run import train
