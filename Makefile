@@ -22,12 +22,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/retain demo
 
-# Two pytest-xdist workers (one torch thread each, tests/conftest.py), whole files per worker so a
-# module's shared fixtures are built once; TEST_WORKERS=0 runs the suite in one process.
+# Two pytest-xdist workers (one torch thread each, tests/conftest.py). Whole files per worker, so a module's
+# shared fixtures are built once, except test classes (the example chains), which go to either worker; in the
+# order tests/conftest.py gives, longest first. TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder tests
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict

