@@ -8,7 +8,7 @@ a reader following the tutorials would. ``retain`` and ``python`` on the example
 interpreter, so they run this checkout's code.
 
 Slow: each shell example starts retain (torch, the model) again, and together they train five tiny fine-tunes
-and evaluate twice; about 4-5 minutes of CPU on the 2-core machine (measured numbers in the report).
+and evaluate twice; the three chains take about 60, 50 and 30 s of one core on the 2-core machine.
 """
 
 from __future__ import annotations
@@ -155,8 +155,8 @@ def run_chain(chain: str, tmp_path_factory) -> None:
         check_example(name, work)
 
 
-# One class per chain: with `pytest -n 2 --dist loadscope` two workers take different chains (make test keeps
-# --dist loadfile: one fresh-clone run each, loadscope was not faster: 7:50 against 6:55).
+# One class per chain: under `make test` (`--dist loadscope`) the two workers take different chains, which
+# tests/conftest.py hands out first (LONGEST_UNITS).
 @pytest.mark.slow
 class TestEvalChain:
     def test_examples_run_as_written(self, tmp_path_factory):
