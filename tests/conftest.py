@@ -70,6 +70,11 @@ TEST_STACK = ("matplotlib.pyplot", "trl")
 """Imported with the ML stack before the freeze: what the tests' own runs import on first use (plots, TRL)."""
 
 
+def pytest_configure(config):
+    if getattr(config.option, "dist", "no") != "no" and not XDIST_WORKER:
+        gc.enable()  # the xdist controller collects nothing: only the workers hold the stack
+
+
 def pytest_collection_finish(session):
     import importlib
 
