@@ -95,8 +95,8 @@ REFREEZE_ABOVE = 50_000
 def pytest_runtest_teardown(item, nextitem):
     """After each test file (its fixtures torn down): when modules imported by its tests left many long-lived
     objects (transformers loads a model's code, accelerate and matplotlib their own, on first use), collect
-    once and freeze them too. Measured on tests/training/test_train.py: 339 k objects were walked again at
-    each of its 59 full passes (10 of its 44 s)."""
+    once and freeze them too. Measured with the stack already frozen at collection (tests/training and three
+    more files, one process): full passes 5.6 -> 3.5 s."""
     if nextitem is not None and nextitem.path == item.path:
         return
     if len(gc.get_objects(generation=2)) > REFREEZE_ABOVE:

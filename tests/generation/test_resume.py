@@ -75,16 +75,12 @@ def reference(tmp_path_factory) -> Path:
 def test_sigkill_at_several_points_then_resume(tmp_path, reference, monkeypatch):
     """Three processes killed at different points; the finishing resume runs in this process (the same
     command, without a new interpreter's imports)."""
-    from retain.cli import main
-
     run_dir = tmp_path / "run"
     _kill_when(run_dir, "questions.jsonl", 1)  # level 1 asked, not answered
     _kill_when(run_dir, "nodes.jsonl", 6)  # in the middle of level 2's answers
     _kill_when(run_dir, "questions.jsonl", 8)  # in the middle of level 3's questions
-    monkeypatch.syspath_prepend(str(HERE))
-    for key in ("RETAIN_BACKEND_FACTORY", "FAKE_BACKEND_DELAY"):
-        monkeypatch.setenv(key, _env(0.0)[key])
-    assert main(["decompress", str(run_dir), *ARGS]) == 0
+    assert _decompress_here(monkeypatch, [str(run_dir), *ARGS], RETAIN_BACKEND_FACTORY="conftest:make_fake_backend",
+                            FAKE_BACKEND_DELAY="0.0") == 0
 
     nodes = read_jsonl(run_dir / "nodes.jsonl")
     ids = [n["id"] for n in nodes]
@@ -137,15 +133,21 @@ def _hf_run(run_dir: Path, model: str, kill_at: int = 0) -> subprocess.Completed
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def _hf_run_here(run_dir: Path, model: str, monkeypatch) -> int:
-    """The same command, in this process (no kill): what a process that is not killed does, without the
-    seconds of a new interpreter importing torch and transformers."""
+def _decompress_here(monkeypatch, args: list[str], **env: str) -> int:
+    """``retain decompress ARGS`` in this process, with this folder's test backends importable and ``env`` set:
+    what a process that is not killed does, without the seconds of a new interpreter importing torch."""
     from retain.cli import main
 
     monkeypatch.syspath_prepend(str(HERE))
-    monkeypatch.setenv("RETAIN_BACKEND_FACTORY", "conftest:make_tiny_hf_backend")
-    monkeypatch.setenv("RETAIN_TEST_KILL_AT", "0")
-    return main(["decompress", str(run_dir), "--model", model, *HF_ARGS])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return main(["decompress", *args])
+
+
+def _hf_run_here(run_dir: Path, model: str, monkeypatch) -> int:
+    """:func:`_hf_run` in this process, not killed."""
+    return _decompress_here(monkeypatch, [str(run_dir), "--model", model, *HF_ARGS],
+                            RETAIN_BACKEND_FACTORY="conftest:make_tiny_hf_backend", RETAIN_TEST_KILL_AT="0")
 
 
 @pytest.mark.slow

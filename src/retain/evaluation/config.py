@@ -80,7 +80,7 @@ class EvalSuite:
     def profile(cls, name: Literal["default", "quick", "full", "tiny"] = "default", **overrides) -> "EvalSuite":
         """``default`` (CPU, 60-80 s for SmolLM2 on 2 cores), ``quick`` (about half), ``full`` (GPU),
         ``tiny`` (tests and smoke runs: one probe of each kind, multiple choice, few-shot generation and
-        chat, on a few items; about 12 s per SmolLM2 model on one CPU core)."""
+        chat, on a few items; 9-10 s of scoring per SmolLM2 model on one CPU core)."""
         if name == "default":
             suite = cls()
         elif name == "full":
