@@ -9,11 +9,13 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml requirements-assets.txt |
 $(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	# --no-compile, then tools/compile_bytecode.py compiles only the modules retain imports (5 k of 19 k files).
 	# torch first and pinned: the local CPU build; an unpinned torch would pull GBs of CUDA wheels.
-	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q --no-compile torch==2.13.0
 	# test + docs: the suite builds the documentation site (tests/test_docs.py).
-	$(BIN)/pip install -q -e '.[test,docs]'
-	$(BIN)/pip install -q --no-deps -r requirements-assets.txt
+	$(BIN)/pip install -q --no-compile -e '.[test,docs]'
+	$(BIN)/pip install -q --no-compile --no-deps -r requirements-assets.txt
+	$(BIN)/python tools/compile_bytecode.py
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
