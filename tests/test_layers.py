@@ -180,7 +180,19 @@ def test_the_graph_sees_function_level_and_string_imports(graph):
     assert "retain.training.run" in graph["retain.cli"] and "retain.evaluation.run" in graph["retain.cli"]
     assert "retain.assets" in graph["retain.models"]  # imported inside _load_named only
     # a name that a package's __init__ loads lazily is its submodule's
-    assert "retain.adapters.loramoe.model" in graph["retain.integrations.trl"]
+    assert "retain.adapters.loramoe.model" in graph["retain.integrations.hf"]
+
+
+def test_retain_train_never_imports_trl(graph):
+    """``retain train`` runs on transformers' Trainer (retain.integrations.hf); TRL (0.3 s of imports in every
+    training process) is for TRL scripts only. Function-level imports count here too."""
+    seen, todo = set(), ["retain.training.run"]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            todo.extend(graph.get(module, {}))
+    assert "retain.integrations.hf" in seen and "retain.integrations.trl" not in seen
 
 
 def test_no_import_circle(graph):

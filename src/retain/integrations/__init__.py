@@ -1,5 +1,7 @@
 """retain.integrations: retain's own parts (LoRAMoE's LBC, sample types) inside other people's trainers.
 
-- :mod:`.trl`: ``LoRAMoESFTTrainer`` (TRL) and ``LoRAMoETrainer`` (transformers), built from one mixin and a
-  collator wrapper; a TRL script gains LoRAMoE + LBC by changing a few lines.
+- :mod:`.hf`: ``LoRAMoETrainer`` (transformers' ``Trainer``), built from ``LoRAMoETrainerMixin`` and a collator
+  wrapper; it imports transformers only (``retain train`` runs on it without importing TRL).
+- :mod:`.trl`: ``LoRAMoESFTTrainer`` (TRL's ``SFTTrainer``, the same mixin); a TRL script gains LoRAMoE + LBC by
+  changing a few lines.
 """

@@ -2,7 +2,7 @@
 
 The engine (loop, gradient accumulation, DDP / FSDP / DeepSpeed through accelerate, mixed precision,
 checkpoints with optimizer, scheduler and every rank's RNG, TensorBoard / W&B) is transformers'. LoRAMoE's
-sample types and LBC come from :class:`retain.integrations.trl.LoRAMoETrainer`. What this module adds:
+sample types and LBC come from :class:`retain.integrations.hf.LoRAMoETrainer`. What this module adds:
 
 - **The data order of the recipe** (:class:`StreamDataset`): the encoded mixture of N examples is
   shuffled once per epoch with a generator seeded by ``seed + epoch``, the epochs are concatenated, and
@@ -42,7 +42,7 @@ from transformers import ProgressCallback, TrainerCallback
 
 from retain.data.collate import IGNORE_INDEX
 from retain.errors import RetainError
-from retain.integrations.trl import LoRAMoETrainer
+from retain.integrations.hf import LoRAMoETrainer
 from retain.training.config import OptimConfig, Recipe
 from retain.utils.io import write_json_atomic
 
@@ -256,7 +256,7 @@ def accepts_logits_to_keep(model: nn.Module) -> bool:
 
 
 class RetainTrainer(LoRAMoETrainer):
-    """:class:`~retain.integrations.trl.LoRAMoETrainer` with the recipe's optimizer, schedule and data order."""
+    """:class:`~retain.integrations.hf.LoRAMoETrainer` with the recipe's optimizer, schedule and data order."""
 
     def __init__(self, *args, recipe: Recipe, balance: LossBalance | None = None, **kwargs):
         self.recipe = recipe
