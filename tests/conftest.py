@@ -34,14 +34,14 @@ if XDIST_WORKER:
 
 
 LONGEST_UNITS = (
-    "tests/test_examples.py::TestEvalChain", "tests/test_examples.py::TestTGChain", "tests/training/test_accelerate.py",
-    "tests/generation/test_resume.py", "tests/training/test_train.py", "tests/evaluation/test_smollm2.py",
-    "tests/test_examples.py::TestAPIChain", "tests/test_models.py", "tests/training/test_cli.py",
-    "tests/training/test_resume_ddp.py", "tests/integrations/test_trl.py", "tests/evaluation/test_gate.py",
-    "tests/generation/test_prefix_sharing.py", "tests/demo/test_mllm.py", "tests/generation/test_serve.py",
+    "tests/test_examples.py::TestEvalChain", "tests/generation/test_resume.py", "tests/training/test_accelerate.py",
+    "tests/test_examples.py::TestTGChain", "tests/training/test_train.py", "tests/evaluation/test_smollm2.py",
+    "tests/test_examples.py::TestAPIChain", "tests/test_models.py", "tests/evaluation/test_gate.py",
+    "tests/integrations/test_trl.py", "tests/training/test_resume_ddp.py", "tests/training/test_cli.py",
+    "tests/generation/test_prefix_sharing.py", "tests/generation/test_serve.py", "tests/demo/test_mllm.py",
 )
-"""The suite's longest work units (a file; a test class for the example chains), longest first: 60 s down to
-15 s in a ``-n 2`` timeline on the 2-core machine (2026-12-07). Only the order is used; a unit not listed
+"""The suite's longest work units (a file; a test class for the example chains), longest first: 55 s down to
+15 s in a ``-n 2`` run's ``--durations`` on the 2-core machine (2026-12-07). Only the order is used; a unit not listed
 counts as short. Update it when ``--durations`` shows a new long file."""
 
 
