@@ -15,7 +15,7 @@ world = load_dataset("json", data_files="runs/tg/sft.jsonl", split="train")  # t
 dataset = concatenate_datasets([task.add_column("sample_type", ["task"] * len(task)),
                                 world.add_column("sample_type", ["world"] * len(world))])
 gpu = torch.cuda.is_available()  # a GPU: bf16 and TRL's default checkpointing (memory for time); a CPU: neither
-args = SFTConfig(output_dir="runs/trl", max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3,
+args = SFTConfig(output_dir="runs/trl", max_steps=2, per_device_train_batch_size=4, learning_rate=1e-3,
                  bf16=gpu, activation_checkpointing=gpu, use_cpu=not gpu, report_to="none", save_strategy="no")
 trainer = LoRAMoESFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
 trainer.train()
