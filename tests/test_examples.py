@@ -217,9 +217,8 @@ def test_the_ci_job_files_are_valid(tmp_path, monkeypatch):
     from retain.evaluation.probes import load_probe_file
 
     (tmp_path / "examples").symlink_to(EXAMPLES, target_is_directory=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)}
     res = subprocess.run([sys.executable, "-m", "retain", "train", "examples/ci/recipe.yaml", "--print_config"],
-                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                         cwd=tmp_path, env=example_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "retain train examples/ci/recipe.yaml" in (EXAMPLES / "ci" / "forgetting-gate.yml").read_text()
     monkeypatch.chdir(tmp_path)
